@@ -1,0 +1,1 @@
+"""xensim: a simulated Xen host (hypervisor broker, xenstored, shim libraries)."""
