@@ -12,55 +12,21 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
+import sys
+from pathlib import Path
 
 from setuptools import Distribution, setup
 from setuptools.command.build_ext import build_ext
 
-CFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=gnu11"]
-
-# shim soname -> (sources, version script)
-SHIMS: dict[str, tuple[list[str], str]] = {
-    "libxengnttab.so.1": (
-        ["cext/xensim/client.c", "cext/xensim/gnttab.c"],
-        "cext/xensim/libxengnttab.map",
-    ),
-    "libxenevtchn.so.1": (
-        ["cext/xensim/client.c", "cext/xensim/evtchn.c"],
-        "cext/xensim/libxenevtchn.map",
-    ),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ncd._build import shimlibs  # noqa: E402
 
 
 class BuildWithShims(build_ext):
     def run(self) -> None:
         super().run()
-        self.build_shims()
-
-    def build_shims(self) -> None:
-        if self.inplace:
-            outdir = os.path.join("ncd", "sim", "lib")
-        else:
-            outdir = os.path.join(self.build_lib, "ncd", "sim", "lib")
-        os.makedirs(outdir, exist_ok=True)
-        for soname, (sources, mapfile) in SHIMS.items():
-            if not all(os.path.exists(s) for s in sources):
-                raise RuntimeError(f"missing shim sources for {soname}: {sources}")
-            out = os.path.join(outdir, soname)
-            cmd = [
-                os.environ.get("CC", "gcc"),
-                *CFLAGS,
-                "-Icext/xensim",
-                "-shared",
-                f"-Wl,-soname,{soname}",
-                f"-Wl,--version-script={mapfile}",
-                "-o",
-                out,
-                *sources,
-                "-lpthread",
-            ]
-            print("building shim:", " ".join(cmd))
-            subprocess.check_call(cmd)
+        outdir = "ncd" if self.inplace else os.path.join(self.build_lib, "ncd")
+        shimlibs.build(Path(outdir) / "sim" / "lib")
 
 
 def cffi_modules() -> list[str]:

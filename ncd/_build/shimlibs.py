@@ -1,0 +1,55 @@
+"""Compile xensim's shim libraries (libxengnttab.so.1, libxenevtchn.so.1).
+
+Used by setup.py at install time; ``python -m ncd._build.shimlibs`` builds them in
+place (``ncd/sim/lib``) for development.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=gnu11"]
+
+# shim soname -> (sources, version script), relative to the project root
+SHIMS: dict[str, tuple[list[str], str]] = {
+    "libxengnttab.so.1": (
+        ["cext/xensim/client.c", "cext/xensim/gnttab.c"],
+        "cext/xensim/libxengnttab.map",
+    ),
+    "libxenevtchn.so.1": (
+        ["cext/xensim/client.c", "cext/xensim/evtchn.c"],
+        "cext/xensim/libxenevtchn.map",
+    ),
+}
+
+
+def build(outdir: Path, extra_cflags: list[str] | None = None) -> list[Path]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    built = []
+    for soname, (sources, mapfile) in SHIMS.items():
+        out = outdir / soname
+        cmd = [
+            os.environ.get("CC", "gcc"),
+            *CFLAGS,
+            *(extra_cflags or []),
+            f"-I{ROOT / 'cext/xensim'}",
+            "-shared",
+            f"-Wl,-soname,{soname}",
+            f"-Wl,--version-script={ROOT / mapfile}",
+            "-o",
+            str(out),
+            *(str(ROOT / s) for s in sources),
+            "-lpthread",
+        ]
+        print("building shim:", " ".join(cmd), file=sys.stderr)
+        subprocess.check_call(cmd)
+        built.append(out)
+    return built
+
+
+if __name__ == "__main__":
+    build(ROOT / "ncd" / "sim" / "lib", sys.argv[1:])
