@@ -1,0 +1,5 @@
+import sys
+
+from ncd.sim.cli import main
+
+sys.exit(main())
