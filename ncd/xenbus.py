@@ -1,0 +1,382 @@
+"""The xenbus handshake of one ncvif device, as a state machine that does no I/O.
+
+aioquic style: the caller feeds events (the peer's ``state`` key changed, local
+setup finished, the link was lost, the daemon shuts down...) and gets back a
+list of actions to perform (write our ``state`` key, set the channel up, tear
+it down, release the device). Nothing here reads xenstore or touches a TAP.
+
+The transitions follow Linux's netback/netfront (drivers/net/xen-netback/
+xenbus.c, drivers/net/xen-netfront.c) with ncd's roles: the frontend is the
+vchan *server* (it grants and publishes, as netfront does), the backend maps.
+
+Backend::
+
+    start            -> InitWait                     (features published)
+    fe Initialising  -> InitWait  (from Closed: reconnect, if the device is online)
+    fe Connected     -> Setup (map the frontend's vchan); setup_done -> Connected
+    fe Closing       -> Disconnect, Closing
+    fe Closed        -> Disconnect, Closed; + ReleaseDevice if online=0 (detach)
+    fe gone/Unknown  -> Disconnect, Closed, ReleaseDevice
+
+Frontend::
+
+    start            -> Initialising; be InitWait -> Setup (grant + publish)
+    setup_done       -> Connected
+    be InitWait while Connected or Closed (backend restarted)
+                     -> Disconnect, Initialising, Setup   (reconnect)
+    be Closing/Closed-> Disconnect, Closed
+    device removed   -> Disconnect, Closed, ReleaseDevice
+
+A peer state that is out of range, unused by the peer's role, or impossible in
+the current local state is rejected: the device fails into Closed and a
+:class:`Fail` action carries the reason, for the caller to log and count.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class XenbusState(enum.IntEnum):
+    UNKNOWN = 0
+    INITIALISING = 1
+    INIT_WAIT = 2
+    INITIALISED = 3
+    CONNECTED = 4
+    CLOSING = 5
+    CLOSED = 6
+    RECONFIGURING = 7
+    RECONFIGURED = 8
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    XenbusState.UNKNOWN: "Unknown",
+    XenbusState.INITIALISING: "Initialising",
+    XenbusState.INIT_WAIT: "InitWait",
+    XenbusState.INITIALISED: "Initialised",
+    XenbusState.CONNECTED: "Connected",
+    XenbusState.CLOSING: "Closing",
+    XenbusState.CLOSED: "Closed",
+    XenbusState.RECONFIGURING: "Reconfiguring",
+    XenbusState.RECONFIGURED: "Reconfigured",
+}
+
+
+class Role(enum.Enum):
+    BACKEND = "backend"
+    FRONTEND = "frontend"
+
+
+class BadPeerState(ValueError):
+    """A peer's ``state`` value that is not a xenbus state ncd accepts."""
+
+
+def parse_state(raw: bytes | str | None) -> XenbusState:
+    """Parse a peer's ``state`` value (untrusted). ``None`` (key absent) is Unknown.
+
+    Accepts exactly the decimal digits of a state 0..6 as xenstore carries them;
+    anything else (7/8 Reconfiguring, signs, spaces, NULs, huge numbers) raises
+    :class:`BadPeerState` naming the value.
+    """
+    if raw is None:
+        return XenbusState.UNKNOWN
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise BadPeerState(f"state: not ASCII: {raw[:16]!r}") from None
+    else:
+        text = raw
+    if not (1 <= len(text) <= 2 and text.isdigit() and text.isascii()):
+        raise BadPeerState(f"state: not a xenbus state number: {text[:16]!r}")
+    value = int(text)
+    if value > XenbusState.CLOSED:
+        if value in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
+            raise BadPeerState(f"state: {XenbusState(value).label} ({value}) is not supported")
+        raise BadPeerState(f"state: {value} is out of range 0..6")
+    return XenbusState(value)
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class SetState:
+    """Write our own ``state`` key."""
+
+    state: XenbusState
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Bring the channel up: frontend grants + publishes its vchan; backend maps it.
+
+    Report the outcome with :meth:`XenbusMachine.setup_done` or ``setup_failed``.
+    """
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """Tear the channel down (stop the pump, close the vchan); keep the TAP."""
+
+
+@dataclass(frozen=True)
+class ReleaseDevice:
+    """The device is finished: remove the TAP, forget the device."""
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The handshake failed: log ``reason`` and count it. State is already Closed."""
+
+    reason: str
+
+
+Action = SetState | Setup | Disconnect | ReleaseDevice | Fail
+
+
+# ---------------------------------------------------------------- machine
+
+
+class XenbusMachine:
+    """One device's handshake, for one role."""
+
+    def __init__(self, role: Role, *, online: bool = True) -> None:
+        self.role = role
+        self.state = XenbusState.UNKNOWN  # our state as last written (UNKNOWN: not started)
+        self.peer_state = XenbusState.UNKNOWN  # last peer state accepted
+        self.online = online  # backend: the toolstack's ``online`` key
+        self.setting_up = False  # a Setup action is outstanding
+        self.channel_up = False  # Setup succeeded and no Disconnect since
+        self.released = False
+        self.failures: list[str] = []
+
+    # -- helpers ---------------------------------------------------------
+
+    def _set(self, state: XenbusState) -> list[Action]:
+        if self.state == state:
+            return []
+        self.state = state
+        return [SetState(state)]
+
+    def _disconnect(self) -> list[Action]:
+        had = self.channel_up or self.setting_up
+        self.channel_up = False
+        self.setting_up = False
+        return [Disconnect()] if had else []
+
+    def _setup(self) -> list[Action]:
+        if self.setting_up or self.channel_up:
+            return []
+        self.setting_up = True
+        return [Setup()]
+
+    def _release(self) -> list[Action]:
+        if self.released:
+            return []
+        self.released = True
+        return [ReleaseDevice()]
+
+    def _fail(self, reason: str) -> list[Action]:
+        self.failures.append(reason)
+        acts: list[Action] = [*self._disconnect(), *self._set(XenbusState.CLOSED)]
+        acts.append(Fail(reason))
+        return acts
+
+    def _check_live(self) -> None:
+        if self.state == XenbusState.UNKNOWN:
+            raise RuntimeError("xenbus: event before start()")
+
+    def _ill_timed(self, peer: XenbusState) -> list[Action]:
+        other = "frontend" if self.role is Role.BACKEND else "backend"
+        return self._fail(f"{other} state {peer.label} ({int(peer)}) while {self.state.label}")
+
+    # -- events ----------------------------------------------------------
+
+    def start(self) -> list[Action]:
+        """The device exists and its entries were read: begin the handshake."""
+        if self.state != XenbusState.UNKNOWN:
+            raise RuntimeError("xenbus: start() twice")
+        self.released = False
+        if self.role is Role.BACKEND:
+            # Initialising is transient: the probe (features) is part of going InitWait.
+            return self._set(XenbusState.INIT_WAIT)
+        acts = self._set(XenbusState.INITIALISING)
+        if self.peer_state == XenbusState.INIT_WAIT:
+            acts += self._setup()
+        return acts
+
+    def peer_changed(self, raw: bytes | str | None) -> list[Action]:
+        """The peer's ``state`` key changed (``raw`` as read; None if absent).
+
+        Before :meth:`start`, only remembers the peer state (so a daemon can
+        read both sides and then start).
+        """
+        if self.released:
+            return []
+        try:
+            peer = parse_state(raw)
+        except BadPeerState as exc:
+            if self.state == XenbusState.UNKNOWN:
+                self.state = XenbusState.CLOSED
+                self.failures.append(str(exc))
+                return [SetState(XenbusState.CLOSED), Fail(str(exc))]
+            return self._fail(str(exc))
+        if self.state == XenbusState.UNKNOWN:
+            self.peer_state = peer
+            return []
+        self.peer_state = peer
+        if self.role is Role.BACKEND:
+            return self._backend_peer(peer)
+        return self._frontend_peer(peer)
+
+    def setup_done(self) -> list[Action]:
+        """The Setup action succeeded."""
+        self._check_live()
+        if not self.setting_up:
+            return []  # a Disconnect overtook it; the caller tears down what it built
+        self.setting_up = False
+        self.channel_up = True
+        return self._set(XenbusState.CONNECTED)
+
+    def setup_failed(self, reason: str) -> list[Action]:
+        """The Setup action failed (e.g. the peer published bad ring refs)."""
+        self._check_live()
+        if not self.setting_up:
+            return []
+        return self._fail(f"setup failed: {reason}")
+
+    def link_lost(self, reason: str) -> list[Action]:
+        """The channel died under us (peer crashed, bad ring data): close the device."""
+        self._check_live()
+        if not (self.channel_up or self.setting_up):
+            return []
+        return self._fail(f"link lost: {reason}")
+
+    def restart(self) -> list[Action]:
+        """From Closed, with the device still there, try the handshake again."""
+        self._check_live()
+        if self.state != XenbusState.CLOSED or self.released:
+            return []
+        if self.role is Role.BACKEND:
+            if not self.online:
+                return []
+            return self._set(XenbusState.INIT_WAIT)
+        acts = self._set(XenbusState.INITIALISING)
+        if self.peer_state == XenbusState.INIT_WAIT:
+            acts += self._setup()
+        return acts
+
+    def set_online(self, online: bool) -> list[Action]:
+        """Backend: the toolstack's ``online`` key changed. Offline + Closed ends it."""
+        self.online = online
+        if (
+            not online
+            and self.state == XenbusState.CLOSED
+            and self.peer_state in (XenbusState.CLOSED, XenbusState.UNKNOWN)
+        ):
+            return self._release()
+        return []
+
+    def toolstack_close(self) -> list[Action]:
+        """Backend: the toolstack wrote our state Closing (``ncctl detach``)."""
+        self._check_live()
+        self.online = False
+        if self.state == XenbusState.CLOSED:
+            return self._release()
+        acts = [*self._disconnect()]
+        self.state = XenbusState.CLOSING  # already written by the toolstack
+        if self.peer_state in (XenbusState.CLOSED, XenbusState.UNKNOWN):
+            acts += self._set(XenbusState.CLOSED)
+            acts += self._release()
+        return acts
+
+    def close(self) -> list[Action]:
+        """Local shutdown (SIGTERM): Closing, tear down, Closed, release the TAP."""
+        if self.state == XenbusState.UNKNOWN:
+            return self._release()
+        acts: list[Action] = []
+        if self.state != XenbusState.CLOSED:
+            acts += self._set(XenbusState.CLOSING)
+        acts += self._disconnect()
+        acts += self._set(XenbusState.CLOSED)
+        acts += self._release()
+        return acts
+
+    def device_removed(self) -> list[Action]:
+        """Our device directory vanished (detach finished, or --force)."""
+        if self.state == XenbusState.UNKNOWN:
+            return self._release()
+        return [*self._disconnect(), *self._set(XenbusState.CLOSED), *self._release()]
+
+    # -- per role --------------------------------------------------------
+
+    def _backend_peer(self, fe: XenbusState) -> list[Action]:
+        S = XenbusState
+        me = self.state
+        if fe == S.UNKNOWN:
+            return [*self._disconnect(), *self._set(S.CLOSED), *self._release()]
+        if fe == S.INITIALISING:
+            if me == S.INIT_WAIT:
+                return []
+            if me == S.CONNECTED:  # frontend restarted without closing
+                return [*self._disconnect(), *self._set(S.INIT_WAIT)]
+            if me == S.CLOSED:
+                return self._set(S.INIT_WAIT) if self.online else []
+            return []  # Closing: the toolstack is removing the device
+        if fe == S.INITIALISED:
+            if me == S.INIT_WAIT:
+                return []  # as netback: wait for Connected
+            return self._ill_timed(fe)
+        if fe == S.CONNECTED:
+            if me == S.INIT_WAIT:
+                return self._setup()
+            if me == S.CONNECTED:
+                return []
+            if me in (S.CLOSING, S.CLOSED):
+                return []  # the frontend has not seen our close yet
+            return self._ill_timed(fe)
+        if fe == S.CLOSING:
+            if me == S.CLOSED:
+                return []
+            return [*self._disconnect(), *self._set(S.CLOSING)]
+        if fe == S.CLOSED:
+            acts = [*self._disconnect(), *self._set(S.CLOSED)]
+            if not self.online:
+                acts += self._release()
+            return acts
+        # InitWait is a backend-only state: a frontend never writes it.
+        return self._ill_timed(fe)
+
+    def _frontend_peer(self, be: XenbusState) -> list[Action]:
+        S = XenbusState
+        me = self.state
+        if be == S.UNKNOWN:  # backend entries gone: wait for our device dir to go too
+            return [*self._disconnect(), *self._set(S.CLOSED)]
+        if be == S.INITIALISING:
+            return []  # transient on the backend side
+        if be == S.INIT_WAIT:
+            if me == S.INITIALISING:
+                return self._setup()
+            if me in (S.CONNECTED, S.CLOSED):  # backend (re)started: reconnect
+                return [*self._disconnect(), *self._set(S.INITIALISING), *self._setup()]
+            return []  # Closing: we are shutting down
+        if be == S.INITIALISED:
+            return self._ill_timed(be)  # a backend never writes Initialised
+        if be == S.CONNECTED:
+            if me == S.CONNECTED:
+                return []
+            if me == S.INITIALISING and self.setting_up:
+                return []  # backend mapped faster than setup_done reached us
+            if me in (S.CLOSING, S.CLOSED):
+                return []  # the backend has not seen our close yet
+            return self._ill_timed(be)
+        # Closing or Closed: as netfront, go straight to Closed.
+        if me == S.CLOSED:
+            return []
+        return [*self._disconnect(), *self._set(S.CLOSED)]

@@ -1,0 +1,350 @@
+"""The xenbus state machine, alone and as two peers wired through a fake bus."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ncd.xenbus import (
+    BadPeerState,
+    Disconnect,
+    Fail,
+    ReleaseDevice,
+    Role,
+    SetState,
+    Setup,
+    XenbusMachine,
+    XenbusState,
+    parse_state,
+)
+
+S = XenbusState
+
+
+class Link:
+    """Two machines; SetState actions become the other side's peer_changed event.
+
+    Setup actions are completed (or failed) when `pump` runs, as a daemon
+    would after mapping/publishing the vchan. Every action is recorded.
+    """
+
+    def __init__(self) -> None:
+        self.be = XenbusMachine(Role.BACKEND)
+        self.fe = XenbusMachine(Role.FRONTEND)
+        self.log: dict[str, list] = {"be": [], "fe": []}
+        self.queue: deque = deque()
+        self.setup_ok = True
+        self.channel = {"be": False, "fe": False}
+
+    def feed(self, side: str, actions: list) -> None:
+        for a in actions:
+            self.log[side].append(a)
+            other = "fe" if side == "be" else "be"
+            if isinstance(a, SetState):
+                self.queue.append((other, "peer", str(int(a.state))))
+            elif isinstance(a, Setup):
+                self.queue.append((side, "setup", None))
+            elif isinstance(a, Disconnect):
+                self.channel[side] = False
+
+    def machine(self, side: str) -> XenbusMachine:
+        return self.be if side == "be" else self.fe
+
+    def pump(self, limit: int = 100) -> None:
+        n = 0
+        while self.queue:
+            n += 1
+            assert n < limit, "handshake does not converge"
+            side, kind, arg = self.queue.popleft()
+            m = self.machine(side)
+            if kind == "peer":
+                self.feed(side, m.peer_changed(arg))
+            elif kind == "setup":
+                if self.setup_ok:
+                    acts = m.setup_done()
+                    if m.channel_up:
+                        self.channel[side] = True
+                    self.feed(side, acts)
+                else:
+                    self.feed(side, m.setup_failed("bad ring-ref"))
+
+    def start(self) -> None:
+        self.feed("be", self.be.start())
+        self.feed("fe", self.fe.start())
+        self.pump()
+
+
+def states(link: Link) -> tuple[XenbusState, XenbusState]:
+    return link.be.state, link.fe.state
+
+
+# ------------------------------------------------------------ parse_state
+
+
+@pytest.mark.parametrize("raw,want", [(b"1", S.INITIALISING), ("4", S.CONNECTED), (b"6", S.CLOSED),
+                                      (b"0", S.UNKNOWN), (None, S.UNKNOWN), (b"04", S.CONNECTED)])
+def test_parse_state_accepts(raw, want):
+    assert parse_state(raw) is want
+
+
+@pytest.mark.parametrize("raw,needle", [
+    (b"7", "Reconfiguring"), (b"8", "Reconfigured"), (b"9", "out of range"), (b"-1", "not a xenbus"),
+    (b"", "not a xenbus"), (b"4\x00", "not a xenbus"), (b" 4", "not a xenbus"), (b"\xff", "not ASCII"),
+    (b"123", "not a xenbus"), ("\u0664", "not a xenbus"),
+])
+def test_parse_state_rejects(raw, needle):
+    with pytest.raises(BadPeerState, match=needle):
+        parse_state(raw)
+
+
+# ------------------------------------------------------------ full handshakes
+
+
+def test_handshake_reaches_connected_both_sides():
+    link = Link()
+    link.start()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+    assert link.channel == {"be": True, "fe": True}
+    # order of our own writes, as netback/netfront do them
+    assert [a.state for a in link.log["be"] if isinstance(a, SetState)] == [S.INIT_WAIT, S.CONNECTED]
+    assert [a.state for a in link.log["fe"] if isinstance(a, SetState)] == [S.INITIALISING,
+                                                                            S.CONNECTED]
+    # the frontend (vchan server) set up before the backend mapped
+    assert sum(isinstance(a, Setup) for a in link.log["fe"]) == 1
+    assert sum(isinstance(a, Setup) for a in link.log["be"]) == 1
+
+
+def test_frontend_started_first_also_connects():
+    link = Link()
+    link.feed("fe", link.fe.start())
+    link.pump()
+    assert link.fe.state == S.INITIALISING and not link.fe.setting_up
+    link.feed("be", link.be.peer_changed(b"1"))  # backend daemon reads fe state, then starts
+    link.feed("be", link.be.start())
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+
+
+def test_frontend_sees_initwait_before_start():
+    fe = XenbusMachine(Role.FRONTEND)
+    assert fe.peer_changed(b"2") == []
+    assert fe.start() == [SetState(S.INITIALISING), Setup()]
+
+
+def test_detach_by_toolstack_releases_both_sides():
+    link = Link()
+    link.start()
+    # ncctl detach: online=0, backend state=5 written by the toolstack
+    link.feed("be", link.be.toolstack_close())
+    link.queue.append(("fe", "peer", "5"))
+    link.pump()
+    assert states(link) == (S.CLOSED, S.CLOSED)
+    assert ReleaseDevice() in link.log["be"]
+    assert link.channel == {"be": False, "fe": False}
+    # then ncctl removes the frontend dir
+    acts = link.fe.device_removed()
+    assert acts == [ReleaseDevice()]
+
+
+def test_frontend_restart_reconnects_with_device_online():
+    link = Link()
+    link.start()
+    link.feed("fe", link.fe.close())  # SIGTERM in the guest
+    link.pump()
+    assert states(link) == (S.CLOSED, S.CLOSED)
+    assert ReleaseDevice() in link.log["fe"]
+    assert ReleaseDevice() not in link.log["be"]  # online=1: the device stays
+    # the guest daemon starts again: a new machine, same xenstore
+    link.fe = XenbusMachine(Role.FRONTEND)
+    link.fe.peer_changed(str(int(link.be.state)))
+    link.feed("fe", link.fe.start())
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+    assert link.channel == {"be": True, "fe": True}
+
+
+def test_backend_restart_makes_frontend_reconnect():
+    link = Link()
+    link.start()
+    # backend daemon dies (no clean close) and starts again: a fresh machine
+    link.be = XenbusMachine(Role.BACKEND)
+    link.be.peer_changed(str(int(link.fe.state)))
+    link.feed("be", link.be.start())
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+    fe_setups = [a for a in link.log["fe"] if isinstance(a, Setup)]
+    assert len(fe_setups) == 2  # the frontend published a fresh channel
+    assert Disconnect() in link.log["fe"]
+
+
+def test_link_lost_then_restart_recovers():
+    link = Link()
+    link.start()
+    link.feed("be", link.be.link_lost("peer unmapped"))
+    link.pump()
+    assert states(link) == (S.CLOSED, S.CLOSED)
+    assert any(isinstance(a, Fail) and "peer unmapped" in a.reason for a in link.log["be"])
+    # the frontend daemon retries after its backoff
+    link.feed("fe", link.fe.restart())
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+
+
+def test_backend_restart_from_closed_reconnects_frontend():
+    link = Link()
+    link.start()
+    link.feed("fe", link.fe.link_lost("bad index"))
+    link.pump()
+    assert states(link) == (S.CLOSED, S.CLOSED)
+    link.feed("be", link.be.restart())
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+
+
+def test_setup_failure_fails_into_closed():
+    link = Link()
+    link.setup_ok = False
+    link.start()
+    assert link.fe.state == S.CLOSED
+    assert link.be.state == S.CLOSED
+    fails = [a for a in link.log["fe"] if isinstance(a, Fail)]
+    assert fails and "bad ring-ref" in fails[0].reason
+
+
+def test_frontend_vanishing_releases_backend():
+    link = Link()
+    link.start()
+    acts = link.be.peer_changed(None)  # frontend dir removed (domain destroyed)
+    assert acts == [Disconnect(), SetState(S.CLOSED), ReleaseDevice()]
+
+
+# ------------------------------------------------------------ rejections
+
+
+@pytest.mark.parametrize("raw", [b"7", b"8", b"99", b"x", b"-3", b""])
+def test_bad_peer_value_fails_connected_backend(raw):
+    link = Link()
+    link.start()
+    acts = link.be.peer_changed(raw)
+    assert acts[0] == Disconnect()
+    assert SetState(S.CLOSED) in acts
+    assert isinstance(acts[-1], Fail) and "state" in acts[-1].reason
+    assert link.be.state == S.CLOSED and not link.be.channel_up
+
+
+def test_frontend_writing_initwait_is_rejected():
+    be = XenbusMachine(Role.BACKEND)
+    be.start()
+    acts = be.peer_changed(b"2")
+    assert acts[-1] == Fail("frontend state InitWait (2) while InitWait")
+    assert be.state == S.CLOSED
+
+
+def test_backend_connected_before_frontend_published_is_rejected():
+    fe = XenbusMachine(Role.FRONTEND)
+    fe.start()
+    acts = fe.peer_changed(b"4")
+    assert isinstance(acts[-1], Fail)
+    assert "backend state Connected (4) while Initialising" == acts[-1].reason
+    assert fe.state == S.CLOSED
+
+
+def test_backend_initialised_is_rejected_by_frontend():
+    fe = XenbusMachine(Role.FRONTEND)
+    fe.start()
+    assert isinstance(fe.peer_changed(b"3")[-1], Fail)
+
+
+def test_frontend_initialised_while_connected_is_rejected():
+    link = Link()
+    link.start()
+    acts = link.be.peer_changed(b"3")
+    assert isinstance(acts[-1], Fail) and link.be.state == S.CLOSED
+
+
+def test_bad_value_before_start_closes():
+    be = XenbusMachine(Role.BACKEND)
+    acts = be.peer_changed(b"12")
+    assert acts == [SetState(S.CLOSED), Fail("state: 12 is out of range 0..6")]
+
+
+def test_events_before_start_are_misuse():
+    m = XenbusMachine(Role.FRONTEND)
+    with pytest.raises(RuntimeError):
+        m.setup_done()
+    m.start()
+    with pytest.raises(RuntimeError):
+        m.start()
+
+
+def test_setup_done_after_disconnect_is_ignored():
+    link = Link()
+    link.feed("be", link.be.start())
+    link.feed("fe", link.fe.start())
+    # fe got Setup pending once it sees InitWait
+    link.feed("fe", link.fe.peer_changed(b"2"))
+    assert link.fe.setting_up
+    link.fe.peer_changed(b"5")  # backend closes before setup finished
+    assert link.fe.setup_done() == []
+    assert link.fe.state == S.CLOSED
+
+
+# ------------------------------------------------------------ properties
+
+
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["be", "fe"]),
+        st.sampled_from(["peer", "done", "failed", "lost", "restart", "close", "toolstack",
+                         "removed"]),
+        st.sampled_from([b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"x", None]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(EVENTS)
+def test_random_event_sequences_keep_invariants(events):
+    ms = {"be": XenbusMachine(Role.BACKEND), "fe": XenbusMachine(Role.FRONTEND)}
+    for m in ms.values():
+        m.start()
+    for side, ev, raw in events:
+        m = ms[side]
+        before_up = m.channel_up or m.setting_up
+        if ev == "peer":
+            acts = m.peer_changed(raw)
+        elif ev == "done":
+            acts = m.setup_done()
+        elif ev == "failed":
+            acts = m.setup_failed("x")
+        elif ev == "lost":
+            acts = m.link_lost("x")
+        elif ev == "restart":
+            acts = m.restart()
+        elif ev == "close":
+            acts = m.close()
+        elif ev == "toolstack":
+            acts = m.toolstack_close() if side == "be" else m.close()
+        else:
+            acts = m.device_removed()
+        # our state is always a state we may write
+        assert m.state in (S.INITIALISING, S.INIT_WAIT, S.CONNECTED, S.CLOSING, S.CLOSED)
+        # a failure always leaves the device Closed with nothing running
+        if any(isinstance(a, Fail) for a in acts):
+            assert m.state == S.CLOSED and not m.channel_up and not m.setting_up
+        # Connected only with the channel up
+        if m.state == S.CONNECTED:
+            assert m.channel_up
+        # Disconnect only if something was up; Setup never while something is up
+        if Disconnect() in acts:
+            assert before_up
+        if Setup() in acts:
+            assert not (m.channel_up and m.setting_up)
+        # at most one release, and nothing after it
+        assert sum(isinstance(a, ReleaseDevice) for a in acts) <= 1
+        if m.released:
+            assert m.peer_changed(b"4") == []
