@@ -84,17 +84,36 @@ def states(link: Link) -> tuple[XenbusState, XenbusState]:
 # ------------------------------------------------------------ parse_state
 
 
-@pytest.mark.parametrize("raw,want", [(b"1", S.INITIALISING), ("4", S.CONNECTED), (b"6", S.CLOSED),
-                                      (b"0", S.UNKNOWN), (None, S.UNKNOWN), (b"04", S.CONNECTED)])
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        (b"1", S.INITIALISING),
+        ("4", S.CONNECTED),
+        (b"6", S.CLOSED),
+        (b"0", S.UNKNOWN),
+        (None, S.UNKNOWN),
+        (b"04", S.CONNECTED),
+    ],
+)
 def test_parse_state_accepts(raw, want):
     assert parse_state(raw) is want
 
 
-@pytest.mark.parametrize("raw,needle", [
-    (b"7", "Reconfiguring"), (b"8", "Reconfigured"), (b"9", "out of range"), (b"-1", "not a xenbus"),
-    (b"", "not a xenbus"), (b"4\x00", "not a xenbus"), (b" 4", "not a xenbus"), (b"\xff", "not ASCII"),
-    (b"123", "not a xenbus"), ("\u0664", "not a xenbus"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        (b"7", "Reconfiguring"),
+        (b"8", "Reconfigured"),
+        (b"9", "out of range"),
+        (b"-1", "not a xenbus"),
+        (b"", "not a xenbus"),
+        (b"4\x00", "not a xenbus"),
+        (b" 4", "not a xenbus"),
+        (b"\xff", "not ASCII"),
+        (b"123", "not a xenbus"),
+        ("\u0664", "not a xenbus"),
+    ],
+)
 def test_parse_state_rejects(raw, needle):
     with pytest.raises(BadPeerState, match=needle):
         parse_state(raw)
@@ -109,9 +128,14 @@ def test_handshake_reaches_connected_both_sides():
     assert states(link) == (S.CONNECTED, S.CONNECTED)
     assert link.channel == {"be": True, "fe": True}
     # order of our own writes, as netback/netfront do them
-    assert [a.state for a in link.log["be"] if isinstance(a, SetState)] == [S.INIT_WAIT, S.CONNECTED]
-    assert [a.state for a in link.log["fe"] if isinstance(a, SetState)] == [S.INITIALISING,
-                                                                            S.CONNECTED]
+    assert [a.state for a in link.log["be"] if isinstance(a, SetState)] == [
+        S.INIT_WAIT,
+        S.CONNECTED,
+    ]
+    assert [a.state for a in link.log["fe"] if isinstance(a, SetState)] == [
+        S.INITIALISING,
+        S.CONNECTED,
+    ]
     # the frontend (vchan server) set up before the backend mapped
     assert sum(isinstance(a, Setup) for a in link.log["fe"]) == 1
     assert sum(isinstance(a, Setup) for a in link.log["be"]) == 1
@@ -298,8 +322,9 @@ def test_setup_done_after_disconnect_is_ignored():
 EVENTS = st.lists(
     st.tuples(
         st.sampled_from(["be", "fe"]),
-        st.sampled_from(["peer", "done", "failed", "lost", "restart", "close", "toolstack",
-                         "removed"]),
+        st.sampled_from(
+            ["peer", "done", "failed", "lost", "restart", "close", "toolstack", "removed"]
+        ),
         st.sampled_from([b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"x", None]),
     ),
     max_size=40,
