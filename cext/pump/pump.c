@@ -1,0 +1,654 @@
+/* ncd frame pump: see pump.h. One thread, both directions, zero-copy. */
+#define _GNU_SOURCE
+#include "pump.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "../vchan/vchan.h"
+
+#define DEFAULT_BATCH 64u
+
+/* Counters: written by the pump thread, read by anyone. */
+#define CNT_ADD(p, f, n) __atomic_fetch_add(&(p)->st.f, (uint64_t)(n), __ATOMIC_RELAXED)
+#define CNT_SET(p, f, n) __atomic_store_n(&(p)->st.f, (uint64_t)(n), __ATOMIC_RELAXED)
+#define CNT_GET(p, f) __atomic_load_n(&(p)->st.f, __ATOMIC_RELAXED)
+
+struct ncd_pump {
+    struct ncd_vchan *v;
+    struct ncd_pump_config cfg;
+    uint32_t max_frame;
+    uint32_t tx_max_rec; /* largest record we may read from the fd (vnet hdr + frame) */
+    int is_socket;
+    int wake_fd, done_fd, evtchn_fd;
+    pthread_t thread;
+    pthread_mutex_t lock; /* serialises stop/join */
+    int joined;
+    int stop;   /* atomic */
+    int state;  /* atomic; reason[] is published before state (release) */
+    char reason[192];
+    struct ncd_pump_stats st;
+    /* tx: zero-copy needs room for a maximal record; below that, a bounce buffer */
+    uint8_t *bounce;
+    size_t bounce_len; /* bytes of a frame waiting in bounce (0 = none) */
+    /* ring space still to be waited for before tx proceeds */
+    size_t tx_need;
+    int rx_waiting_fd; /* rx is waiting for POLLOUT */
+    int tx_wait_counted;
+};
+
+/* ---- two-iovec ring spans --------------------------------------------- */
+
+struct span {
+    struct iovec iov[2];
+    int cnt;
+    size_t len;
+};
+
+static void span_init(struct span *s, int cnt)
+{
+    s->cnt = cnt < 0 ? 0 : (cnt > 2 ? 2 : cnt);
+    s->len = 0;
+    for (int i = 0; i < s->cnt; i++)
+        s->len += s->iov[i].iov_len;
+}
+
+/* Describe bytes [off, off+len) of the span with at most two iovecs. */
+static int span_slice(const struct span *s, size_t off, size_t len, struct iovec *out)
+{
+    int n = 0;
+
+    for (int i = 0; i < s->cnt && len; i++) {
+        size_t l = s->iov[i].iov_len;
+        if (off >= l) {
+            off -= l;
+            continue;
+        }
+        size_t take = l - off < len ? l - off : len;
+        out[n].iov_base = (uint8_t *)s->iov[i].iov_base + off;
+        out[n].iov_len = take;
+        n++;
+        len -= take;
+        off = 0;
+    }
+    return n;
+}
+
+static void span_copy_out(const struct span *s, size_t off, void *dst, size_t len)
+{
+    struct iovec part[2];
+    int n = span_slice(s, off, len, part);
+    uint8_t *d = dst;
+
+    for (int i = 0; i < n; i++) {
+        memcpy(d, part[i].iov_base, part[i].iov_len);
+        d += part[i].iov_len;
+    }
+}
+
+static void span_copy_in(const struct span *s, size_t off, const void *src, size_t len)
+{
+    struct iovec part[2];
+    int n = span_slice(s, off, len, part);
+    const uint8_t *c = src;
+
+    for (int i = 0; i < n; i++) {
+        memcpy(part[i].iov_base, c, part[i].iov_len);
+        c += part[i].iov_len;
+    }
+}
+
+/* ---- state ---------------------------------------------------------------- */
+
+static void set_state(struct ncd_pump *p, int state, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_state(struct ncd_pump *p, int state, const char *fmt, ...)
+{
+    if (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != NCD_PUMP_RUNNING)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->reason, sizeof p->reason, fmt, ap);
+    va_end(ap);
+    if (state != NCD_PUMP_STOPPED)
+        fprintf(stderr, "ncd-pump: fd %d: %s\n", p->cfg.fd, p->reason);
+    __atomic_store_n(&p->state, state, __ATOMIC_RELEASE);
+}
+
+static void snapshot_vchan_stats(struct ncd_pump *p)
+{
+    struct ncd_vchan_stats vs;
+    ncd_vchan_get_stats(p->v, &vs);
+    CNT_SET(p, notify_sent, vs.notify_sent);
+}
+
+static void hostile(struct ncd_pump *p, const char *what)
+{
+    const char *r = ncd_vchan_close_reason(p->v);
+    set_state(p, NCD_PUMP_BAD_PEER, "%s: %s", what, r ? r : "hostile ring value");
+}
+
+/* ---- fd -> ring ------------------------------------------------------------ */
+
+enum { DIR_MORE, DIR_IDLE, DIR_BLOCKED, DIR_FATAL };
+
+/* One frame from the fd into iov (<= 3 entries). Returns bytes, 0 = nothing
+ * to read now, -1 = fatal (state set). *trunc tells a socket truncated it. */
+static ssize_t fd_read_frame(struct ncd_pump *p, struct iovec *iov, int cnt, int *trunc)
+{
+    ssize_t n;
+
+    *trunc = 0;
+    for (;;) {
+        if (p->is_socket) {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+            n = recvmsg(p->cfg.fd, &mh, MSG_DONTWAIT);
+            if (n >= 0 && (mh.msg_flags & MSG_TRUNC))
+                *trunc = 1;
+        } else {
+            n = readv(p->cfg.fd, iov, cnt);
+        }
+        if (n > 0)
+            return n;
+        if (n == 0) {
+            set_state(p, NCD_PUMP_FD_ERROR, "frame fd: end of file");
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        set_state(p, NCD_PUMP_FD_ERROR, "frame fd read: %s", strerror(errno));
+        return -1;
+    }
+}
+
+/* Validate what the fd gave us before it goes to the peer: the peer would
+ * close the channel on a record it did not agree to. 1 = send it. */
+static int tx_acceptable(struct ncd_pump *p, const uint8_t vnet[NCD_VNET_HDR_SIZE], size_t n,
+                         int trunc)
+{
+    struct ncd_vnet_hdr h;
+
+    if (trunc || n > p->tx_max_rec) {
+        CNT_ADD(p, drop_tx_truncated, 1);
+        return 0;
+    }
+    if (n < NCD_REC_LEN_MIN) {
+        CNT_ADD(p, drop_tx_short, 1);
+        return 0;
+    }
+    ncd_vnet_decode(vnet, &h);
+    if (ncd_frame_check_vnet(&h, (uint32_t)(n - NCD_VNET_HDR_SIZE), p->cfg.tx_features)) {
+        CNT_ADD(p, drop_tx_offload, 1);
+        return 0;
+    }
+    return 1;
+}
+
+static void tx_account(struct ncd_pump *p, size_t n)
+{
+    CNT_ADD(p, tx_frames, 1);
+    CNT_ADD(p, tx_bytes, n - NCD_VNET_HDR_SIZE);
+}
+
+static int tx_run(struct ncd_pump *p)
+{
+    struct span s;
+    size_t used = 0, rec_room = NCD_REC_LEN_SIZE + p->tx_max_rec;
+    uint32_t frames = 0;
+    int ret = DIR_MORE;
+
+    s.cnt = ncd_vchan_write_iov(p->v, s.iov, p->cfg.write_ring_size);
+    if (s.cnt < 0) {
+        hostile(p, "vchan write ring");
+        return DIR_FATAL;
+    }
+    span_init(&s, s.cnt);
+
+    while (frames < p->cfg.batch) {
+        uint8_t lenb[NCD_REC_LEN_SIZE];
+        ssize_t n;
+        int trunc;
+
+        if (p->bounce) {
+            /* small ring: frame first into the bounce buffer, then copied in */
+            if (!p->bounce_len) {
+                struct iovec b = {.iov_base = p->bounce, .iov_len = p->tx_max_rec + 1};
+                n = fd_read_frame(p, &b, 1, &trunc);
+                if (n <= 0) {
+                    ret = n < 0 ? DIR_FATAL : DIR_IDLE;
+                    break;
+                }
+                if ((size_t)n + NCD_REC_LEN_SIZE > p->cfg.write_ring_size && !trunc &&
+                    (size_t)n <= p->tx_max_rec) {
+                    CNT_ADD(p, drop_too_big, 1);
+                    continue;
+                }
+                if (!tx_acceptable(p, p->bounce, (size_t)n, trunc))
+                    continue;
+                p->bounce_len = (size_t)n;
+            }
+            if (s.len - used < NCD_REC_LEN_SIZE + p->bounce_len) {
+                p->tx_need = NCD_REC_LEN_SIZE + p->bounce_len;
+                ret = DIR_BLOCKED;
+                break;
+            }
+            ncd_le32_put(lenb, (uint32_t)p->bounce_len);
+            span_copy_in(&s, used, lenb, sizeof lenb);
+            span_copy_in(&s, used + NCD_REC_LEN_SIZE, p->bounce, p->bounce_len);
+            used += NCD_REC_LEN_SIZE + p->bounce_len;
+            tx_account(p, p->bounce_len);
+            p->bounce_len = 0;
+            frames++;
+            continue;
+        }
+
+        /* zero-copy: read the frame straight into the ring behind a length gap */
+        if (s.len - used < rec_room) {
+            p->tx_need = rec_room;
+            ret = DIR_BLOCKED;
+            break;
+        }
+        struct iovec dst[3];
+        int cnt = span_slice(&s, used + NCD_REC_LEN_SIZE, p->tx_max_rec, dst);
+        /* one spare byte past the maximum so that an oversized frame shows */
+        uint8_t spare;
+        dst[cnt].iov_base = &spare;
+        dst[cnt].iov_len = 1;
+        n = fd_read_frame(p, dst, cnt + 1, &trunc);
+        if (n <= 0) {
+            ret = n < 0 ? DIR_FATAL : DIR_IDLE;
+            break;
+        }
+        uint8_t vnet[NCD_VNET_HDR_SIZE];
+        if ((size_t)n >= NCD_VNET_HDR_SIZE)
+            span_copy_out(&s, used + NCD_REC_LEN_SIZE, vnet, sizeof vnet);
+        if (!tx_acceptable(p, vnet, (size_t)n, trunc))
+            continue;
+        ncd_le32_put(lenb, (uint32_t)n);
+        span_copy_in(&s, used, lenb, sizeof lenb);
+        used += NCD_REC_LEN_SIZE + (size_t)n;
+        tx_account(p, (size_t)n);
+        frames++;
+    }
+    if (used) {
+        ncd_vchan_write_commit(p->v, used);
+        CNT_ADD(p, tx_batches, 1);
+    }
+    return ret;
+}
+
+/* ---- ring -> fd ------------------------------------------------------------ */
+
+/* Write one frame; returns 1 done (sent or dropped), 0 fd full, -1 fatal. */
+static int fd_write_frame(struct ncd_pump *p, struct iovec *iov, int cnt, size_t total)
+{
+    for (;;) {
+        ssize_t n;
+        if (p->is_socket) {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+            n = sendmsg(p->cfg.fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } else {
+            n = writev(p->cfg.fd, iov, cnt);
+        }
+        if (n >= 0) {
+            if ((size_t)n != total) {
+                CNT_ADD(p, drop_fd_write, 1); /* a short write: the fd is not packet-mode */
+                return 1;
+            }
+            CNT_ADD(p, rx_frames, 1);
+            CNT_ADD(p, rx_bytes, total - NCD_VNET_HDR_SIZE);
+            return 1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+            return 0;
+        if (errno == EIO) {
+            CNT_ADD(p, drop_tap_not_ready, 1);
+            return 1;
+        }
+        CNT_ADD(p, drop_fd_write, 1);
+        return 1;
+    }
+}
+
+/* *remain: complete-or-not bytes left unread in the ring after this run */
+static int rx_run(struct ncd_pump *p, size_t *remain)
+{
+    struct span s;
+    size_t used = 0;
+    uint32_t frames = 0;
+    int ret = DIR_MORE;
+
+    *remain = 0;
+    s.cnt = ncd_vchan_read_iov(p->v, s.iov, p->cfg.read_ring_size);
+    if (s.cnt < 0) {
+        hostile(p, "vchan read ring");
+        return DIR_FATAL;
+    }
+    span_init(&s, s.cnt);
+    p->rx_waiting_fd = 0;
+
+    while (frames < p->cfg.batch) {
+        size_t left = s.len - used;
+        uint8_t lenb[NCD_REC_LEN_SIZE], vnet[NCD_VNET_HDR_SIZE];
+        struct ncd_vnet_hdr h;
+
+        if (left < NCD_REC_LEN_SIZE) {
+            ret = DIR_IDLE;
+            break;
+        }
+        span_copy_out(&s, used, lenb, sizeof lenb);
+        uint32_t rec_len = ncd_le32_get(lenb); /* read once; our copy is the truth */
+        int err = ncd_frame_check_len(rec_len, p->max_frame, p->cfg.read_ring_size);
+        if (err) {
+            CNT_ADD(p, bad_record, 1);
+            set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
+                      ncd_frame_err_name(err));
+            ret = DIR_FATAL;
+            break;
+        }
+        if (left - NCD_REC_LEN_SIZE < rec_len) {
+            ret = DIR_IDLE;
+            break;
+        }
+        span_copy_out(&s, used + NCD_REC_LEN_SIZE, vnet, sizeof vnet);
+        ncd_vnet_decode(vnet, &h);
+        err = ncd_frame_check_vnet(&h, rec_len - NCD_VNET_HDR_SIZE, p->cfg.rx_features);
+        if (err) {
+            CNT_ADD(p, bad_record, 1);
+            set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
+                      ncd_frame_err_name(err));
+            ret = DIR_FATAL;
+            break;
+        }
+        /* the validated header from our copy, the frame straight from the ring */
+        struct iovec out[3];
+        out[0].iov_base = vnet;
+        out[0].iov_len = sizeof vnet;
+        int cnt = 1 + span_slice(&s, used + NCD_REC_HDR_SIZE, rec_len - NCD_VNET_HDR_SIZE,
+                                 out + 1);
+        int w = fd_write_frame(p, out, cnt, rec_len);
+        if (w == 0) {
+            p->rx_waiting_fd = 1;
+            CNT_ADD(p, fd_full_waits, 1);
+            ret = DIR_BLOCKED;
+            break;
+        }
+        used += NCD_REC_LEN_SIZE + rec_len;
+        frames++;
+    }
+    if (used) {
+        ncd_vchan_read_commit(p->v, used);
+        CNT_ADD(p, rx_batches, 1);
+    }
+    *remain = s.len - used;
+    return ret;
+}
+
+/* ---- the thread ------------------------------------------------------------ */
+
+static void consume_event(struct ncd_pump *p)
+{
+    if (ncd_vchan_wait(p->v) == 0)
+        CNT_ADD(p, notify_recv, 1);
+}
+
+static void *pump_main(void *arg)
+{
+    struct ncd_pump *p = arg;
+
+    while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+        size_t remain = 0;
+        int tx = DIR_IDLE, rx;
+
+        int open = ncd_vchan_is_open(p->v);
+        if (open == 1)
+            tx = tx_run(p);
+        if (tx == DIR_FATAL)
+            break;
+        rx = rx_run(p, &remain);
+        if (rx == DIR_FATAL)
+            break;
+        if (tx == DIR_MORE || rx == DIR_MORE)
+            continue; /* work left: no sleeping, bounded by progress */
+
+        /* About to sleep: ask the peer for a notification, then look again so
+         * that a commit between our look and the request cannot be missed. */
+        int again = 0;
+        if (rx == DIR_IDLE) {
+            ncd_vchan_request_notify(p->v, 0, 1);
+            ssize_t r = ncd_vchan_data_ready(p->v);
+            if (r < 0) {
+                hostile(p, "vchan read ring");
+                break;
+            }
+            if ((size_t)r > remain)
+                again = 1;
+        }
+        if (tx == DIR_BLOCKED) {
+            if (!p->tx_wait_counted) {
+                CNT_ADD(p, ring_full_waits, 1);
+                p->tx_wait_counted = 1;
+            }
+            ncd_vchan_request_notify(p->v, 1, 0);
+            ssize_t sp = ncd_vchan_buffer_space(p->v);
+            if (sp >= 0 && (size_t)sp >= p->tx_need)
+                again = 1;
+        } else {
+            p->tx_wait_counted = 0;
+        }
+        if (again)
+            continue;
+        if (open == 0 || (open == 1 && ncd_vchan_is_open(p->v) == 0)) {
+            /* peer gone: everything complete it wrote has been delivered */
+            if (rx == DIR_IDLE) {
+                const char *r = ncd_vchan_close_reason(p->v);
+                if (r)
+                    set_state(p, NCD_PUMP_BAD_PEER, "vchan closed: %s", r);
+                else
+                    set_state(p, NCD_PUMP_PEER_CLOSED, "peer closed the vchan");
+                break;
+            }
+        }
+        snapshot_vchan_stats(p);
+
+        struct pollfd pfd[3] = {
+            {.fd = p->wake_fd, .events = POLLIN},
+            {.fd = p->evtchn_fd, .events = POLLIN},
+            {.fd = p->cfg.fd, .events = 0},
+        };
+        if (open == 1 && tx == DIR_IDLE)
+            pfd[2].events |= POLLIN;
+        if (rx == DIR_BLOCKED)
+            pfd[2].events |= POLLOUT;
+        /* a server still waiting for its client: look again every 100 ms */
+        int n = poll(pfd, 3, open == 2 ? 100 : -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            set_state(p, NCD_PUMP_INTERNAL, "poll: %s", strerror(errno));
+            break;
+        }
+        CNT_ADD(p, wakeups, 1);
+        if (pfd[1].revents & POLLIN)
+            consume_event(p);
+        if (pfd[1].revents & (POLLERR | POLLNVAL)) {
+            set_state(p, NCD_PUMP_INTERNAL, "event channel fd failed");
+            break;
+        }
+        /* a hang-up we did not ask to read through would wake poll() forever */
+        if ((pfd[2].revents & (POLLERR | POLLNVAL)) ||
+            ((pfd[2].revents & POLLHUP) && !(pfd[2].events & POLLIN))) {
+            set_state(p, NCD_PUMP_FD_ERROR, "frame fd: hang-up or error");
+            break;
+        }
+    }
+    snapshot_vchan_stats(p);
+    if (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != NCD_PUMP_RUNNING) {
+        uint64_t one = 1;
+        if (write(p->done_fd, &one, sizeof one) < 0) {
+            /* eventfd write cannot fail short of overflow; nothing to do */
+        }
+    }
+    return NULL;
+}
+
+/* ---- public API ------------------------------------------------------------ */
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_pump_config *cfg,
+                   char *err, size_t errlen)
+{
+    struct ncd_pump *p;
+    struct stat sb;
+    int fl, rc;
+
+    *out = NULL;
+    if (!v || !cfg)
+        return fail(err, errlen, "ncd_pump_start: no vchan or config");
+    if (cfg->fd < 0 || fstat(cfg->fd, &sb) < 0)
+        return fail(err, errlen, "ncd_pump_start: bad fd %d", cfg->fd);
+    if (cfg->max_frame && (cfg->max_frame < NCD_ETH_MIN || cfg->max_frame > NCD_ETH_MAX))
+        return fail(err, errlen, "ncd_pump_start: max_frame %u outside %u..%u", cfg->max_frame,
+                    NCD_ETH_MIN, NCD_ETH_MAX);
+    size_t rsz = cfg->read_ring_size ? cfg->read_ring_size : ncd_vchan_read_size(v);
+    size_t wsz = cfg->write_ring_size ? cfg->write_ring_size : ncd_vchan_write_size(v);
+    if (rsz < NCD_REC_LEN_SIZE + NCD_REC_LEN_MIN || wsz < NCD_REC_LEN_SIZE + NCD_REC_LEN_MIN ||
+        rsz > UINT32_MAX || wsz > UINT32_MAX)
+        return fail(err, errlen, "ncd_pump_start: ring sizes %zu/%zu unusable for frames", rsz,
+                    wsz);
+    if ((cfg->rx_features | cfg->tx_features) & ~NCD_FEAT_ALL)
+        return fail(err, errlen, "ncd_pump_start: unknown feature bits");
+    if (ncd_vchan_fd(v) < 0)
+        return fail(err, errlen, "ncd_pump_start: vchan has no event-channel fd");
+
+    p = calloc(1, sizeof *p);
+    if (!p)
+        return fail(err, errlen, "ncd_pump_start: out of memory");
+    p->v = v;
+    p->cfg = *cfg;
+    p->cfg.read_ring_size = (uint32_t)rsz;
+    p->cfg.write_ring_size = (uint32_t)wsz;
+    if (!p->cfg.batch)
+        p->cfg.batch = DEFAULT_BATCH;
+    p->max_frame = cfg->max_frame ? cfg->max_frame : NCD_ETH_MAX;
+    p->tx_max_rec = NCD_VNET_HDR_SIZE + p->max_frame;
+    p->is_socket = S_ISSOCK(sb.st_mode);
+    p->evtchn_fd = ncd_vchan_fd(v);
+    p->wake_fd = p->done_fd = -1;
+    p->joined = 1; /* no thread to join until pthread_create succeeds */
+    pthread_mutex_init(&p->lock, NULL);
+
+    if (wsz < NCD_REC_LEN_SIZE + (size_t)p->tx_max_rec) {
+        p->bounce = malloc(p->tx_max_rec + 1);
+        if (!p->bounce) {
+            ncd_pump_free(p);
+            return fail(err, errlen, "ncd_pump_start: out of memory");
+        }
+    }
+    p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    p->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->wake_fd < 0 || p->done_fd < 0) {
+        int e = errno;
+        ncd_pump_free(p);
+        return fail(err, errlen, "ncd_pump_start: eventfd: %s", strerror(e));
+    }
+    fl = fcntl(cfg->fd, F_GETFL);
+    if (fl < 0 || fcntl(cfg->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int e = errno;
+        ncd_pump_free(p);
+        return fail(err, errlen, "ncd_pump_start: O_NONBLOCK on fd %d: %s", cfg->fd, strerror(e));
+    }
+    rc = pthread_create(&p->thread, NULL, pump_main, p);
+    if (rc) {
+        ncd_pump_free(p);
+        return fail(err, errlen, "ncd_pump_start: pthread_create: %s", strerror(rc));
+    }
+    p->joined = 0;
+    *out = p;
+    return 0;
+}
+
+void ncd_pump_stop(struct ncd_pump *p)
+{
+    uint64_t one = 1;
+
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->lock);
+    if (!p->joined) {
+        __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+        if (write(p->wake_fd, &one, sizeof one) < 0) {
+            /* cannot fail for a fresh eventfd; the flag is set anyway */
+        }
+        pthread_join(p->thread, NULL);
+        p->joined = 1;
+        set_state(p, NCD_PUMP_STOPPED, "stopped");
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+void ncd_pump_free(struct ncd_pump *p)
+{
+    if (!p)
+        return;
+    ncd_pump_stop(p);
+    if (p->wake_fd >= 0)
+        close(p->wake_fd);
+    if (p->done_fd >= 0)
+        close(p->done_fd);
+    pthread_mutex_destroy(&p->lock);
+    free(p->bounce);
+    free(p);
+}
+
+void ncd_pump_get_stats(struct ncd_pump *p, struct ncd_pump_stats *out)
+{
+    const uint64_t *src = (const uint64_t *)&p->st;
+    uint64_t *dst = (uint64_t *)out;
+
+    for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
+int ncd_pump_state(struct ncd_pump *p)
+{
+    return __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
+}
+
+const char *ncd_pump_reason(struct ncd_pump *p)
+{
+    int s = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
+    return s == NCD_PUMP_RUNNING ? "" : p->reason;
+}
+
+int ncd_pump_done_fd(struct ncd_pump *p)
+{
+    return p->done_fd;
+}
