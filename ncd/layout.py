@@ -1,0 +1,493 @@
+"""Where an ncvif lives in xenstore, what ``ncctl attach`` writes, and parsers for it.
+
+Contract (docs: /work/shared/design.md, "xenstore layout")::
+
+    /local/domain/<be>/backend/ncvif/<fe>/<devid>/   frontend, frontend-id, online, state,
+                                                      mac, mtu, bridge (optional), handle
+    /local/domain/<fe>/device/ncvif/<devid>/         backend, backend-id, state, mac, mtu,
+                                                      handle
+
+Permissions as libxl sets them for a vif: the backend directory is owned by the
+backend with read for the frontend (``n<be> r<fe>``); the frontend directory is
+owned by the frontend with read for the backend (``n<fe> r<be>``).
+
+The store is injected (mirage-net-xen style): anything with the methods of
+:class:`Store` works, e.g. :class:`ncd.xen.xenstore.XenStore` or an in-memory
+fake. Values written by another domain are untrusted: every ``parse_*`` here
+raises :class:`BadEntry` (a ValueError) naming the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, TypeVar
+
+DEVICE_KIND = "ncvif"
+DOMID_MAX = 0x7FEF  # DOMID_FIRST_RESERVED - 1
+DEVID_MAX = 0xFFFF
+MTU_MIN = 68
+MTU_MAX = 65521  # tun: MAX_MTU - ETH_HLEN
+MTU_DEFAULT = 1500
+IFNAMSIZ = 16
+XEN_OUI = "00:16:3e"
+VALUE_MAX = 4096  # XENSTORE_PAYLOAD_MAX: nothing legitimate is longer
+
+R = TypeVar("R")
+
+
+class Perm(NamedTuple):
+    """A xenstore permission entry (same shape as ``ncd.xen.xenstore.Perm``)."""
+
+    domid: int
+    perm: str  # 'n', 'r', 'w' or 'b'
+
+
+class StoreOps(Protocol):
+    """The store operations layout uses (in or outside a transaction)."""
+
+    def read_bytes(self, path: str) -> bytes: ...
+    def write(self, path: str, value: str | bytes) -> None: ...
+    def mkdir(self, path: str) -> None: ...
+    def rm(self, path: str, missing_ok: bool = False) -> None: ...
+    def directory(self, path: str) -> list[str]: ...
+    def get_perms(self, path: str) -> Sequence[tuple[int, str]]: ...
+    def set_perms(self, path: str, perms: Sequence[Perm | tuple[int, str]]) -> None: ...
+
+
+class Store(StoreOps, Protocol):
+    """A xenstore connection: the operations plus transactions."""
+
+    def run_in_transaction(self, fn: Callable[..., R]) -> R: ...
+
+
+class BadEntry(ValueError):
+    """A xenstore value that fails validation; the message names the key."""
+
+
+class AttachError(Exception):
+    """``ncctl attach`` / ``detach`` refused: the message is the one line to show."""
+
+
+# ---------------------------------------------------------------- paths
+
+
+def domain_path(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+def backend_root(be: int) -> str:
+    return f"{domain_path(be)}/backend/{DEVICE_KIND}"
+
+
+def backend_dir(be: int, fe: int, devid: int) -> str:
+    return f"{backend_root(be)}/{fe}/{devid}"
+
+
+def frontend_root(fe: int) -> str:
+    return f"{domain_path(fe)}/device/{DEVICE_KIND}"
+
+
+def frontend_dir(fe: int, devid: int) -> str:
+    return f"{frontend_root(fe)}/{devid}"
+
+
+def queue_dir(fe: int, devid: int, queue: int) -> str:
+    """Where the frontend (vchan server) publishes queue ``queue``'s vchan."""
+    return f"{frontend_dir(fe, devid)}/queue-{queue}"
+
+
+def backend_ifname(fe: int, devid: int) -> str:
+    """The backend's TAP name for a vif: ``ncvif<domid>.<devid>`` (fits IFNAMSIZ)."""
+    return f"ncvif{fe}.{devid}"
+
+
+def frontend_ifname(devid: int) -> str:
+    return f"nc{devid}"
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def _text(key: str, raw: bytes | str | None) -> str:
+    if raw is None:
+        raise BadEntry(f"{key}: missing")
+    if isinstance(raw, bytes):
+        if len(raw) > VALUE_MAX:
+            raise BadEntry(f"{key}: value too long ({len(raw)} bytes)")
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise BadEntry(f"{key}: not ASCII: {raw[:32]!r}") from None
+    if not raw.isascii():
+        raise BadEntry(f"{key}: not ASCII: {raw[:32]!r}")
+    return raw
+
+
+def parse_uint(key: str, raw: bytes | str | None, lo: int, hi: int) -> int:
+    """A decimal integer in [lo, hi], no sign, spaces or leading junk."""
+    text = _text(key, raw)
+    if not text or len(text) > 10 or not text.isdigit():
+        raise BadEntry(f"{key}: not a decimal number: {text[:32]!r}")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise BadEntry(f"{key}: {value} out of range {lo}..{hi}")
+    return value
+
+
+def parse_domid(key: str, raw: bytes | str | None) -> int:
+    return parse_uint(key, raw, 0, DOMID_MAX)
+
+
+def parse_devid(key: str, raw: bytes | str | None) -> int:
+    return parse_uint(key, raw, 0, DEVID_MAX)
+
+
+def parse_mtu(key: str, raw: bytes | str | None) -> int:
+    return parse_uint(key, raw, MTU_MIN, MTU_MAX)
+
+
+def parse_bool(key: str, raw: bytes | str | None) -> bool:
+    text = _text(key, raw)
+    if text not in ("0", "1"):
+        raise BadEntry(f"{key}: expected 0 or 1, got {text[:32]!r}")
+    return text == "1"
+
+
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+def parse_mac(key: str, raw: bytes | str | None) -> str:
+    """A unicast, non-zero MAC ``xx:xx:xx:xx:xx:xx``; returned lower case."""
+    text = _text(key, raw)
+    if not _MAC_RE.fullmatch(text):
+        raise BadEntry(f"{key}: not a MAC address (xx:xx:xx:xx:xx:xx): {text[:32]!r}")
+    octets = bytes(int(x, 16) for x in text.split(":"))
+    if octets[0] & 1:
+        raise BadEntry(f"{key}: {text} is a multicast address")
+    if octets == bytes(6):
+        raise BadEntry(f"{key}: {text} is the zero address")
+    return text.lower()
+
+
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_ifname(key: str, raw: bytes | str | None) -> str:
+    """A Linux interface name: 1..15 chars of [A-Za-z0-9_.-], not '.' or '..'."""
+    text = _text(key, raw)
+    if not 0 < len(text) < IFNAMSIZ or not _IFNAME_RE.fullmatch(text) or text in (".", ".."):
+        raise BadEntry(f"{key}: not an interface name: {text[:32]!r}")
+    return text
+
+
+def parse_path(key: str, raw: bytes | str | None, expected: str) -> str:
+    """A path that must be exactly ``expected`` (a peer must not point us elsewhere)."""
+    text = _text(key, raw)
+    if text != expected:
+        raise BadEntry(f"{key}: {text[:120]!r} is not {expected!r}")
+    return text
+
+
+# ---------------------------------------------------------------- store helpers
+
+
+def read_optional(store: StoreOps, path: str) -> bytes | None:
+    """The value at ``path``, or None if the node does not exist."""
+    try:
+        return store.read_bytes(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def list_optional(store: StoreOps, path: str) -> list[str]:
+    try:
+        return store.directory(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return []
+        raise
+
+
+def domain_exists(store: StoreOps, domid: int) -> bool:
+    return read_optional(store, domain_path(domid)) is not None
+
+
+# ---------------------------------------------------------------- the entries
+
+
+@dataclass(frozen=True)
+class VifSpec:
+    """One ncvif as the toolstack declares it."""
+
+    backend: int
+    frontend: int
+    devid: int
+    mac: str
+    mtu: int = MTU_DEFAULT
+    bridge: str | None = None
+
+    def __post_init__(self) -> None:
+        parse_domid("backend-id", str(self.backend))
+        parse_domid("frontend-id", str(self.frontend))
+        parse_devid("devid", str(self.devid))
+        object.__setattr__(self, "mac", parse_mac("mac", self.mac))
+        parse_mtu("mtu", str(self.mtu))
+        if self.bridge is not None:
+            parse_ifname("bridge", self.bridge)
+        if self.backend == self.frontend:
+            raise BadEntry("frontend-id: a domain cannot be its own backend")
+        name = backend_ifname(self.frontend, self.devid)
+        if len(name) >= IFNAMSIZ:
+            raise BadEntry(
+                f"devid: {self.devid} too large for domain {self.frontend} "
+                f"(interface name {name} exceeds {IFNAMSIZ - 1} characters)"
+            )
+
+    @property
+    def backend_dir(self) -> str:
+        return backend_dir(self.backend, self.frontend, self.devid)
+
+    @property
+    def frontend_dir(self) -> str:
+        return frontend_dir(self.frontend, self.devid)
+
+
+def backend_entries(spec: VifSpec) -> dict[str, str]:
+    entries = {
+        "frontend": spec.frontend_dir,
+        "frontend-id": str(spec.frontend),
+        "online": "1",
+        "state": "1",
+        "mac": spec.mac,
+        "mtu": str(spec.mtu),
+        "handle": str(spec.devid),
+    }
+    if spec.bridge is not None:
+        entries["bridge"] = spec.bridge
+    return entries
+
+
+def frontend_entries(spec: VifSpec) -> dict[str, str]:
+    return {
+        "backend": spec.backend_dir,
+        "backend-id": str(spec.backend),
+        "state": "1",
+        "mac": spec.mac,
+        "mtu": str(spec.mtu),
+        "handle": str(spec.devid),
+    }
+
+
+def backend_perms(spec: VifSpec) -> list[Perm]:
+    return [Perm(spec.backend, "n"), Perm(spec.frontend, "r")]
+
+
+def frontend_perms(spec: VifSpec) -> list[Perm]:
+    return [Perm(spec.frontend, "n"), Perm(spec.backend, "r")]
+
+
+def used_devids(store: StoreOps, be: int, fe: int) -> set[int]:
+    """Devids already taken for ``fe``: in its device dir or in ``be``'s backend dir."""
+    names = set(list_optional(store, frontend_root(fe)))
+    names |= set(list_optional(store, f"{backend_root(be)}/{fe}"))
+    out = set()
+    for name in names:
+        try:
+            out.add(parse_devid(f"{DEVICE_KIND}/{name}", name))
+        except BadEntry:
+            continue  # not ours to judge; it cannot collide with a decimal devid
+    return out
+
+
+def _write_dir(t: StoreOps, path: str, perms: list[Perm], entries: dict[str, str]) -> None:
+    t.mkdir(path)
+    t.set_perms(path, perms)  # before the keys: they inherit the directory's perms
+    for key, value in entries.items():
+        t.write(f"{path}/{key}", value)
+
+
+def attach(
+    store: Store,
+    *,
+    backend: int,
+    frontend: int,
+    mac: str,
+    devid: int | None = None,
+    mtu: int = MTU_DEFAULT,
+    bridge: str | None = None,
+) -> VifSpec:
+    """Write both directories of a new ncvif in one transaction (as libxl does).
+
+    Raises :class:`AttachError` for an unknown frontend domain or a devid in
+    use, :class:`BadEntry` for bad arguments. With ``devid`` None the next free
+    one (highest + 1, as libxl) is chosen.
+    """
+    if devid is not None:
+        parse_devid("devid", str(devid))
+    if devid is None:
+        VifSpec(backend, frontend, 0, mac, mtu, bridge)  # validate before touching xenstore
+
+    def txn(t: StoreOps) -> VifSpec:
+        if not domain_exists(t, frontend):
+            raise AttachError(f"domain {frontend} does not exist")
+        if not domain_exists(t, backend):
+            raise AttachError(f"backend domain {backend} does not exist")
+        used = used_devids(t, backend, frontend)
+        chosen = devid if devid is not None else (max(used) + 1 if used else 0)
+        if chosen in used:
+            raise AttachError(f"domain {frontend} already has {DEVICE_KIND} devid {chosen}")
+        spec = VifSpec(backend, frontend, chosen, mac, mtu, bridge)
+        _write_dir(t, spec.frontend_dir, frontend_perms(spec), frontend_entries(spec))
+        _write_dir(t, spec.backend_dir, backend_perms(spec), backend_entries(spec))
+        return spec
+
+    return store.run_in_transaction(txn)
+
+
+def request_detach(store: Store, be: int, fe: int, devid: int) -> None:
+    """Ask the backend to close the device: ``online`` 0, backend ``state`` Closing."""
+    path = backend_dir(be, fe, devid)
+
+    def txn(t: StoreOps) -> None:
+        if read_optional(t, f"{path}/state") is None:
+            raise AttachError(f"domain {fe} has no {DEVICE_KIND} devid {devid}")
+        t.write(f"{path}/online", "0")
+        t.write(f"{path}/state", "5")
+
+    store.run_in_transaction(txn)
+
+
+def remove_entries(store: Store, be: int, fe: int, devid: int) -> None:
+    """Remove both directories (and the per-frontend backend dir once empty)."""
+
+    def txn(t: StoreOps) -> None:
+        t.rm(backend_dir(be, fe, devid), missing_ok=True)
+        t.rm(frontend_dir(fe, devid), missing_ok=True)
+        parent = f"{backend_root(be)}/{fe}"
+        if read_optional(t, parent) is not None and not list_optional(t, parent):
+            t.rm(parent, missing_ok=True)
+
+    store.run_in_transaction(txn)
+
+
+# ---------------------------------------------------------------- reading the peer
+
+
+@dataclass(frozen=True)
+class BackendView:
+    """What the backend daemon reads from its own directory of one device."""
+
+    frontend: int
+    devid: int
+    frontend_path: str
+    online: bool
+    mac: str
+    mtu: int
+    bridge: str | None
+    handle: int
+
+
+def read_backend(store: StoreOps, be: int, fe: int, devid: int) -> BackendView:
+    """Read and validate ``backend/ncvif/<fe>/<devid>``; BadEntry names a bad key."""
+    base = backend_dir(be, fe, devid)
+
+    def get(key: str) -> bytes | None:
+        return read_optional(store, f"{base}/{key}")
+
+    fe_path = parse_path(f"{base}/frontend", get("frontend"), frontend_dir(fe, devid))
+    fe_id = parse_domid(f"{base}/frontend-id", get("frontend-id"))
+    if fe_id != fe:
+        raise BadEntry(f"{base}/frontend-id: {fe_id} does not match the directory ({fe})")
+    bridge_raw = get("bridge")
+    handle = parse_devid(f"{base}/handle", get("handle"))
+    if handle != devid:
+        raise BadEntry(f"{base}/handle: {handle} does not match the directory ({devid})")
+    return BackendView(
+        frontend=fe,
+        devid=devid,
+        frontend_path=fe_path,
+        online=parse_bool(f"{base}/online", get("online")),
+        mac=parse_mac(f"{base}/mac", get("mac")),
+        mtu=parse_mtu(f"{base}/mtu", get("mtu")),
+        bridge=None if bridge_raw in (None, b"") else parse_ifname(f"{base}/bridge", bridge_raw),
+        handle=handle,
+    )
+
+
+@dataclass(frozen=True)
+class FrontendView:
+    """What the frontend daemon reads from its device directory."""
+
+    devid: int
+    backend: int
+    backend_path: str
+    mac: str
+    mtu: int
+    handle: int
+
+
+def read_frontend(store: StoreOps, fe: int, devid: int) -> FrontendView:
+    """Read and validate ``device/ncvif/<devid>`` of domain ``fe``."""
+    base = frontend_dir(fe, devid)
+
+    def get(key: str) -> bytes | None:
+        return read_optional(store, f"{base}/{key}")
+
+    be = parse_domid(f"{base}/backend-id", get("backend-id"))
+    if be == fe:
+        raise BadEntry(f"{base}/backend-id: {be} is this domain")
+    be_path = parse_path(f"{base}/backend", get("backend"), backend_dir(be, fe, devid))
+    handle = parse_devid(f"{base}/handle", get("handle"))
+    if handle != devid:
+        raise BadEntry(f"{base}/handle: {handle} does not match the directory ({devid})")
+    return FrontendView(
+        devid=devid,
+        backend=be,
+        backend_path=be_path,
+        mac=parse_mac(f"{base}/mac", get("mac")),
+        mtu=parse_mtu(f"{base}/mtu", get("mtu")),
+        handle=handle,
+    )
+
+
+def read_features(store: StoreOps, base: str, names: Sequence[str]) -> dict[str, bool]:
+    """The peer's ``feature-<name>`` flags under ``base``: absent is False, else 0/1."""
+    out: dict[str, bool] = {}
+    for name in names:
+        key = f"{base}/feature-{name}"
+        raw = read_optional(store, key)
+        out[name] = False if raw is None else parse_bool(key, raw)
+    return out
+
+
+def list_backend_devices(store: StoreOps, be: int) -> list[tuple[int, int]]:
+    """(frontend, devid) of every ncvif under ``be``'s backend dir (bad names skipped)."""
+    out: list[tuple[int, int]] = []
+    root = backend_root(be)
+    for fe_name in list_optional(store, root):
+        try:
+            fe = parse_domid(f"{root}/{fe_name}", fe_name)
+        except BadEntry:
+            continue
+        for dev_name in list_optional(store, f"{root}/{fe_name}"):
+            try:
+                out.append((fe, parse_devid(f"{root}/{fe_name}/{dev_name}", dev_name)))
+            except BadEntry:
+                continue
+    return sorted(out)
+
+
+def list_frontend_devices(store: StoreOps, fe: int) -> list[int]:
+    out = []
+    root = frontend_root(fe)
+    for name in list_optional(store, root):
+        try:
+            out.append(parse_devid(f"{root}/{name}", name))
+        except BadEntry:
+            continue
+    return sorted(out)
