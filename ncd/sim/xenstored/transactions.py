@@ -1,10 +1,11 @@
 """Optimistic transactions, with the conflict rule of Xen 4.17's xenstored.
 
 A transaction reads through to the committed store until it first touches a
-node; from then on it sees its own copy. For every node it *read* first, the
-generation seen (or "absent") is remembered; at commit, if any of those nodes
-changed in the store meanwhile, the commit fails with EAGAIN and nothing is
-applied. Watch events of a transaction fire only when it commits.
+node; from then on it sees its own copy (what it read first, or what it wrote).
+For every node it *read* first, the generation seen (or "absent") is
+remembered; at commit, if any of those nodes changed in the store meanwhile,
+the commit fails with EAGAIN and nothing is applied. Watch events of a
+transaction fire only when it commits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Transaction:
     privileged: bool
     overlay: dict[str, Node | None] = field(default_factory=dict)
     checks: dict[str, int | None] = field(default_factory=dict)
+    # What the transaction saw at its first read of a node: later reads see the same.
+    seen: dict[str, Node | None] = field(default_factory=dict)
     deltas: Counter[int] = field(default_factory=Counter)
     events: list[Event] = field(default_factory=list)
 
@@ -39,10 +42,12 @@ class Transaction:
     def get(self, path: str) -> Node | None:
         if path in self.overlay:
             return self.overlay[path]
+        if path in self.seen:
+            return self.seen[path]
+        self._touch(path)
         node = self.store.get(path)
-        if path not in self.checks:
-            self._touch(path)
-            self.checks[path] = node.generation if node is not None else None
+        self.seen[path] = node
+        self.checks[path] = node.generation if node is not None else None
         return node
 
     def put(self, path: str, node: Node) -> Node:
