@@ -1,0 +1,257 @@
+"""The daemon's configuration: ``/etc/ncd/ncd.toml`` (or ``--config``), flags override.
+
+File format (every key optional; unknown sections/keys are errors naming the key)::
+
+    [daemon]
+    log_level = "info"                  # debug | info | warning | error
+    control_socket = "/run/ncd/ncd.sock" # default: $NCD_RUNTIME_DIR/ncd.sock else /run/ncd/ncd.sock
+
+    [metrics]
+    enabled = true
+    address = "127.0.0.1"
+    port = 9477
+
+    [backend]
+    bridge = "xenbr0"                   # default bridge for vifs that name none ("" = none)
+
+    [frontend]
+    ifname = "nc{devid}"                # TAP name template in the guest
+
+    [channel]
+    ring_bytes = 131072                 # each way, power of two, 4096 .. 1048576
+    reconnect_delay = 1.0               # seconds before retrying a closed device
+    reconnect_delay_max = 30.0          # exponential backoff cap
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .layout import BadEntry, parse_ifname
+
+DEFAULT_PATH = Path("/etc/ncd/ncd.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RING_MIN, RING_MAX = 4096, 1 << 20
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the file (or flag) and the key."""
+
+
+def default_control_socket() -> str:
+    runtime = os.environ.get("NCD_RUNTIME_DIR")
+    return str(Path(runtime) / "ncd.sock") if runtime else "/run/ncd/ncd.sock"
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    log_level: str = "info"
+    control_socket: str = field(default_factory=default_control_socket)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 9477
+
+
+@dataclass(frozen=True)
+class BackendSection:
+    bridge: str = ""
+
+
+@dataclass(frozen=True)
+class FrontendSection:
+    ifname: str = "nc{devid}"
+
+
+@dataclass(frozen=True)
+class ChannelSection:
+    ring_bytes: int = 131072
+    reconnect_delay: float = 1.0
+    reconnect_delay_max: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    backend: BackendSection = field(default_factory=BackendSection)
+    frontend: FrontendSection = field(default_factory=FrontendSection)
+    channel: ChannelSection = field(default_factory=ChannelSection)
+
+    def frontend_ifname(self, devid: int) -> str:
+        return self.frontend.ifname.format(devid=devid)
+
+
+_SECTION_TYPES = {
+    "daemon": DaemonSection,
+    "metrics": MetricsSection,
+    "backend": BackendSection,
+    "frontend": FrontendSection,
+    "channel": ChannelSection,
+}
+
+
+def _check_type(where: str, key: str, value: Any, default: Any) -> Any:
+    want = type(default)
+    if want is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {value!r}")
+        return value
+    if want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+        return value
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
+    return value
+
+
+def _validate(where: str, cfg: Config) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: {why}")
+
+    if cfg.daemon.log_level not in LOG_LEVELS:
+        raise bad("daemon.log_level", f"{cfg.daemon.log_level!r} is not one of {LOG_LEVELS}")
+    if not cfg.daemon.control_socket.startswith("/"):
+        raise bad("daemon.control_socket", "must be an absolute path")
+    if len(os.fsencode(cfg.daemon.control_socket)) > 107:
+        raise bad("daemon.control_socket", "longer than a Unix socket path may be (107)")
+    try:
+        ipaddress.ip_address(cfg.metrics.address)
+    except ValueError:
+        raise bad("metrics.address", f"{cfg.metrics.address!r} is not an IP address") from None
+    if not 0 <= cfg.metrics.port <= 65535:
+        raise bad("metrics.port", f"{cfg.metrics.port} is not a TCP port")
+    if cfg.backend.bridge:
+        try:
+            parse_ifname("backend.bridge", cfg.backend.bridge)
+        except BadEntry as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    try:
+        name = cfg.frontend.ifname.format(devid=65535)
+        if "{devid}" not in cfg.frontend.ifname:
+            raise ValueError("must contain {devid}")
+        parse_ifname("frontend.ifname", name)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise bad("frontend.ifname", f"bad template {cfg.frontend.ifname!r}: {exc}") from None
+    rb = cfg.channel.ring_bytes
+    if not RING_MIN <= rb <= RING_MAX or rb & (rb - 1):
+        raise bad("channel.ring_bytes", f"{rb} is not a power of two in {RING_MIN}..{RING_MAX}")
+    if not 0 < cfg.channel.reconnect_delay <= cfg.channel.reconnect_delay_max <= 3600:
+        raise bad(
+            "channel.reconnect_delay",
+            "need 0 < reconnect_delay <= reconnect_delay_max <= 3600",
+        )
+
+
+def _apply(where: str, cfg: Config, data: Mapping[str, Any]) -> Config:
+    """Merge ``{"section": {"key": value}}`` into cfg, rejecting unknown keys."""
+    sections: dict[str, Any] = {}
+    for sname, body in data.items():
+        stype = _SECTION_TYPES.get(sname)
+        if stype is None:
+            raise ConfigError(f"{where}: unknown section [{sname}]")
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{where}: {sname}: expected a table")
+        current = getattr(cfg, sname)
+        known = {f.name for f in fields(stype)}
+        changes = {}
+        for key, value in body.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {sname}.{key}")
+            default = getattr(current, key)
+            changes[key] = _check_type(where, f"{sname}.{key}", value, default)
+        sections[sname] = replace(current, **changes)
+    return replace(cfg, **sections)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the TOML file, then ``overrides`` (``{"metrics.port": 1}``).
+
+    ``path`` None reads /etc/ncd/ncd.toml if it exists; an explicit path must exist.
+    """
+    cfg = Config()
+    if path is None:
+        file = DEFAULT_PATH if DEFAULT_PATH.exists() else None
+    else:
+        file = Path(path)
+    if file is not None:
+        try:
+            with open(file, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{file}: {exc.strerror}") from None
+        cfg = _apply(str(file), cfg, data)
+    if overrides:
+        nested: dict[str, dict[str, Any]] = {}
+        for dotted, value in overrides.items():
+            sname, _, key = dotted.partition(".")
+            nested.setdefault(sname, {})[key] = value
+        cfg = _apply("command line", cfg, nested)
+    _validate(str(file) if file else "configuration", cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------- flags
+
+
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--log-level", "daemon.log_level", str, "debug, info, warning or error"),
+    ("--control-socket", "daemon.control_socket", str, "control socket path"),
+    ("--metrics-address", "metrics.address", str, "Prometheus endpoint address"),
+    ("--metrics-port", "metrics.port", int, "Prometheus endpoint port"),
+    ("--ring-bytes", "channel.ring_bytes", int, "vchan ring size each way"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    """The daemon flags that override the file (role: 'backend' or 'frontend')."""
+    parser.add_argument("--config", metavar="PATH", help=f"config file (default {DEFAULT_PATH})")
+    for flag, key, typ, text in _FLAGS:
+        parser.add_argument(flag, dest=key, type=typ, default=None, help=text)
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics.enabled",
+        action="store_const",
+        const=False,
+        default=None,
+        help="disable the Prometheus endpoint",
+    )
+    if role == "backend":
+        parser.add_argument(
+            "--bridge", dest="backend.bridge", default=None, help="default bridge for vifs"
+        )
+    else:
+        parser.add_argument(
+            "--ifname",
+            dest="frontend.ifname",
+            default=None,
+            help="TAP name template, e.g. nc{devid}",
+        )
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """The Config for parsed args: file from --config, then every flag that was given."""
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    return load_config(getattr(args, "config", None), overrides)
