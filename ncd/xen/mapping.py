@@ -39,6 +39,14 @@ def _managed_buffer(base: memoryview) -> object:
     return referents[0]
 
 
+def _released(view: memoryview) -> bool:
+    try:
+        view.nbytes  # noqa: B018 - raises ValueError once released
+    except ValueError:
+        return True
+    return False
+
+
 class Mapping:
     """``npages`` pages at ``address``, released by ``release`` (unmap or unshare) once."""
 
@@ -118,9 +126,16 @@ class Mapping:
 
     def live_views(self) -> int:
         """How many views (including slices and buffers derived from them) are alive."""
-        if self._base is None:
+        base, mbuf = self._base, self._mbuf
+        if base is None or sys.getrefcount(mbuf) <= self._baseline:
             return 0
-        return sys.getrefcount(self._mbuf) - self._baseline
+        # Someone else holds the managed buffer: count the unreleased views on it
+        # (a released view still references it until it is garbage).
+        return sum(
+            1
+            for r in gc.get_referrers(mbuf)
+            if isinstance(r, memoryview) and r is not base and not _released(r)
+        )
 
     # -- release ----------------------------------------------------------------------
     def unmap(self) -> None:
