@@ -1,0 +1,239 @@
+"""Reference codec of ncd's frame record format, version 1 (docs/protocol.md).
+
+Pure Python, no I/O: the C pump (cext/pump) implements the same rules; tests hold
+the two against each other. A record on the vchan byte stream is::
+
+    le32 rec_len | virtio_net_hdr (10 bytes, little-endian) | Ethernet frame
+
+where ``rec_len`` counts the vnet header and the frame. Also here: the feature
+keys both ends write to xenstore and their negotiation.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+REC_LEN_SIZE = 4
+VNET_HDR_SIZE = 10
+REC_HDR_SIZE = REC_LEN_SIZE + VNET_HDR_SIZE
+ETH_MIN = 14
+ETH_MAX = 65664  # 64 KiB GSO payload + Ethernet, 2 VLAN tags and an IPv6 header
+REC_LEN_MIN = VNET_HDR_SIZE + ETH_MIN
+REC_LEN_MAX = VNET_HDR_SIZE + ETH_MAX
+
+F_NEEDS_CSUM = 0x01
+F_DATA_VALID = 0x02
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+GSO_ECN = 0x80
+
+_VNET = struct.Struct("<BBHHHH")
+_LEN = struct.Struct("<I")
+
+
+class Err(enum.IntEnum):
+    """Parser verdicts; the values are the C ``enum ncd_frame_err``."""
+
+    OK = 0
+    SHORT = 1
+    TOO_LONG = 2
+    OVER_RING = 3
+    BAD_FLAGS = 4
+    BAD_GSO = 5
+    BAD_CSUM = 6
+    BAD_HDR_LEN = 7
+    INCOMPLETE = 8
+
+
+class Features(enum.IntFlag):
+    """What a receiver accepts; the values are the C ``NCD_FEAT_*`` bits."""
+
+    NONE = 0
+    CSUM = 0x01
+    GSO_TCPV4 = 0x02
+    GSO_TCPV6 = 0x04
+    GSO_UDP_L4 = 0x08
+    ALL = 0x0F
+
+
+# xenstore key (written by each end in its own directory) -> feature bit
+FEATURE_KEYS: dict[str, Features] = {
+    "feature-csum": Features.CSUM,
+    "feature-gso-tcpv4": Features.GSO_TCPV4,
+    "feature-gso-tcpv6": Features.GSO_TCPV6,
+    "feature-gso-udp-l4": Features.GSO_UDP_L4,
+}
+KEY_PROTOCOL = "protocol-version"
+KEY_VNET_HDR = "feature-vnet-hdr"
+KEY_MAX_FRAME = "max-frame"
+
+
+class FrameError(ValueError):
+    """A record that breaks the format; ``code`` says which rule."""
+
+    def __init__(self, code: Err, detail: str = "") -> None:
+        super().__init__(f"{code.name}: {detail}" if detail else code.name)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class VnetHdr:
+    flags: int = 0
+    gso_type: int = GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+    def pack(self) -> bytes:
+        return _VNET.pack(self.flags, self.gso_type, self.hdr_len, self.gso_size,
+                          self.csum_start, self.csum_offset)
+
+    @classmethod
+    def unpack(cls, raw: bytes | memoryview) -> VnetHdr:
+        return cls(*_VNET.unpack(bytes(raw[:VNET_HDR_SIZE])))
+
+
+def check_len(rec_len: int, max_frame: int = ETH_MAX, ring_size: int = 0) -> Err:
+    """Rules for a length read from the stream (``ncd_frame_check_len``)."""
+    if rec_len < REC_LEN_MIN:
+        return Err.SHORT
+    if rec_len > VNET_HDR_SIZE + min(max_frame, ETH_MAX):
+        return Err.TOO_LONG
+    if ring_size and rec_len + REC_LEN_SIZE > ring_size:
+        return Err.OVER_RING
+    return Err.OK
+
+
+def check_vnet(h: VnetHdr, frame_len: int, features: Features | int) -> Err:
+    """Rules for the vnet header of a frame of ``frame_len`` bytes (``ncd_frame_check_vnet``)."""
+    gso = h.gso_type & ~GSO_ECN
+    if h.flags & ~(F_NEEDS_CSUM | F_DATA_VALID):
+        return Err.BAD_FLAGS
+    if h.flags and not features & Features.CSUM:
+        return Err.BAD_FLAGS
+    if h.flags & F_NEEDS_CSUM and h.csum_start + h.csum_offset + 2 > frame_len:
+        return Err.BAD_CSUM
+    if gso == GSO_NONE:
+        return Err.BAD_GSO if h.gso_type & GSO_ECN else Err.OK
+    need = {GSO_TCPV4: Features.GSO_TCPV4, GSO_TCPV6: Features.GSO_TCPV6,
+            GSO_UDP_L4: Features.GSO_UDP_L4}.get(gso)
+    if need is None or not features & need:
+        return Err.BAD_GSO
+    if not h.flags & F_NEEDS_CSUM or h.gso_size == 0:
+        return Err.BAD_GSO
+    if h.hdr_len > frame_len:
+        return Err.BAD_HDR_LEN
+    return Err.OK
+
+
+def encode(frame: bytes, vnet: VnetHdr | None = None) -> bytes:
+    """One record: length, vnet header, frame."""
+    if not ETH_MIN <= len(frame) <= ETH_MAX:
+        raise FrameError(Err.SHORT if len(frame) < ETH_MIN else Err.TOO_LONG,
+                         f"frame of {len(frame)} bytes")
+    return _LEN.pack(VNET_HDR_SIZE + len(frame)) + (vnet or VnetHdr()).pack() + frame
+
+
+def parse(buf: bytes, max_frame: int = ETH_MAX, features: Features | int = Features.ALL,
+          ring_size: int = 0) -> tuple[Err, list[tuple[VnetHdr, bytes]], int]:
+    """Walk a stream of records like ``ncd_frame_parse``: (verdict, records, bytes consumed).
+
+    The verdict is OK when ``buf`` ends on a record boundary, INCOMPLETE when it ends
+    inside one, else the first rule broken (the records before it are returned).
+    """
+    off, out = 0, []
+    view = memoryview(buf)
+    while off < len(buf):
+        if len(buf) - off < REC_LEN_SIZE:
+            return Err.INCOMPLETE, out, off
+        (rec_len,) = _LEN.unpack_from(buf, off)
+        err = check_len(rec_len, max_frame, ring_size)
+        if err:
+            return err, out, off
+        if len(buf) - off - REC_LEN_SIZE < rec_len:
+            return Err.INCOMPLETE, out, off
+        h = VnetHdr.unpack(view[off + REC_LEN_SIZE:off + REC_HDR_SIZE])
+        err = check_vnet(h, rec_len - VNET_HDR_SIZE, features)
+        if err:
+            return err, out, off
+        out.append((h, bytes(view[off + REC_HDR_SIZE:off + REC_LEN_SIZE + rec_len])))
+        off += REC_LEN_SIZE + rec_len
+    return Err.OK, out, off
+
+
+class Decoder:
+    """Incremental decoder: feed stream bytes, get whole frames; a bad record raises."""
+
+    def __init__(self, max_frame: int = ETH_MAX, features: Features | int = Features.ALL,
+                 ring_size: int = 0) -> None:
+        self.max_frame, self.features, self.ring_size = max_frame, features, ring_size
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[VnetHdr, bytes]]:
+        self._buf += data
+        err, recs, used = parse(bytes(self._buf), self.max_frame, self.features, self.ring_size)
+        del self._buf[:used]
+        yield from recs
+        if err not in (Err.OK, Err.INCOMPLETE):
+            raise FrameError(err)
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+# ---- negotiation over xenstore -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    rx_features: Features  # what the peer may send us (we advertised it)
+    tx_features: Features  # what we may send (the peer advertised it)
+    max_frame: int  # largest Ethernet frame either way
+
+
+def advertise(features: Features, max_frame: int = ETH_MAX) -> dict[str, str]:
+    """The keys one end writes in its own xenstore directory."""
+    if not ETH_MIN <= max_frame <= ETH_MAX:
+        raise ValueError(f"max_frame {max_frame} outside {ETH_MIN}..{ETH_MAX}")
+    keys = {KEY_PROTOCOL: str(PROTOCOL_VERSION), KEY_VNET_HDR: "1",
+            KEY_MAX_FRAME: str(max_frame)}
+    keys.update({k: "1" if features & bit else "0" for k, bit in FEATURE_KEYS.items()})
+    return keys
+
+
+def _flag(value: str | None, key: str) -> bool:
+    if value is None:
+        return False
+    if value not in ("0", "1"):
+        raise ValueError(f"peer's {key} is {value!r}, expected 0 or 1")
+    return value == "1"
+
+
+def negotiate(ours: Features, our_max_frame: int, peer: Mapping[str, str]) -> Negotiated:
+    """Combine our offer with the peer's keys (untrusted strings) -> pump settings.
+
+    A missing feature key means "not supported", as in netif. Raises ValueError for a
+    protocol version we do not speak, a missing vnet header, or a malformed value.
+    """
+    ver = peer.get(KEY_PROTOCOL)
+    if ver is None or not ver.isdigit() or len(ver) > 4 or int(ver) != PROTOCOL_VERSION:
+        raise ValueError(f"peer's {KEY_PROTOCOL} is {ver!r}, we speak {PROTOCOL_VERSION}")
+    if not _flag(peer.get(KEY_VNET_HDR), KEY_VNET_HDR):
+        raise ValueError(f"peer does not set {KEY_VNET_HDR}=1 (required by version 1)")
+    theirs = Features.NONE
+    for key, bit in FEATURE_KEYS.items():
+        if _flag(peer.get(key), key):
+            theirs |= bit
+    raw = peer.get(KEY_MAX_FRAME, str(ETH_MAX))
+    if not raw.isdigit() or len(raw) > 6 or not ETH_MIN <= int(raw) <= ETH_MAX:
+        raise ValueError(f"peer's {KEY_MAX_FRAME} is {raw!r}, expected {ETH_MIN}..{ETH_MAX}")
+    return Negotiated(rx_features=ours, tx_features=theirs,
+                      max_frame=min(our_max_frame, int(raw)))
