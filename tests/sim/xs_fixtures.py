@@ -85,8 +85,8 @@ class XenstoredProcess:
         return self.proc.returncode
 
 
-@pytest.fixture
-def xenstored(tmp_path: Path) -> Iterator[XenstoredProcess]:
+@pytest.fixture(name="xenstored")
+def xenstored_fixture(tmp_path: Path) -> Iterator[XenstoredProcess]:
     """A fresh xenstored on a temporary world directory (dom0's socket ready)."""
     xsd = XenstoredProcess(tmp_path / "world")
     try:
