@@ -30,7 +30,12 @@ PUMP = ROOT / "cext" / "pump"
 SANITIZE_DIR = ROOT / "build" / "sanitize"
 
 BASE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2"]
-SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+SANITIZE_FLAGS = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-g",
+]
 
 
 def _sanitize() -> bool:
@@ -45,7 +50,10 @@ def _with_pump() -> bool:
 
 
 def _rel(p: Path) -> str:
-    # setuptools wants source paths relative to the project root
+    # setuptools wants source paths relative to the project root; the sanitized build
+    # compiles in build/sanitize/ and needs them absolute
+    if _sanitize():
+        return str(p)
     try:
         return str(p.relative_to(ROOT)) if Path.cwd() == ROOT else str(p)
     except ValueError:

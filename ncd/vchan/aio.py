@@ -15,7 +15,7 @@ class EventWaiter:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int,
                  on_event: Callable[[], None]) -> None:
-        self._loop = loop
+        self.loop = loop
         self._fd = fd
         self._on_event = on_event
         self._waiters: list[asyncio.Future[None]] = []
@@ -32,12 +32,12 @@ class EventWaiter:
                 fut.set_result(None)
 
     async def wait(self) -> None:
-        fut: asyncio.Future[None] = self._loop.create_future()
+        fut: asyncio.Future[None] = self.loop.create_future()
         self._waiters.append(fut)
         await fut
 
     def close(self) -> None:
-        self._loop.remove_reader(self._fd)
+        self.loop.remove_reader(self._fd)
         for fut in self._waiters:
             if not fut.done():
                 fut.cancel()

@@ -138,8 +138,12 @@ class Vchan:
     # -- asyncio -------------------------------------------------------------------
     async def wait_event(self) -> None:
         """Sleep until the peer notifies us (the event is consumed for us)."""
+        loop = asyncio.get_running_loop()
+        if self._waiter is not None and self._waiter.loop is not loop:
+            self._waiter.close()
+            self._waiter = None
         if self._waiter is None:
-            self._waiter = EventWaiter(asyncio.get_running_loop(), self.fileno(), self._consume)
+            self._waiter = EventWaiter(loop, self.fileno(), self._consume)
         await self._waiter.wait()
 
     def _consume(self) -> None:
