@@ -1,0 +1,316 @@
+"""TAP devices for vifs: create/open with a virtio-net header, offloads, link settings.
+
+A TAP is opened with ``IFF_TAP | IFF_NO_PI | IFF_VNET_HDR``: every read gives
+(and every write takes) a ``struct virtio_net_hdr`` then the Ethernet frame.
+``TUNSETVNETHDRSZ`` and ``TUNSETOFFLOAD`` are set explicitly on every open:
+offloads persist on a (persistent) TAP after its fd closes, so a value left by
+an earlier owner must never be trusted.
+
+Link settings (MAC, MTU, up, bridge, delete) go through rtnetlink (pyroute2).
+Everything works inside a named network namespace (``netns=``): the calling
+thread switches in for the duration of the call and back, so the TAP, its
+netlink socket and its bridge all live in that namespace. The daemon itself
+runs inside its domain's namespace and passes ``netns=None``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNGETIFF = 0x800454D2
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+
+VNET_HDR_SIZE = 10  # struct virtio_net_hdr
+IFNAMSIZ = 16
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+TUN_PATH = "/dev/net/tun"
+
+# linux/ethtool.h, for reading back what the kernel made of our offloads
+SIOCETHTOOL = 0x8946
+ETHTOOL_GSSET_INFO = 0x37
+ETHTOOL_GSTRINGS = 0x1B
+ETHTOOL_GFEATURES = 0x3A
+ETH_SS_FEATURES = 4
+ETH_GSTRING_LEN = 32
+
+
+class TapError(OSError):
+    """A TAP operation failed; the message names the device and the step."""
+
+
+@dataclass(frozen=True)
+class Offloads:
+    """What the reader of the TAP fd accepts (TUNSETOFFLOAD): TSO needs checksum."""
+
+    csum: bool = True
+    tso4: bool = True
+    tso6: bool = True
+
+    @property
+    def flags(self) -> int:
+        if not self.csum:
+            return 0  # the kernel ignores TSO without checksum offload
+        return TUN_F_CSUM | (TUN_F_TSO4 if self.tso4 else 0) | (TUN_F_TSO6 if self.tso6 else 0)
+
+
+NO_OFFLOADS = Offloads(csum=False, tso4=False, tso6=False)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def in_netns(netns: str | None) -> Iterator[None]:
+    """Run the block with the calling thread in network namespace ``netns`` (None: stay)."""
+    if netns is None:
+        yield
+        return
+    if "/" in netns or netns in ("", ".", ".."):
+        raise ValueError(f"bad netns name {netns!r}")
+    old = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            new = os.open(f"{NETNS_RUN_DIR}/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TapError(exc.errno, f"netns {netns}: {exc.strerror}") from None
+        try:
+            if _libc.setns(new, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise TapError(err, f"setns({netns}): {os.strerror(err)}")
+        finally:
+            os.close(new)
+        try:
+            yield
+        finally:
+            if _libc.setns(old, CLONE_NEWNET) != 0:  # pragma: no cover - cannot fail
+                err = ctypes.get_errno()
+                raise TapError(err, f"setns(back from {netns}): {os.strerror(err)}")
+    finally:
+        os.close(old)
+
+
+def _check_name(name: str) -> bytes:
+    raw = name.encode()
+    if not 0 < len(raw) < IFNAMSIZ or b"/" in raw or b"\0" in raw or name.strip() != name:
+        raise ValueError(f"bad interface name {name!r}")
+    return raw
+
+
+class Tap:
+    """An open TAP fd (``IFF_VNET_HDR``), non-blocking, close-on-exec."""
+
+    def __init__(self, fd: int, name: str, vnet_hdr_size: int, offloads: Offloads) -> None:
+        self.fd = fd
+        self.name = name
+        self.vnet_hdr_size = vnet_hdr_size
+        self.offloads = offloads
+
+    def fileno(self) -> int:
+        if self.fd < 0:
+            raise ValueError(f"TAP {self.name} is closed")
+        return self.fd
+
+    def set_persist(self, persist: bool) -> None:
+        _ioctl_int(self.fileno(), TUNSETPERSIST, int(persist), f"TUNSETPERSIST {self.name}")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Tap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ioctl_int(fd: int, req: int, value: int, what: str) -> None:
+    try:
+        fcntl.ioctl(fd, req, value)
+    except OSError as exc:
+        raise TapError(exc.errno, f"{what}: {exc.strerror}") from None
+
+
+def open_tap(
+    name: str,
+    *,
+    offloads: Offloads = Offloads(),  # noqa: B008 - frozen, immutable
+    vnet_hdr_size: int = VNET_HDR_SIZE,
+    netns: str | None = None,
+) -> Tap:
+    """Create (or attach to an existing persistent) TAP ``name`` and configure its fd.
+
+    The fd is non-blocking. The device exists as long as the fd is open (or
+    until :func:`delete` if it was made persistent).
+    """
+    raw = _check_name(name)
+    if vnet_hdr_size not in (10, 12) and not 12 <= vnet_hdr_size <= 64:
+        raise ValueError(f"vnet_hdr_size {vnet_hdr_size}: must be 10, 12 or up to 64")
+    with in_netns(netns):
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TapError(exc.errno, f"open {TUN_PATH}: {exc.strerror}") from None
+    try:
+        ifr = struct.pack("16sH22x", raw, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        try:
+            out = fcntl.ioctl(fd, TUNSETIFF, ifr)
+        except OSError as exc:
+            hint = " (exists with other flags, or not a TAP?)" if exc.errno == errno.EINVAL else ""
+            raise TapError(exc.errno, f"TUNSETIFF {name}: {exc.strerror}{hint}") from None
+        got = out[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+        if got != name:  # pragma: no cover - the kernel honours explicit names
+            raise TapError(errno.EEXIST, f"TUNSETIFF {name}: kernel named it {got}")
+        hdr = struct.pack("i", vnet_hdr_size)
+        try:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, hdr)
+        except OSError as exc:
+            raise TapError(exc.errno, f"TUNSETVNETHDRSZ {name}: {exc.strerror}") from None
+        _ioctl_int(fd, TUNSETOFFLOAD, offloads.flags, f"TUNSETOFFLOAD {name}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return Tap(fd, name, vnet_hdr_size, offloads)
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise TapError(errno.ENODEV, f"{name}: no such interface")
+    return int(found[0])
+
+
+def configure(
+    name: str,
+    *,
+    mac: str | None = None,
+    mtu: int | None = None,
+    up: bool = True,
+    bridge: str | None = None,
+    netns: str | None = None,
+) -> None:
+    """Set MAC / MTU, enslave to ``bridge`` (which must exist), bring up (or down)."""
+    with in_netns(netns), IPRoute() as ipr:
+        idx = _index(ipr, name)
+        try:
+            if mac is not None:
+                ipr.link("set", index=idx, address=mac)
+            if mtu is not None:
+                ipr.link("set", index=idx, mtu=mtu)
+        except Exception as exc:
+            raise TapError(
+                getattr(exc, "code", errno.EINVAL), f"{name}: set mac/mtu: {exc}"
+            ) from None
+        if bridge is not None:
+            br = ipr.link_lookup(ifname=bridge)
+            if not br:
+                raise TapError(errno.ENODEV, f"{name}: bridge {bridge} does not exist")
+            try:
+                ipr.link("set", index=idx, master=br[0])
+            except Exception as exc:
+                raise TapError(
+                    getattr(exc, "code", errno.EINVAL), f"{name}: enslave to {bridge}: {exc}"
+                ) from None
+        try:
+            ipr.link("set", index=idx, state="up" if up else "down")
+        except Exception as exc:
+            raise TapError(
+                getattr(exc, "code", errno.EINVAL), f"{name}: set state: {exc}"
+            ) from None
+
+
+def delete(name: str, *, netns: str | None = None, missing_ok: bool = True) -> bool:
+    """Remove interface ``name`` (persistent or not). Returns whether it existed."""
+    with in_netns(netns), IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            if missing_ok:
+                return False
+            raise TapError(errno.ENODEV, f"{name}: no such interface")
+        try:
+            ipr.link("del", index=found[0])
+        except Exception as exc:
+            raise TapError(getattr(exc, "code", errno.EIO), f"{name}: delete: {exc}") from None
+        return True
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    index: int
+    mac: str
+    mtu: int
+    up: bool
+    master: str | None
+
+
+def link_info(name: str, *, netns: str | None = None) -> LinkInfo:
+    """MAC, MTU, admin state and bridge of ``name`` as the kernel reports them."""
+    with in_netns(netns), IPRoute() as ipr:
+        idx = _index(ipr, name)
+        msg = ipr.link("get", index=idx)[0]
+        master_idx = msg.get_attr("IFLA_MASTER")
+        master = None
+        if master_idx:
+            master = ipr.link("get", index=master_idx)[0].get_attr("IFLA_IFNAME")
+        return LinkInfo(
+            name=name,
+            index=idx,
+            mac=msg.get_attr("IFLA_ADDRESS"),
+            mtu=msg.get_attr("IFLA_MTU"),
+            up=bool(msg["flags"] & 1),
+            master=master,
+        )
+
+
+def _ethtool(sock: socket.socket, name: bytes, buf: ctypes.Array[ctypes.c_char]) -> None:
+    ifr = struct.pack("16sP", name, ctypes.addressof(buf)) + bytes(16)
+    fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifr)
+
+
+def active_features(name: str, *, netns: str | None = None) -> dict[str, bool]:
+    """The kernel's active netdev features of ``name`` (as ``ethtool -k`` shows them)."""
+    raw = _check_name(name)
+    with in_netns(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        info = ctypes.create_string_buffer(
+            struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0)
+        )
+        _ethtool(sock, raw, info)
+        count = struct.unpack_from("I", info, 16)[0]
+        strings = ctypes.create_string_buffer(12 + count * ETH_GSTRING_LEN)
+        struct.pack_into("III", strings, 0, ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
+        _ethtool(sock, raw, strings)
+        blocks = (count + 31) // 32
+        feats = ctypes.create_string_buffer(8 + blocks * 16)
+        struct.pack_into("II", feats, 0, ETHTOOL_GFEATURES, blocks)
+        _ethtool(sock, raw, feats)
+    out: dict[str, bool] = {}
+    for i in range(count):
+        off = 12 + i * ETH_GSTRING_LEN
+        fname = strings.raw[off : off + ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+        active = struct.unpack_from("I", feats, 8 + (i // 32) * 16 + 8)[0]
+        out[fname] = bool(active >> (i % 32) & 1)
+    return out
