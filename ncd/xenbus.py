@@ -130,11 +130,19 @@ class ReleaseDevice:
     """The device is finished: remove the TAP, forget the device."""
 
 
+FAIL_KINDS = ("bad_state", "ill_timed", "setup_failed", "link_lost")
+
+
 @dataclass(frozen=True)
 class Fail:
-    """The handshake failed: log ``reason`` and count it. State is already Closed."""
+    """The handshake failed: log ``reason``, count ``kind``. State is already Closed.
+
+    ``kind`` is one of :data:`FAIL_KINDS` (a bounded metrics label); ``reason``
+    is the human-readable line.
+    """
 
     reason: str
+    kind: str = "ill_timed"
 
 
 Action = SetState | Setup | Disconnect | ReleaseDevice | Fail
@@ -182,10 +190,10 @@ class XenbusMachine:
         self.released = True
         return [ReleaseDevice()]
 
-    def _fail(self, reason: str) -> list[Action]:
+    def _fail(self, reason: str, kind: str) -> list[Action]:
         self.failures.append(reason)
         acts: list[Action] = [*self._disconnect(), *self._set(XenbusState.CLOSED)]
-        acts.append(Fail(reason))
+        acts.append(Fail(reason, kind))
         return acts
 
     def _check_live(self) -> None:
@@ -194,7 +202,9 @@ class XenbusMachine:
 
     def _ill_timed(self, peer: XenbusState) -> list[Action]:
         other = "frontend" if self.role is Role.BACKEND else "backend"
-        return self._fail(f"{other} state {peer.label} ({int(peer)}) while {self.state.label}")
+        return self._fail(
+            f"{other} state {peer.label} ({int(peer)}) while {self.state.label}", "ill_timed"
+        )
 
     # -- events ----------------------------------------------------------
 
@@ -225,8 +235,8 @@ class XenbusMachine:
             if self.state == XenbusState.UNKNOWN:
                 self.state = XenbusState.CLOSED
                 self.failures.append(str(exc))
-                return [SetState(XenbusState.CLOSED), Fail(str(exc))]
-            return self._fail(str(exc))
+                return [SetState(XenbusState.CLOSED), Fail(str(exc), "bad_state")]
+            return self._fail(str(exc), "bad_state")
         if self.state == XenbusState.UNKNOWN:
             self.peer_state = peer
             return []
@@ -249,14 +259,14 @@ class XenbusMachine:
         self._check_live()
         if not self.setting_up:
             return []
-        return self._fail(f"setup failed: {reason}")
+        return self._fail(f"setup failed: {reason}", "setup_failed")
 
     def link_lost(self, reason: str) -> list[Action]:
         """The channel died under us (peer crashed, bad ring data): close the device."""
         self._check_live()
         if not (self.channel_up or self.setting_up):
             return []
-        return self._fail(f"link lost: {reason}")
+        return self._fail(f"link lost: {reason}", "link_lost")
 
     def restart(self) -> list[Action]:
         """From Closed, with the device still there, try the handshake again."""

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ncd.xenbus import (
+    FAIL_KINDS,
     BadPeerState,
     Disconnect,
     Fail,
@@ -210,7 +211,7 @@ def test_link_lost_then_restart_recovers():
     link.feed("be", link.be.link_lost("peer unmapped"))
     link.pump()
     assert states(link) == (S.CLOSED, S.CLOSED)
-    assert any(isinstance(a, Fail) and "peer unmapped" in a.reason for a in link.log["be"])
+    assert Fail("link lost: peer unmapped", "link_lost") in link.log["be"]
     # the frontend daemon retries after its backoff
     link.feed("fe", link.fe.restart())
     link.pump()
@@ -292,7 +293,7 @@ def test_frontend_initialised_while_connected_is_rejected():
 def test_bad_value_before_start_closes():
     be = XenbusMachine(Role.BACKEND)
     acts = be.peer_changed(b"12")
-    assert acts == [SetState(S.CLOSED), Fail("state: 12 is out of range 0..6")]
+    assert acts == [SetState(S.CLOSED), Fail("state: 12 is out of range 0..6", "bad_state")]
 
 
 def test_events_before_start_are_misuse():
@@ -360,6 +361,7 @@ def test_random_event_sequences_keep_invariants(events):
         assert m.state in (S.INITIALISING, S.INIT_WAIT, S.CONNECTED, S.CLOSING, S.CLOSED)
         # a failure always leaves the device Closed with nothing running
         if any(isinstance(a, Fail) for a in acts):
+            assert all(a.kind in FAIL_KINDS for a in acts if isinstance(a, Fail))
             assert m.state == S.CLOSED and not m.channel_up and not m.setting_up
         # Connected only with the channel up
         if m.state == S.CONNECTED:
