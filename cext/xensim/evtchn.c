@@ -1,0 +1,302 @@
+/*
+ * libxenevtchn.so.1 for xensim, with Debian's API and symbol versions.
+ *
+ * Each bound port has two eventfds from the broker: rx (this port's pending
+ * state) and tx (the peer port's).  The handle's fd is an epoll fd holding
+ * every rx with EPOLLONESHOT: delivery disarms the port (Xen masks a port when
+ * its event is delivered through /dev/xen/evtchn) and xenevtchn_unmask re-arms
+ * it, so events that arrived while masked are delivered then, coalesced.
+ * xenevtchn_notify is one write(2) on tx: no broker round trip.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <xenevtchn.h>
+
+#include "client.h"
+
+#define UNRESTRICTED ((uint32_t)-1)
+
+
+struct port {
+    evtchn_port_t port;
+    int rx, tx;
+};
+
+struct xenevtchn_handle {
+    struct xensim_conn conn;
+    int epfd;
+    uint32_t restrict_domid;
+    pthread_mutex_t lock; /* guards ports[] */
+    struct port *ports;
+    size_t nports, cap;
+};
+
+static struct port *find_port(xenevtchn_handle *xce, evtchn_port_t port)
+{
+    for (size_t i = 0; i < xce->nports; i++) {
+        if (xce->ports[i].port == port)
+            return &xce->ports[i];
+    }
+    return NULL;
+}
+
+xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int flags)
+{
+    int cloexec = !(flags & XENEVTCHN_NO_CLOEXEC);
+    xenevtchn_handle *xce = calloc(1, sizeof(*xce));
+    int err;
+
+    if (!xce)
+        return NULL;
+    xce->restrict_domid = UNRESTRICTED;
+    xce->epfd = epoll_create1(cloexec ? EPOLL_CLOEXEC : 0);
+    if (xce->epfd < 0) {
+        err = errno;
+        xensim_log(logger, "evtchn", err, "epoll_create1 failed");
+        goto fail;
+    }
+    if (pthread_mutex_init(&xce->lock, NULL)) {
+        err = ENOMEM;
+        close(xce->epfd);
+        goto fail;
+    }
+    if (xensim_connect(&xce->conn, "evtchn", XENSIM_KIND_EVTCHN, logger, cloexec) < 0) {
+        err = errno;
+        pthread_mutex_destroy(&xce->lock);
+        close(xce->epfd);
+        goto fail;
+    }
+    return xce;
+fail:
+    free(xce);
+    errno = err;
+    return NULL;
+}
+
+xenevtchn_handle *xenevtchn_fdopen(struct xentoollog_logger *logger, int fd,
+                                   unsigned open_flags)
+{
+    (void)fd, (void)open_flags;
+    errno = EOPNOTSUPP;
+    xensim_log(logger, "evtchn", errno, "xenevtchn_fdopen is not simulated");
+    return NULL;
+}
+
+int xenevtchn_close(xenevtchn_handle *xce)
+{
+    if (!xce)
+        return 0;
+    /* Closing the connection unbinds every port in the broker. */
+    xensim_disconnect(&xce->conn);
+    for (size_t i = 0; i < xce->nports; i++) {
+        close(xce->ports[i].rx);
+        close(xce->ports[i].tx);
+    }
+    close(xce->epfd);
+    pthread_mutex_destroy(&xce->lock);
+    free(xce->ports);
+    free(xce);
+    return 0;
+}
+
+int xenevtchn_fd(xenevtchn_handle *xce)
+{
+    return xce->epfd;
+}
+
+int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port)
+{
+    static const uint64_t one = 1;
+    struct port *p;
+    ssize_t n;
+    int err;
+
+    pthread_mutex_lock(&xce->lock);
+    p = find_port(xce, port);
+    if (!p) {
+        pthread_mutex_unlock(&xce->lock);
+        errno = ENOTCONN;
+        return -1;
+    }
+    n = write(p->tx, &one, sizeof(one));
+    err = errno;
+    pthread_mutex_unlock(&xce->lock);
+    if (n != sizeof(one)) {
+        errno = n < 0 ? err : EIO;
+        return -1;
+    }
+    return 0;
+}
+
+static xenevtchn_port_or_error_t bind_port(xenevtchn_handle *xce, uint32_t op,
+                                           uint32_t domid, uint32_t remote_port,
+                                           const char *what)
+{
+    struct xensim_req req = { .op = op, .arg = { domid, remote_port } };
+    struct xensim_rsp rsp;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT };
+    int fds[2];
+    int err;
+
+    if (xensim_call(&xce->conn, &req, NULL, 0, &rsp, NULL, 0, NULL, fds, 2) < 0) {
+        xensim_log(xce->conn.logger, "evtchn", errno, "%s failed", what);
+        return -1;
+    }
+    if (rsp.nfds != 2) {
+        xensim_close_fds(fds, rsp.nfds);
+        errno = EPROTO;
+        return -1;
+    }
+    pthread_mutex_lock(&xce->lock);
+    if (xce->nports == xce->cap) {
+        size_t cap = xce->cap ? 2 * xce->cap : 8;
+        struct port *np = realloc(xce->ports, cap * sizeof(*np));
+
+        if (!np) {
+            err = ENOMEM;
+            goto fail;
+        }
+        xce->ports = np;
+        xce->cap = cap;
+    }
+    ev.data.u32 = rsp.val[0];
+    if (epoll_ctl(xce->epfd, EPOLL_CTL_ADD, fds[0], &ev) < 0) {
+        err = errno;
+        goto fail;
+    }
+    xce->ports[xce->nports++] = (struct port){ .port = rsp.val[0], .rx = fds[0], .tx = fds[1] };
+    pthread_mutex_unlock(&xce->lock);
+    return (xenevtchn_port_or_error_t)rsp.val[0];
+fail:
+    pthread_mutex_unlock(&xce->lock);
+    {
+        struct xensim_req un = { .op = XENSIM_OP_UNBIND, .arg = { rsp.val[0] } };
+        struct xensim_rsp ursp;
+
+        xensim_call(&xce->conn, &un, NULL, 0, &ursp, NULL, 0, NULL, NULL, 0);
+    }
+    xensim_close_fds(fds, 2);
+    errno = err;
+    return -1;
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *xce, uint32_t domid)
+{
+    if (xce->restrict_domid != UNRESTRICTED) {
+        errno = EACCES;
+        return -1;
+    }
+    return bind_port(xce, XENSIM_OP_ALLOC_UNBOUND, domid, 0, "ioctl BIND_UNBOUND_PORT");
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
+                                                     evtchn_port_t remote_port)
+{
+    if (xce->restrict_domid != UNRESTRICTED && xce->restrict_domid != domid) {
+        errno = EACCES;
+        return -1;
+    }
+    return bind_port(xce, XENSIM_OP_BIND_INTERDOMAIN, domid, remote_port,
+                     "ioctl BIND_INTERDOMAIN");
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_virq(xenevtchn_handle *xce, unsigned int virq)
+{
+    if (xce->restrict_domid != UNRESTRICTED) {
+        errno = EACCES;
+        return -1;
+    }
+    errno = EOPNOTSUPP;
+    xensim_log(xce->conn.logger, "evtchn", errno, "VIRQ %u: no virtual IRQs in xensim", virq);
+    return -1;
+}
+
+int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port)
+{
+    struct xensim_req req = { .op = XENSIM_OP_UNBIND, .arg = { port } };
+    struct xensim_rsp rsp;
+    struct port *p;
+    int rx, tx;
+
+    pthread_mutex_lock(&xce->lock);
+    p = find_port(xce, port);
+    if (!p) {
+        pthread_mutex_unlock(&xce->lock);
+        errno = ENOTCONN;
+        return -1;
+    }
+    rx = p->rx;
+    tx = p->tx;
+    *p = xce->ports[--xce->nports];
+    /* The broker holds the same eventfd, so close() alone would not take it
+     * out of the epoll set. */
+    epoll_ctl(xce->epfd, EPOLL_CTL_DEL, rx, NULL);
+    close(rx);
+    close(tx);
+    pthread_mutex_unlock(&xce->lock);
+    return xensim_call(&xce->conn, &req, NULL, 0, &rsp, NULL, 0, NULL, NULL, 0);
+}
+
+xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce)
+{
+    for (;;) {
+        struct epoll_event ev;
+        struct port *p;
+        uint64_t cnt;
+        int n = epoll_wait(xce->epfd, &ev, 1, -1);
+
+        if (n < 0)
+            return -1; /* EINTR like a read() of /dev/xen/evtchn */
+        if (n == 0)
+            continue;
+        pthread_mutex_lock(&xce->lock);
+        p = find_port(xce, ev.data.u32);
+        if (p) {
+            /* Clear the pending state; the port stays masked until unmask. */
+            if (read(p->rx, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN) {
+                int err = errno;
+
+                pthread_mutex_unlock(&xce->lock);
+                errno = err;
+                return -1;
+            }
+            pthread_mutex_unlock(&xce->lock);
+            return (xenevtchn_port_or_error_t)ev.data.u32;
+        }
+        pthread_mutex_unlock(&xce->lock); /* unbound meanwhile */
+    }
+}
+
+int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port)
+{
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u32 = port };
+    struct port *p;
+    int rc = 0;
+
+    pthread_mutex_lock(&xce->lock);
+    p = find_port(xce, port);
+    /* Like evtchn_write(): ports this handle does not own are ignored. */
+    if (p)
+        rc = epoll_ctl(xce->epfd, EPOLL_CTL_MOD, p->rx, &ev);
+    pthread_mutex_unlock(&xce->lock);
+    return rc;
+}
+
+int xenevtchn_restrict(xenevtchn_handle *xce, domid_t domid)
+{
+    if (xce->restrict_domid != UNRESTRICTED) {
+        errno = EACCES;
+        return -1;
+    }
+    if (domid == 0 || domid >= DOMID_FIRST_RESERVED) {
+        errno = EINVAL;
+        return -1;
+    }
+    xce->restrict_domid = domid;
+    return 0;
+}
