@@ -1,0 +1,217 @@
+"""Prometheus metrics of one daemon, and the HTTP endpoint that serves them.
+
+The hot path counts in C; nothing here is incremented per frame. Each vif
+registers a *source*: a callable returning a :class:`VifCounters` snapshot,
+read at scrape time by a custom collector. Daemon-level events (handshake
+failures) are ordinary counters.
+
+Exposed (base units; ``direction`` is relative to this daemon's vchan:
+``tx`` = sent to the peer domain, ``rx`` = received from it)::
+
+    ncd_vif_frames_total{domid,devid,direction}            counter
+    ncd_vif_bytes_total{domid,devid,direction}             counter
+    ncd_vif_drops_total{domid,devid,reason}                counter
+    ncd_vif_ring_full_waits_total{domid,devid}             counter
+    ncd_vif_notifications_total{domid,devid,direction}     counter (sent / received)
+    ncd_vif_tracked_foreign_pages{domid,devid}             gauge
+    ncd_vif_state{domid,devid}                             gauge (XenbusState 1..6)
+    ncd_vifs{state}                                        gauge (vifs per XenbusState)
+    ncd_handshake_failures_total{kind}                     counter
+    ncd_build_info{version,role}                           gauge = 1
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .xenbus import FAIL_KINDS, XenbusState
+
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 9477
+_LABEL_VALUE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_STATES = [s for s in XenbusState if XenbusState.INITIALISING <= s <= XenbusState.CLOSED]
+
+
+@dataclass(frozen=True)
+class VifCounters:
+    """A point-in-time snapshot of one vif's counters (monotonic except the gauges)."""
+
+    frames_tx: int = 0
+    frames_rx: int = 0
+    bytes_tx: int = 0
+    bytes_rx: int = 0
+    drops: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    ring_full_waits: int = 0
+    notifications_sent: int = 0
+    notifications_received: int = 0
+    tracked_foreign_pages: int = 0
+
+
+@dataclass
+class _Vif:
+    domid: int
+    devid: int
+    counters: Callable[[], VifCounters]
+    state: Callable[[], XenbusState]
+
+
+class _VifCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        lab = ["domid", "devid"]
+        frames = CounterMetricFamily(
+            "ncd_vif_frames", "Frames through the vchan", labels=[*lab, "direction"]
+        )
+        nbytes = CounterMetricFamily(
+            "ncd_vif_bytes", "Ethernet frame bytes through the vchan", labels=[*lab, "direction"]
+        )
+        drops = CounterMetricFamily(
+            "ncd_vif_drops", "Frames dropped, by reason", labels=[*lab, "reason"]
+        )
+        waits = CounterMetricFamily(
+            "ncd_vif_ring_full_waits", "Times the sender waited for ring space", labels=lab
+        )
+        notes = CounterMetricFamily(
+            "ncd_vif_notifications", "Event channel notifications", labels=[*lab, "direction"]
+        )
+        pages = GaugeMetricFamily(
+            "ncd_vif_tracked_foreign_pages", "Foreign pages in the tracker for this vif", labels=lab
+        )
+        state = GaugeMetricFamily("ncd_vif_state", "XenbusState of the vif (1..6)", labels=lab)
+        by_state = dict.fromkeys(_STATES, 0)
+        for vif, snap, st in self._m._snapshots():
+            ids = [str(vif.domid), str(vif.devid)]
+            frames.add_metric([*ids, "tx"], snap.frames_tx)
+            frames.add_metric([*ids, "rx"], snap.frames_rx)
+            nbytes.add_metric([*ids, "tx"], snap.bytes_tx)
+            nbytes.add_metric([*ids, "rx"], snap.bytes_rx)
+            for reason, n in sorted(snap.drops.items()):
+                drops.add_metric([*ids, reason], n)
+            waits.add_metric(ids, snap.ring_full_waits)
+            notes.add_metric([*ids, "sent"], snap.notifications_sent)
+            notes.add_metric([*ids, "received"], snap.notifications_received)
+            pages.add_metric(ids, snap.tracked_foreign_pages)
+            state.add_metric(ids, int(st))
+            if st in by_state:
+                by_state[st] += 1
+        vifs = GaugeMetricFamily("ncd_vifs", "Vifs of this daemon by XenbusState", labels=["state"])
+        for st, n in by_state.items():
+            vifs.add_metric([st.label], n)
+        yield from (frames, nbytes, drops, waits, notes, pages, state, vifs)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class Metrics:
+    """The metrics of one daemon (``role`` backend or frontend) in its own registry."""
+
+    def __init__(self, role: str, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.Lock()
+        self._vifs: dict[tuple[int, int], _Vif] = {}
+        self._failures = Counter(
+            "ncd_handshake_failures",
+            "Xenbus handshakes that failed",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in FAIL_KINDS:
+            self._failures.labels(kind)  # present at 0 from the start
+        Info("ncd_build", "ncd build", registry=self.registry).info(
+            {"version": version, "role": role}
+        )
+        self.registry.register(_VifCollector(self))
+
+    def add_vif(
+        self,
+        domid: int,
+        devid: int,
+        counters: Callable[[], VifCounters],
+        state: Callable[[], XenbusState],
+    ) -> None:
+        with self._lock:
+            if (domid, devid) in self._vifs:
+                raise ValueError(f"vif {domid}/{devid} already registered")
+            self._vifs[(domid, devid)] = _Vif(domid, devid, counters, state)
+
+    def remove_vif(self, domid: int, devid: int) -> None:
+        with self._lock:
+            self._vifs.pop((domid, devid), None)
+
+    def handshake_failed(self, kind: str) -> None:
+        if kind not in FAIL_KINDS:
+            raise ValueError(f"unknown handshake failure kind {kind!r}")
+        self._failures.labels(kind).inc()
+
+    def handshake_failures(self) -> dict[str, int]:
+        return {k: int(self._failures.labels(k)._value.get()) for k in FAIL_KINDS}
+
+    def _snapshots(self) -> list[tuple[_Vif, VifCounters, XenbusState]]:
+        with self._lock:
+            vifs = sorted(self._vifs.values(), key=lambda v: (v.domid, v.devid))
+        out = []
+        for vif in vifs:
+            snap = vif.counters()
+            for reason in snap.drops:
+                if not _LABEL_VALUE.fullmatch(reason):
+                    raise ValueError(f"drop reason {reason!r} is not a label value")
+            out.append((vif, snap, vif.state()))
+        return out
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything."""
+        return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The same numbers as JSON-ready data (for the control socket's ``stats``)."""
+        vifs = []
+        for vif, snap, st in self._snapshots():
+            d = asdict(snap)
+            d["drops"] = dict(snap.drops)
+            vifs.append({"domid": vif.domid, "devid": vif.devid, "state": st.label, **d})
+        return {"vifs": vifs, "handshake_failures": self.handshake_failures()}
+
+
+class MetricsServer:
+    """The HTTP endpoint (``/metrics``) in a background thread; port 0 picks one."""
+
+    def __init__(
+        self, metrics: Metrics, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT
+    ) -> None:
+        from prometheus_client import start_http_server
+
+        self._server, self._thread = start_http_server(port, address, metrics.registry)
+        self.address = address
+        self.port: int = self._server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_metrics(metrics: Metrics, enabled: bool, address: str, port: int) -> MetricsServer | None:
+    """Start the endpoint as configured (``[metrics]``), or None when disabled."""
+    if not enabled:
+        return None
+    try:
+        return MetricsServer(metrics, address, port)
+    except OSError as exc:
+        raise OSError(exc.errno, f"metrics endpoint {address}:{port}: {exc.strerror}") from None
