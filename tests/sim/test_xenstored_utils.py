@@ -209,6 +209,8 @@ def test_introduce_and_release_domain_watches(xenstored: XenstoredProcess) -> No
         assert c.is_domain_introduced(4)
         assert x.socket(4).exists()
         xs(x, 4, "xenstore-write", "data/mine", "1")
+        c.write("/granted", "")
+        c.set_perms("/granted", ["n0", "r4", "b3"])
         x.release(4)
         assert c.read_watch(5) == ("@releaseDomain", "rel")
         assert not c.is_domain_introduced(4)
@@ -216,6 +218,8 @@ def test_introduce_and_release_domain_watches(xenstored: XenstoredProcess) -> No
         # nodes the released domain owned are gone, dom0's stay
         assert not c.exists("/local/domain/4/data")
         assert c.read("/local/domain/4/name") == b"guest4"
+        # grants to it are forgotten: a new domain 4 would not inherit them
+        assert c.get_perms("/granted") == ["n0", "b3"]
     # an unprivileged domain only gets them when the special node's perms allow it
     make_guest(x, 5)
     with x.client(5) as g:

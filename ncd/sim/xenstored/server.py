@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import paths as world_paths
@@ -200,8 +200,18 @@ class XenstoreServer:
         for name, perms in self.special.items():
             self.special[name] = drop_domain(perms, domid)
         self.fire(self.remove_owned_nodes(domid))
+        self.forget_grants(domid)
         log.info("released domain %d", domid)
         self.fire([Event("@releaseDomain", True)])
+
+    def forget_grants(self, domid: int) -> None:
+        """Drop permission entries naming a released domain, so that a later domain with
+        the same domid inherits nothing (xenstored ignores such entries the same way);
+        silently, like xenstored: no generation change, no watch event."""
+        nodes = self.store.nodes
+        for path, node in nodes.items():
+            if any(p.domid == domid for p in node.perms[1:]):
+                nodes[path] = replace(node, perms=drop_domain(node.perms, domid))
 
     def remove_owned_nodes(self, domid: int) -> list[Event]:
         """xenstored deletes the nodes a departing domain owns, with their subtrees."""
