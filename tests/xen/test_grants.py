@@ -224,3 +224,48 @@ def test_gntshr_errors_name_the_call(peer):
     err = d1.error("gs = Gntshr(); gs.close(); gs.share_pages(0, 1)")
     assert err.errno == errno.EBADF
     assert err.call == "xengntshr_share_pages(domid=0, count=1, writable=True)"
+
+
+def test_share_page_notify_observed_by_the_mapper(peer):
+    d0, d1 = peer(0), peer(1)
+    port0 = d0.run("ev = Evtchn(); gt = Gnttab(); port = ev.bind_unbound_port(1); result = port")
+    ref = d1.run(f"""
+        ev = Evtchn(); gs = Gntshr()
+        port = ev.bind_interdomain(0, {port0})
+        s = gs.share_page_notify(0, notify_offset=100, notify_port=port)
+        s.write(96, b'\\x07' * 8)
+        result = s.refs[0]
+    """)
+    assert d0.run(f"m = gt.map_grant_ref(1, {ref}); result = m.read(96, 8).hex()") == "07" * 8
+    d0.send("""
+        async def main():
+            aev = aio.AsyncEvtchn(ev)
+            try:
+                return await aev.wait(port, timeout=20)
+            finally:
+                aev.close()
+        result = [asyncio.run(main()), m.read(96, 8).hex()]
+    """)
+    d1.run("s.unshare()")
+    count, data = d0.recv()
+    assert count >= 1
+    assert data == "07070707" + "00" + "070707"
+    d0.run("m.unmap()")
+
+
+def test_set_max_grants(pair):
+    # Linux's gntdev dropped SET_MAX_GRANTS (libxengnttab treats ENOTTY as success), and
+    # xensim follows: the call is accepted and mapping works as before.
+    d0, d1 = pair
+    refs = d1.run("s = gs.share_pages(0, 2); result = s.refs")
+    assert (
+        d0.run(f"""
+        small = Gnttab(max_grants=64)
+        m = small.map_domain_grant_refs(1, {refs})
+        result = m.npages
+        m.unmap(); small.close()
+    """)
+        == 2
+    )
+    err = d0.error("Gnttab(max_grants=-1)")
+    assert err.type == "ValueError"
