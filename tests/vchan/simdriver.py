@@ -1,0 +1,159 @@
+"""A vchan end run as a xensim domain, driven line by line from a test.
+
+``python -m tests.vchan.simdriver`` reads commands on stdin and answers each with one
+JSON line on stdout ({"ok": true, ...} or {"ok": false, "error": ..., "errno": ...}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import time
+import traceback
+from typing import Any
+
+from ncd.vchan.channel import Vchan, VchanClient, VchanError, VchanServer
+from ncd.xen.xenstore import XenStore
+
+
+class Driver:
+    def __init__(self) -> None:
+        self.xs = XenStore()
+        self.v: Vchan | None = None
+        self.servers: list[VchanServer] = []
+
+    def _v(self) -> Vchan:
+        assert self.v is not None, "no vchan"
+        return self.v
+
+    def _pump_events(self, timeout: float) -> None:
+        v = self._v()
+        if select.select([v.fileno()], [], [], timeout)[0]:
+            try:
+                v.wait()
+            except OSError:
+                pass
+
+    def cmd_server(self, peer: str, path: str, rd: str, wr: str) -> dict[str, Any]:
+        srv = VchanServer.create(self.xs, int(peer), path, int(rd), int(wr))
+        self.v = srv
+        return {"gref": srv.gref, "port": srv.port, "rd": srv.read_size, "wr": srv.write_size}
+
+    def cmd_server_extra(self, peer: str, path: str, rd: str, wr: str) -> dict[str, Any]:
+        """Another server kept alongside (for the grant-limit test)."""
+        srv = VchanServer.create(self.xs, int(peer), path, int(rd), int(wr))
+        self.servers.append(srv)
+        return {"count": len(self.servers)}
+
+    def cmd_close_extra(self) -> dict[str, Any]:
+        for s in self.servers:
+            s.close()
+        n, self.servers = len(self.servers), []
+        return {"closed": n}
+
+    def cmd_connect(self, peer: str, path: str) -> dict[str, Any]:
+        self.v = VchanClient.connect(self.xs, int(peer), path)
+        return {"rd": self.v.read_size, "wr": self.v.write_size}
+
+    def cmd_wait_open(self, timeout: str = "10") -> dict[str, Any]:
+        deadline = time.monotonic() + float(timeout)
+        while self._v().is_open() == 2 and time.monotonic() < deadline:
+            self._pump_events(0.05)
+        return {"open": self._v().is_open()}
+
+    def cmd_write(self, n: str, timeout: str = "10") -> dict[str, Any]:
+        data = memoryview(bytes(range(256)) * (int(n) // 256 + 1))[: int(n)]
+        deadline = time.monotonic() + float(timeout)
+        while data and time.monotonic() < deadline:
+            data = data[self._v().write(data):]
+            if data:
+                self._pump_events(0.05)
+        return {"left": len(data)}
+
+    def cmd_read(self, n: str, timeout: str = "10") -> dict[str, Any]:
+        want, got = int(n), bytearray()
+        deadline = time.monotonic() + float(timeout)
+        while len(got) < want and time.monotonic() < deadline:
+            got += self._v().read(want - len(got))
+            if len(got) < want:
+                self._pump_events(0.05)
+        return {"got": len(got), "ok_data": bytes(got) == (bytes(range(256)) * (want // 256 + 1))[
+            : len(got)]}
+
+    def cmd_poke(self, off: str, hexdata: str) -> dict[str, Any]:
+        data = bytes.fromhex(hexdata)
+        page = self._v().shared_page()
+        o = int(off)
+        page[o : o + len(data)] = data
+        return {}
+
+    def cmd_peek(self) -> dict[str, Any]:
+        return {"page": bytes(self._v().shared_page()[:64]).hex()}
+
+    def cmd_exercise(self, seconds: str) -> dict[str, Any]:
+        """Keep using the channel; report what happened (the point: no crash, no hang)."""
+        v = self._v()
+        errors: set[int] = set()
+        end = time.monotonic() + float(seconds)
+        calls = 0
+        while time.monotonic() < end:
+            for fn in (lambda: v.write(b"q" * 5000), lambda: v.read(70000), v.data_ready,
+                       v.buffer_space, v.is_open):
+                calls += 1
+                try:
+                    fn()
+                except VchanError as exc:
+                    errors.add(exc.errno or 0)
+            self._pump_events(0.001)
+        return {"calls": calls, "errnos": sorted(errors), "open": v.is_open(),
+                "reason": v.close_reason, "stats": v.stats()}
+
+    def cmd_status(self) -> dict[str, Any]:
+        v = self._v()
+        return {"open": v.is_open(), "reason": v.close_reason, "stats": v.stats()}
+
+    def cmd_wait_closed(self, timeout: str = "10") -> dict[str, Any]:
+        deadline = time.monotonic() + float(timeout)
+        while self._v().is_open() and time.monotonic() < deadline:
+            self._pump_events(0.05)
+        return {"open": self._v().is_open()}
+
+    def cmd_close(self) -> dict[str, Any]:
+        if self.v is not None:
+            self.v.close()
+            self.v = None
+        return {}
+
+    def cmd_exists(self, path: str) -> dict[str, Any]:
+        return {"exists": self.xs.exists(path)}
+
+    def cmd_pid(self) -> dict[str, Any]:
+        return {"pid": os.getpid()}
+
+
+def main() -> None:
+    d = Driver()
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "quit":
+            break
+        try:
+            res: dict[str, Any] = {"ok": True, **getattr(d, f"cmd_{parts[0]}")(*parts[1:])}
+        except OSError as exc:
+            res = {"ok": False, "error": str(exc), "errno": exc.errno}
+        except Exception as exc:  # report, keep serving
+            res = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "errno": None,
+                   "tb": traceback.format_exc()}
+        sys.stdout.write(json.dumps(res) + "\n")
+        sys.stdout.flush()
+    d.cmd_close()
+    d.cmd_close_extra()
+    d.xs.close()
+
+
+if __name__ == "__main__":
+    main()
