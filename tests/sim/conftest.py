@@ -1,0 +1,206 @@
+"""Fixtures for the hypervisor broker and shim tests (all named hv_*).
+
+``hv_world``: a broker (only; no xenstored, no netns) on a temp world with
+dom0, dom1, dom2.  ``hv_dom(domid)``: a helper process (cext/xensim/tests/
+xsim_helper.c, linked against Debian's libs, run on the shims) acting as that
+domain, driven one command line at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ncd._build import shimlibs
+from ncd.sim import paths
+from ncd.sim.broker.control import BrokerControl, wait_for_broker
+
+ROOT = Path(__file__).resolve().parents[2]
+HELPER_SRC = ROOT / "cext/xensim/tests/xsim_helper.c"
+
+
+def _shims_stale() -> bool:
+    lib = paths.shim_lib_dir()
+    outs = [lib / s for s in shimlibs.SHIMS]
+    if not all(o.exists() for o in outs):
+        return True
+    newest = max(p.stat().st_mtime for p in (ROOT / "cext/xensim").glob("*.[ch]"))
+    return any(o.stat().st_mtime < newest for o in outs)
+
+
+@pytest.fixture(scope="session")
+def hv_shims() -> Path:
+    """The shim libraries, (re)built in place when missing or older than their sources."""
+    if _shims_stale():
+        shimlibs.build(paths.shim_lib_dir())
+    return paths.shim_lib_dir()
+
+
+@pytest.fixture(scope="session")
+def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
+    out = tmp_path_factory.mktemp("hvbin") / "xsim_helper"
+    subprocess.run(
+        ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(out),
+         str(HELPER_SRC), "-lxengnttab", "-lxenevtchn", "-ldl"],
+        check=True,
+    )
+    return out
+
+
+class HvBroker:
+    """A broker process on its own world directory."""
+
+    def __init__(self, world: Path, *flags: str) -> None:
+        self.world = world
+        self.log = world.parent / f"{world.name}-broker.log"
+        self._logf = open(self.log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ncd.sim.broker", "--dir", str(world), *flags],
+            stderr=self._logf,
+            cwd=ROOT,
+        )
+        try:
+            wait_for_broker(world)
+        except BaseException:
+            self.stop()
+            raise
+        self.ctl = BrokerControl(world)
+
+    def stop(self) -> int:
+        with contextlib.suppress(Exception):
+            self.ctl.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class HvDom:
+    """A helper process acting as one domain; `cmd` sends a line, returns the reply words."""
+
+    def __init__(self, helper: Path, world: Path, domid: int, errlog: Path) -> None:
+        self.domid = domid
+        env = {**os.environ, **paths.domain_env(world, domid)}
+        self.errlog = errlog
+        self._err = open(errlog, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(helper)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+            env=env,
+        )
+        self._buf = b""
+        self.pid = self.proc.pid
+
+    def cmd(self, line: str, timeout: float = 10.0) -> list[str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"d{self.domid}: no reply to {line!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError(f"d{self.domid}: helper exited on {line!r}: {self.stderr()}")
+            self._buf += chunk
+        reply, self._buf = self._buf.split(b"\n", 1)
+        return reply.decode().split()
+
+    def ok(self, line: str, timeout: float = 10.0) -> list[str]:
+        r = self.cmd(line, timeout)
+        assert r and r[0] == "ok", f"d{self.domid}: {line!r} -> {r}; stderr: {self.stderr()}"
+        return r[1:]
+
+    def err(self, line: str) -> str:
+        r = self.cmd(line)
+        assert r and r[0] == "err", f"d{self.domid}: {line!r} should fail, got {r}"
+        return r[1]
+
+    def stderr(self) -> str:
+        self._err.flush()
+        return self.errlog.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._err.close()
+
+
+@pytest.fixture
+def hv_world(tmp_path: Path, hv_shims: Path) -> Iterator[HvBroker]:
+    """Broker with dom0, dom1, dom2; checks on teardown that it exits cleanly."""
+    b = HvBroker(tmp_path / "world")
+    try:
+        b.ctl.create_domain(1)
+        b.ctl.create_domain(2)
+        yield b
+    finally:
+        rc = b.stop()
+    assert rc == 0, b.log_text()
+    assert not list((tmp_path / "world").rglob("*.sock")), "broker left sockets behind"
+
+
+@pytest.fixture
+def hv_dom(
+    hv_world: HvBroker, hv_helper: Path, tmp_path: Path
+) -> Iterator[Callable[[int], HvDom]]:
+    doms: list[HvDom] = []
+
+    def make(domid: int) -> HvDom:
+        d = HvDom(hv_helper, hv_world.world, domid, tmp_path / f"dom{domid}-{len(doms)}.err")
+        doms.append(d)
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in doms:
+            d.close()
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def zero_stats(ctl: BrokerControl, domids: tuple[int, ...] = (1, 2), conns: bool = True) -> bool:
+    """True when the domains hold no grants, mappings, ports (and connections)."""
+    st = ctl.stats()
+    keys = ("grants", "shared_pages", "mappings", "mapped_pages", "ports")
+    keys += ("connections",) if conns else ()
+    return all(st[d][k] == 0 for d in domids if d in st for k in keys)
