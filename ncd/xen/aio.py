@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
@@ -19,6 +20,7 @@ from .evtchn import Evtchn
 from .xenstore import WatchEvent, XenStore
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 class _WatchHub:
@@ -101,6 +103,8 @@ class Watch:
         try:
             if not self.xs.closed:
                 self.xs.unwatch(self.path, self.token)
+        except XenError as exc:  # the store went away: nothing left to unwatch
+            log.debug("unwatch of %s failed: %s", self.path, exc)
         finally:
             self._forget(hub)
 
@@ -217,6 +221,7 @@ class AsyncEvtchn:
                 f.set_result(None)
 
     async def wait(self, port: int, timeout: float | None = None, unmask: bool = True) -> int:
+        """Wait for the next event on ``port`` (one waiter per port at a time)."""
         if not self._counts.get(port):
             fut: asyncio.Future[None] = self.loop.create_future()
             self._waiters.setdefault(port, []).append(fut)
