@@ -215,6 +215,7 @@ class World:
     def down(self, keep_logs: bool = False) -> None:
         """Tear everything down; tolerant of a half-started or crashed world."""
         errors: list[str] = []
+        self.state = self._load()  # another process (ncd-sim destroy) may have changed it
         if self.is_up():
             for domid in reversed(self.domids()):
                 if domid == 0:
