@@ -10,7 +10,6 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ncd.sim import paths
 from ncd.sim.world import World, WorldError

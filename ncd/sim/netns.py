@@ -18,7 +18,9 @@ def exists(name: str) -> bool:
 def create(name: str) -> None:
     """Create namespace `name` with its loopback up. Fails if it already exists."""
     if exists(name):
-        raise FileExistsError(f"network namespace {name} already exists (stale world? try `ncd-sim down`)")
+        raise FileExistsError(
+            f"network namespace {name} already exists (stale world? try `ncd-sim down`)"
+        )
     _ip("netns", "add", name)
     _ip("-n", name, "link", "set", "lo", "up")
 
