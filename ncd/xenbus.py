@@ -306,6 +306,28 @@ class XenbusMachine:
             acts += self._release()
         return acts
 
+    def own_state_changed(self, raw: bytes | str | None) -> list[Action]:
+        """Our own ``state`` key changed (a watch fired on it).
+
+        The daemon's own writes read back equal to :attr:`state` and are ignored.
+        On the backend, Closing written by someone else is the toolstack's detach
+        (libxl writes ``online`` 0 and ``state`` 5): :meth:`toolstack_close`.
+        A vanished key means the device directory is gone: :meth:`device_removed`.
+        """
+        if self.released or self.state == XenbusState.UNKNOWN:
+            return []
+        if raw is None:
+            return self.device_removed()
+        try:
+            value = parse_state(raw)
+        except BadPeerState:
+            return []  # only dom0 (the toolstack) or we can write it; nothing to follow
+        if value == self.state:
+            return []
+        if self.role is Role.BACKEND and value == XenbusState.CLOSING:
+            return self.toolstack_close()
+        return []
+
     def close(self) -> list[Action]:
         """Local shutdown (SIGTERM): Closing, tear down, Closed, release the TAP."""
         if self.state == XenbusState.UNKNOWN:
@@ -322,7 +344,9 @@ class XenbusMachine:
         """Our device directory vanished (detach finished, or --force)."""
         if self.state == XenbusState.UNKNOWN:
             return self._release()
-        return [*self._disconnect(), *self._set(XenbusState.CLOSED), *self._release()]
+        # no SetState: writing into a removed directory would re-create it
+        self.state = XenbusState.CLOSED
+        return [*self._disconnect(), *self._release()]
 
     # -- per role --------------------------------------------------------
 

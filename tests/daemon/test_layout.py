@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sys
 
 import pytest
 from hypothesis import given
@@ -230,3 +231,69 @@ def test_parsers_only_raise_badentry_naming_the_key(raw, parser):
         parser(raw)
     except BadEntry as exc:
         assert str(exc).startswith("k: ")
+
+
+# ------------------------------------------------------------ with the real XenStore
+
+VIEW_SCRIPT = """
+import sys
+from ncd import layout
+from ncd.xen.xenstore import XenStore
+xs = XenStore()
+role = sys.argv[1]
+try:
+    if role == "fe":
+        v = layout.read_frontend(xs, 1, 0)
+        print(v.backend, v.mac, v.mtu, v.backend_path)
+    else:
+        v = layout.read_backend(xs, 0, 1, 0)
+        print(v.frontend, v.mac, v.mtu, v.bridge, v.online)
+except layout.BadEntry as exc:
+    print("BadEntry:", exc)
+"""
+
+
+def test_views_through_the_real_xenstore(sim):
+    py = [sys.executable, "-c", VIEW_SCRIPT]
+    sim.run(
+        0,
+        [
+            sys.executable,
+            "-m",
+            "ncd.ncctl",
+            "attach",
+            "1",
+            "--mac",
+            "00:16:3e:aa:00:02",
+            "--mtu",
+            "1400",
+            "--bridge",
+            "xb0",
+        ],
+    )
+    assert sim.run(1, [*py, "fe"]).stdout.split() == [
+        "0",
+        "00:16:3e:aa:00:02",
+        "1400",
+        "/local/domain/0/backend/ncvif/1/0",
+    ]
+    assert sim.run(0, [*py, "be"]).stdout.split() == [
+        "1",
+        "00:16:3e:aa:00:02",
+        "1400",
+        "xb0",
+        "True",
+    ]
+    # the guest owns its directory: whatever it writes there is validated, not trusted
+    sim.run(
+        1,
+        [
+            "xenstore-write",
+            "/local/domain/1/device/ncvif/0/backend",
+            "/local/domain/0/backend/vif/1/0",
+        ],
+    )
+    assert sim.run(1, [*py, "fe"]).stdout.strip() == (
+        "BadEntry: /local/domain/1/device/ncvif/0/backend: '/local/domain/0/backend/vif/1/0' "
+        "is not '/local/domain/0/backend/ncvif/1/0'"
+    )

@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import io
 import json
+import os
+import subprocess
 import sys
 import threading
 
@@ -294,3 +296,17 @@ def test_attach_detach_on_the_simulator(sim):
     assert r.stdout == "detached domain 1 devid 0: removed (backend daemon not running)\n"
     assert sim.run(0, ["xenstore-exists", be], check=False).returncode != 0
     assert sim.run(0, ["xenstore-exists", fe], check=False).returncode != 0
+
+
+def test_xenstore_unreachable_is_one_line(tmp_path):
+    env = {**os.environ, "XENSTORED_PATH": str(tmp_path / "no-xenstored.sock")}
+    r = subprocess.run(
+        [sys.executable, "-m", "ncd.ncctl", "attach", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("ncctl: error: cannot connect to xenstore: ")
+    assert r.stderr.count("\n") == 1

@@ -375,3 +375,25 @@ def test_random_event_sequences_keep_invariants(events):
         assert sum(isinstance(a, ReleaseDevice) for a in acts) <= 1
         if m.released:
             assert m.peer_changed(b"4") == []
+
+
+def test_own_state_watch_detects_toolstack_detach():
+    link = Link()
+    link.start()
+    # our own write reads back: nothing to do
+    assert link.be.own_state_changed(b"4") == []
+    # the toolstack wrote Closing: the backend tears down and waits for the frontend
+    acts = link.be.own_state_changed(b"5")
+    assert acts == [Disconnect()]
+    assert link.be.state == S.CLOSING and not link.be.online
+    link.queue.append(("fe", "peer", "5"))
+    link.pump()
+    assert states(link) == (S.CLOSED, S.CLOSED)
+    assert link.log["be"][-1] == ReleaseDevice()
+
+
+def test_own_state_key_removed_releases():
+    fe = XenbusMachine(Role.FRONTEND)
+    fe.start()
+    assert fe.own_state_changed(None) == [ReleaseDevice()]  # no write into a removed dir
+    assert fe.own_state_changed(b"1") == []
