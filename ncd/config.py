@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .control import default_socket_path
 from .layout import BadEntry, parse_ifname
 
 DEFAULT_PATH = Path("/etc/ncd/ncd.toml")
@@ -46,8 +47,7 @@ class ConfigError(ValueError):
 
 
 def default_control_socket() -> str:
-    runtime = os.environ.get("NCD_RUNTIME_DIR")
-    return str(Path(runtime) / "ncd.sock") if runtime else "/run/ncd/ncd.sock"
+    return str(default_socket_path())
 
 
 @dataclass(frozen=True)
