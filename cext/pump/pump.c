@@ -411,6 +411,8 @@ static void *pump_main(void *arg)
 {
     struct ncd_pump *p = arg;
 
+    pthread_setname_np(pthread_self(), "ncd-pump"); /* for top -H / ps -L */
+
     while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
         size_t remain = 0;
         int tx = DIR_IDLE, rx;
