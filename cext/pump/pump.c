@@ -212,6 +212,8 @@ static int tx_run(struct ncd_pump *p)
 
     s.cnt = ncd_vchan_write_iov(p->v, s.iov, p->cfg.write_ring_size);
     if (s.cnt < 0) {
+        if (errno == EPIPE && !ncd_vchan_close_reason(p->v))
+            return DIR_IDLE; /* closed meanwhile: the main loop drains rx and ends */
         hostile(p, "vchan write ring");
         return DIR_FATAL;
     }
