@@ -1,0 +1,196 @@
+"""The backend role (dom0 or a driver domain): one TAP ``ncvif<domid>.<devid>`` per device.
+
+Watches ``backend/ncvif`` under its home and ``@releaseDomain``. A device is
+picked up when its backend entries say ``online`` 1 and the frontend's
+directory exists (so a device the toolstack is removing is not re-created). For
+a frontend domain that is gone, the backend entries are removed (libxl's job on
+a real host), which releases its vifs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from ncd import layout
+from ncd import tap as tapmod
+from ncd.xen.aio import Watch
+from ncd.xenbus import Action, Role, XenbusState
+
+from . import netlink
+from .datapath import Datapath
+from .service import VifTable
+from .vif import Vif, VifContext, negotiate_with, open_persistent_tap
+
+log = logging.getLogger("ncd.backend")
+
+_TAP_RE = re.compile(r"ncvif(\d+)\.(\d+)")
+
+
+class BackendVif(Vif):
+    role = Role.BACKEND
+
+    def __init__(self, ctx: VifContext, guest: int, devid: int) -> None:
+        super().__init__(ctx, guest, devid)
+        self.view: layout.BackendView | None = None
+
+    @property
+    def peer(self) -> int:
+        return self.guest
+
+    @property
+    def own_dir(self) -> str:
+        return layout.backend_dir(self.ctx.domid, self.guest, self.devid)
+
+    @property
+    def peer_dir(self) -> str:
+        return layout.frontend_dir(self.guest, self.devid)
+
+    @property
+    def ifname(self) -> str:
+        return layout.backend_ifname(self.guest, self.devid)
+
+    @property
+    def bridge(self) -> str | None:
+        if self.view is not None and self.view.bridge:
+            return self.view.bridge
+        return self.ctx.config.backend.bridge or None
+
+    def _load(self) -> None:
+        self.view = layout.read_backend(self.xs, self.ctx.domid, self.guest, self.devid)
+        self.machine.online = self.view.online
+
+    def _open_tap(self) -> tapmod.Tap:
+        assert self.view is not None
+        tap = open_persistent_tap(self.ifname)
+        try:
+            netlink.call(
+                tapmod.configure, self.ifname, mtu=self.view.mtu, bridge=self.bridge, up=True
+            )
+        except BaseException:
+            tap.close()
+            netlink.call(tapmod.delete, self.ifname)
+            raise
+        return tap
+
+    def _setup(self, tap: tapmod.Tap) -> Datapath:
+        neg = negotiate_with(self.xs, self.peer_dir)
+        return Datapath.connect(
+            self.xs, self.guest, layout.queue_dir(self.guest, self.devid, 0), tap, neg
+        )
+
+    def _observe(self) -> list[Action]:
+        base = self.own_dir
+        own = layout.read_optional(self.xs, f"{base}/state")
+        if own is None and layout.read_optional(self.xs, base) is None:
+            return self.machine.device_removed()
+        online = layout.read_optional(self.xs, f"{base}/online") == b"1"
+        acts: list[Action] = []
+        if online != self.machine.online:
+            acts += self.machine.set_online(online)
+        st = self.machine.state
+        if own == b"5" and not self.machine.released and (
+            st not in (XenbusState.CLOSING, XenbusState.CLOSED)
+            or (st == XenbusState.CLOSED and not online)
+        ):
+            log.info("%s: the toolstack closes the device", self.name)
+            acts += self.machine.toolstack_close()
+        return acts
+
+    def describe(self) -> dict[str, Any]:
+        v = self.view
+        return {
+            "mac": v.mac if v else None,
+            "mtu": v.mtu if v else None,
+            "bridge": self.bridge,
+        }
+
+
+class Backend:
+    """Discovers devices under ``backend/ncvif`` and keeps one BackendVif per device."""
+
+    role = "backend"
+
+    def __init__(self, ctx: VifContext, table: VifTable) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.root = layout.backend_root(ctx.domid)
+        self._events: asyncio.Queue[object] = asyncio.Queue()
+        table.on_vif_gone = lambda vif: self._events.put_nowait("vif-gone")
+
+    async def run(self) -> None:
+        live = live_ifnames(self.ctx.xs, self.ctx.domid)
+        for name in netlink.call(remove_stale_taps, live):
+            log.info("removed stale %s (its device is gone)", name)
+        watches = [Watch(self.ctx.xs, p, self._events) for p in (self.root, "@releaseDomain")]
+        try:
+            for w in watches:
+                w.start()  # type: ignore[arg-type]
+            while True:
+                await self._events.get()
+                while not self._events.empty():
+                    self._events.get_nowait()
+                self._reap_dead_domains()
+                self._scan()
+        finally:
+            for w in watches:
+                w.close()
+
+    def _scan(self) -> None:
+        xs = self.ctx.xs
+        for fe, devid in layout.list_backend_devices(xs, self.ctx.domid):
+            if (fe, devid) in self.table:
+                continue
+            base = layout.backend_dir(self.ctx.domid, fe, devid)
+            if layout.read_optional(xs, f"{base}/online") != b"1":
+                continue
+            if layout.read_optional(xs, layout.frontend_dir(fe, devid)) is None:
+                continue
+            log.info("new device: domain %d devid %d", fe, devid)
+            self.table.spawn(BackendVif(self.ctx, fe, devid))
+
+    def _reap_dead_domains(self) -> None:
+        xs = self.ctx.xs
+        for name in layout.list_optional(xs, self.root):
+            try:
+                fe = layout.parse_domid(self.root, name)
+            except layout.BadEntry:
+                continue
+            if layout.domain_exists(xs, fe):
+                continue
+            log.info("domain %d is gone: removing its ncvif backend entries", fe)
+            try:
+                xs.rm(f"{self.root}/{fe}", missing_ok=True)
+            except OSError as exc:
+                log.warning("removing %s/%d: %s", self.root, fe, exc)
+            for vif in self.table.vifs():
+                if vif.guest == fe:
+                    vif.poke("domain gone")
+
+
+def live_ifnames(xs: Any, be: int) -> set[str]:
+    """TAP names of the devices that are online under ``be``'s backend directory."""
+    return {
+        layout.backend_ifname(fe, devid)
+        for fe, devid in layout.list_backend_devices(xs, be)
+        if layout.read_optional(xs, f"{layout.backend_dir(be, fe, devid)}/online") == b"1"
+    }
+
+
+def remove_stale_taps(live: set[str]) -> list[str]:
+    """Delete ``ncvif*`` TAPs (left by a crashed daemon) not in ``live``; run off-loop."""
+    removed = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            if name and _TAP_RE.fullmatch(name) and kind == "tun" and name not in live:
+                removed.append(name)
+    for name in removed:
+        tapmod.delete(name)
+    return removed

@@ -1,0 +1,101 @@
+"""One connected channel of a vif: a vchan and the C frame pump moving frames to a TAP.
+
+The frontend serves the vchan (grants + publishes ``queue-0``), the backend maps
+it. Frames never pass through Python: :class:`Datapath` only starts the pump,
+reads its counters and stops it. Stop order is fixed here, once: pump first
+(joins the thread), then the vchan (unmaps or ungrants, unbinds the port,
+removes the xenstore entry on the server side).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from dataclasses import asdict, fields
+from typing import Any
+
+from ncd import tap as tapmod
+from ncd.vchan.channel import Vchan, VchanClient, VchanServer
+from ncd.vchan.framing import Features, Negotiated
+from ncd.vchan.pump import FramePump, PumpState, PumpStats
+
+
+def offloads_for(features: Features) -> tapmod.Offloads:
+    """What our TAP may hand us: only what the peer accepts (``tx_features``)."""
+    csum = bool(features & Features.CSUM)
+    return tapmod.Offloads(
+        csum=csum,
+        tso4=csum and bool(features & Features.GSO_TCPV4),
+        tso6=csum and bool(features & Features.GSO_TCPV6),
+    )
+
+
+def set_offloads(tap: tapmod.Tap, offloads: tapmod.Offloads) -> None:
+    """TUNSETOFFLOAD on an open TAP (offloads persist on the device: always set them)."""
+    try:
+        fcntl.ioctl(tap.fileno(), tapmod.TUNSETOFFLOAD, offloads.flags)
+    except OSError as exc:
+        raise tapmod.TapError(exc.errno, f"TUNSETOFFLOAD {tap.name}: {exc.strerror}") from None
+    tap.offloads = offloads
+
+
+def add_stats(a: PumpStats, b: PumpStats) -> PumpStats:
+    da, db = asdict(a), asdict(b)
+    return PumpStats(**{f.name: da[f.name] + db[f.name] for f in fields(PumpStats)})
+
+
+class Datapath:
+    """A vchan with a pump running on ``tap``; close() releases both."""
+
+    def __init__(self, vchan: Vchan, pump: FramePump, negotiated: Negotiated) -> None:
+        self.vchan = vchan
+        self.pump = pump
+        self.negotiated = negotiated
+        self._final: PumpStats | None = None
+
+    @classmethod
+    def _start(cls, vchan: Vchan, tap: tapmod.Tap, neg: Negotiated) -> Datapath:
+        try:
+            set_offloads(tap, offloads_for(neg.tx_features))
+            pump = FramePump.start(vchan, tap.fileno(), neg)
+        except BaseException:
+            vchan.close()
+            raise
+        return cls(vchan, pump, neg)
+
+    @classmethod
+    def serve(
+        cls, xs: Any, peer: int, path: str, ring_bytes: int, tap: tapmod.Tap, neg: Negotiated
+    ) -> Datapath:
+        """Frontend: grant a vchan for ``peer``, publish it at ``path``, pump."""
+        vchan = VchanServer.create(xs, peer, path, ring_bytes, ring_bytes)
+        return cls._start(vchan, tap, neg)
+
+    @classmethod
+    def connect(cls, xs: Any, peer: int, path: str, tap: tapmod.Tap, neg: Negotiated) -> Datapath:
+        """Backend: read (untrusted) ``path``/ring-ref, event-channel, map, pump."""
+        vchan = VchanClient.connect(xs, peer, path)
+        return cls._start(vchan, tap, neg)
+
+    def done_fd(self) -> int:
+        return self.pump.done_fd()
+
+    def ended(self) -> str | None:
+        """Why the pump thread ended on its own, or None while it runs."""
+        if self._final is not None:
+            return None
+        state = self.pump.state
+        if state == PumpState.RUNNING:
+            return None
+        return f"{state.name.lower()}: {self.pump.reason}"
+
+    def stats(self) -> PumpStats:
+        return self._final if self._final is not None else self.pump.stats()
+
+    def close(self) -> PumpStats:
+        """Stop the pump, release the vchan; returns the final counters. Idempotent."""
+        if self._final is None:
+            self.pump.stop()
+            self._final = self.pump.stats()
+            self.pump.close()
+            self.vchan.close()
+        return self._final

@@ -1,0 +1,157 @@
+"""``ncd backend|frontend``: the daemon's entry point.
+
+Configuration from TOML (``--config``, default /etc/ncd/ncd.toml) with flags on
+top; logs to stderr; uvloop; SIGTERM/SIGINT close every vif (Closing -> Closed,
+TAP removed) and exit 0. sd_notify READY once the control socket and the
+device watch are up, STATUS with the vif counts, WATCHDOG when systemd asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from ncd import __version__
+from ncd.config import Config, ConfigError, add_arguments, from_args
+from ncd.control import ControlError, ControlServer
+from ncd.layout import DOMID_MAX, parse_uint
+from ncd.metrics import Metrics, serve_metrics
+from ncd.sdnotify import SdNotifier
+from ncd.xen.xenstore import XenStore
+
+from .backend import Backend
+from .frontend import Frontend
+from .service import ControlHandler, VifTable
+from .vif import VifContext
+
+log = logging.getLogger("ncd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ncd", description="ncd: network channel daemon for Xen")
+    p.add_argument("--version", action="version", version=f"ncd {__version__}")
+    sub = p.add_subparsers(dest="role", required=True)
+    roles = (("backend", "run in dom0 / a driver domain"), ("frontend", "run in a guest"))
+    for role, text in roles:
+        add_arguments(sub.add_parser(role, help=text), role)
+    return p
+
+
+class Daemon:
+    def __init__(self, role: str, config: Config) -> None:
+        self.role_name = role
+        self.config = config
+        self.notifier = SdNotifier()
+        self.table = VifTable(on_change=self._status)
+        self._last_status = ""
+
+    def _status(self) -> None:
+        n, up = self.table.counts()
+        text = f"{up} of {n} vifs connected"
+        if text != self._last_status:
+            self._last_status = text
+            self.notifier.status(text)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            self._status()
+            await asyncio.sleep(interval)
+
+    async def _status_loop(self) -> None:
+        while True:  # vif states change inside vifs: refresh STATUS now and then
+            await asyncio.sleep(1.0)
+            self._status()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        xs = XenStore()
+        metrics = Metrics(self.role_name, __version__)
+        server = None
+        control = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            domid = parse_uint("domid", xs.read("domid"), 0, DOMID_MAX)
+            ctx = VifContext(xs=xs, domid=domid, config=self.config, metrics=metrics)
+            role = Backend(ctx, self.table) if self.role_name == "backend" else Frontend(
+                ctx, self.table
+            )
+            m = self.config.metrics
+            server = serve_metrics(metrics, m.enabled, m.address, m.port)
+            handler = ControlHandler(self.role_name, self.table, metrics.snapshot)
+            control = await ControlServer(self.config.daemon.control_socket, handler).start()
+            role_task = loop.create_task(role.run(), name=f"{self.role_name} discovery")
+            tasks.append(role_task)
+            tasks.append(loop.create_task(self._status_loop()))
+            interval = self.notifier.watchdog_interval
+            if interval:
+                tasks.append(loop.create_task(self._watchdog(interval)))
+            where = f"metrics {m.address}:{server.port}" if server else "metrics off"
+            log.info(
+                "%s running as domain %d (control %s, %s)",
+                self.role_name, domid, self.config.daemon.control_socket, where,
+            )
+            self.notifier.ready(status="started")
+            stopper = loop.create_task(stop.wait())
+            await asyncio.wait([stopper, role_task], return_when=asyncio.FIRST_COMPLETED)
+            if role_task.done() and not role_task.cancelled() and role_task.exception():
+                log.error("device discovery failed: %s", role_task.exception())
+            stopper.cancel()
+            log.info("stopping: closing %d vifs", len(self.table.vifs()))
+            self.notifier.stopping(status="closing vifs")
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.table.stop_all()
+            failed = role_task.done() and not role_task.cancelled() and role_task.exception()
+            return 1 if failed else 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            if control is not None:
+                await control.close()
+            if server is not None:
+                server.close()
+            xs.close()
+            self.notifier.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = from_args(args)
+    except ConfigError as exc:
+        print(f"ncd: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.daemon.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s ncd-{args.role}[%(process)d] %(levelname)s %(message)s",
+    )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    try:
+        return int(runner(Daemon(args.role, config).run()))
+    except (OSError, ControlError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover
+        return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
