@@ -16,20 +16,28 @@ Backend::
     fe Connected     -> Setup (map the frontend's vchan); setup_done -> Connected
     fe Closing       -> Disconnect, Closing
     fe Closed        -> Disconnect, Closed; + ReleaseDevice if online=0 (detach)
+                        (in InitWait with nothing up and online: keep waiting)
     fe gone/Unknown  -> Disconnect, Closed, ReleaseDevice
 
 Frontend::
 
     start            -> Initialising; be InitWait -> Setup (grant + publish)
     setup_done       -> Connected
-    be InitWait while Connected or Closed (backend restarted)
-                     -> Disconnect, Initialising, Setup   (reconnect)
-    be Closing/Closed-> Disconnect, Closed
+    be InitWait while Closed (backend restarted; our channel saw link_lost)
+                     -> Initialising, Setup   (reconnect)
+    be Closing/Closed-> Disconnect, Closed   (ignored while Initialising, not set up:
+                        it is left over from before the backend re-probes)
+    be InitWait while Connected -> ignored, as netfront (a real backend restart
+                        shows up as link_lost first)
     device removed   -> Disconnect, Closed, ReleaseDevice
 
 A peer state that is out of range, unused by the peer's role, or impossible in
 the current local state is rejected: the device fails into Closed and a
 :class:`Fail` action carries the reason, for the caller to log and count.
+The daemon then calls :meth:`XenbusMachine.restart` after a backoff
+(``[channel] reconnect_delay``); with that, any interleaving of watch events
+and setup completions converges to Connected on both sides (property-tested
+in tests/daemon/test_xenbus.py).
 """
 
 from __future__ import annotations
@@ -215,7 +223,10 @@ class XenbusMachine:
         self.released = False
         if self.role is Role.BACKEND:
             # Initialising is transient: the probe (features) is part of going InitWait.
-            return self._set(XenbusState.INIT_WAIT)
+            acts = self._set(XenbusState.INIT_WAIT)
+            if self.peer_state == XenbusState.CONNECTED:
+                acts += self._setup()  # as netback: a published frontend is mapped
+            return acts
         acts = self._set(XenbusState.INITIALISING)
         if self.peer_state == XenbusState.INIT_WAIT:
             acts += self._setup()
@@ -380,6 +391,8 @@ class XenbusMachine:
                 return []
             return [*self._disconnect(), *self._set(S.CLOSING)]
         if fe == S.CLOSED:
+            if me == S.INIT_WAIT and self.online and not self.setting_up:
+                return []  # nothing up yet; a closed frontend re-initialises when it sees us
             acts = [*self._disconnect(), *self._set(S.CLOSED)]
             if not self.online:
                 acts += self._release()
@@ -397,20 +410,29 @@ class XenbusMachine:
         if be == S.INIT_WAIT:
             if me == S.INITIALISING:
                 return self._setup()
-            if me in (S.CONNECTED, S.CLOSED):  # backend (re)started: reconnect
-                return [*self._disconnect(), *self._set(S.INITIALISING), *self._setup()]
-            return []  # Closing: we are shutting down
+            if me == S.CLOSED:  # backend (re)started after we closed: reconnect
+                return [*self._set(S.INITIALISING), *self._setup()]
+            # Connected: as netfront, ignore. A backend that really restarted lost
+            # its mapping, which our channel reports as link_lost (-> Closed, then
+            # the reconnect above); reconnecting here too would let the two sides
+            # chase each other's resets. Closing: we are shutting down.
+            return []
         if be == S.INITIALISED:
             return self._ill_timed(be)  # a backend never writes Initialised
         if be == S.CONNECTED:
             if me == S.CONNECTED:
                 return []
-            if me == S.INITIALISING and self.setting_up:
-                return []  # backend mapped faster than setup_done reached us
+            if me == S.INITIALISING:
+                # setting up: the backend mapped faster than setup_done reached us;
+                # not yet: a stale Connected from before our (re)start (e.g. the
+                # watch's first firing); the backend restarts when it sees us Initialising
+                return []
             if me in (S.CLOSING, S.CLOSED):
                 return []  # the backend has not seen our close yet
             return self._ill_timed(be)
         # Closing or Closed: as netfront, go straight to Closed.
         if me == S.CLOSED:
             return []
+        if me == S.INITIALISING and not self.setting_up:
+            return []  # left over from before our start: it re-probes once it sees us
         return [*self._disconnect(), *self._set(S.CLOSED)]

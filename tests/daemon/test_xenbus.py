@@ -194,7 +194,10 @@ def test_frontend_restart_reconnects_with_device_online():
 def test_backend_restart_makes_frontend_reconnect():
     link = Link()
     link.start()
-    # backend daemon dies (no clean close) and starts again: a fresh machine
+    # backend daemon dies (no clean close): its mapping goes, the frontend's
+    # channel reports the peer gone; then the backend starts again: a fresh machine
+    link.feed("fe", link.fe.link_lost("client unmapped"))
+    link.queue.clear()  # nobody reads the frontend's Closed: the backend is dead
     link.be = XenbusMachine(Role.BACKEND)
     link.be.peer_changed(str(int(link.fe.state)))
     link.feed("be", link.be.start())
@@ -203,6 +206,14 @@ def test_backend_restart_makes_frontend_reconnect():
     fe_setups = [a for a in link.log["fe"] if isinstance(a, Setup)]
     assert len(fe_setups) == 2  # the frontend published a fresh channel
     assert Disconnect() in link.log["fe"]
+
+
+def test_frontend_ignores_initwait_while_connected():
+    # as netfront: only a lost link (-> Closed) makes the frontend reconnect
+    link = Link()
+    link.start()
+    assert link.fe.peer_changed(b"2") == []
+    assert link.fe.state == S.CONNECTED and link.fe.channel_up
 
 
 def test_link_lost_then_restart_recovers():
@@ -234,9 +245,25 @@ def test_setup_failure_fails_into_closed():
     link.setup_ok = False
     link.start()
     assert link.fe.state == S.CLOSED
-    assert link.be.state == S.CLOSED
+    assert link.be.state == S.INIT_WAIT  # nothing was up: it waits for the frontend
     fails = [a for a in link.log["fe"] if isinstance(a, Fail)]
-    assert fails and "bad ring-ref" in fails[0].reason
+    assert fails == [Fail("setup failed: bad ring-ref", "setup_failed")]
+    link.setup_ok = True
+    link.feed("fe", link.fe.restart())  # the daemon's retry after its backoff
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+
+
+def test_backend_setup_failure_closes():
+    be = XenbusMachine(Role.BACKEND)
+    be.start()
+    assert be.peer_changed(b"4") == [Setup()]
+    assert be.setup_failed("ring-ref 99999 not mappable") == [
+        Disconnect(),
+        SetState(S.CLOSED),
+        Fail("setup failed: ring-ref 99999 not mappable", "setup_failed"),
+    ]
+    assert be.setup_failed("again") == []  # nothing outstanding any more
 
 
 def test_frontend_vanishing_releases_backend():
@@ -268,13 +295,24 @@ def test_frontend_writing_initwait_is_rejected():
     assert be.state == S.CLOSED
 
 
-def test_backend_connected_before_frontend_published_is_rejected():
-    fe = XenbusMachine(Role.FRONTEND)
-    fe.start()
-    acts = fe.peer_changed(b"4")
-    assert isinstance(acts[-1], Fail)
-    assert "backend state Connected (4) while Initialising" == acts[-1].reason
-    assert fe.state == S.CLOSED
+def test_stale_backend_connected_is_ignored_until_backend_restarts():
+    # frontend daemon restarted while the backend still says Connected: not a failure
+    link = Link()
+    link.start()
+    link.fe = XenbusMachine(Role.FRONTEND)
+    link.fe.peer_changed(b"4")
+    link.feed("fe", link.fe.start())
+    assert link.fe.peer_changed(b"4") == []  # the watch fires once on registration
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+    assert not link.fe.failures and not link.be.failures
+
+
+def test_backend_start_maps_an_already_published_frontend():
+    be = XenbusMachine(Role.BACKEND)
+    be.peer_changed(b"4")
+    assert be.start() == [SetState(S.INIT_WAIT), Setup()]
+    assert be.setup_done() == [SetState(S.CONNECTED)]
 
 
 def test_backend_initialised_is_rejected_by_frontend():
@@ -397,3 +435,82 @@ def test_own_state_key_removed_releases():
     fe.start()
     assert fe.own_state_changed(None) == [ReleaseDevice()]  # no write into a removed dir
     assert fe.own_state_changed(b"1") == []
+
+
+class RacyLink(Link):
+    """Like Link, but as xenstore really behaves: a watch event carries no value, the
+    reader reads the *current* one (so events coalesce), and events and setup
+    completions are delivered in any order chosen by `rnd`."""
+
+    def __init__(self, rnd) -> None:
+        super().__init__()
+        self.rnd = rnd
+
+    def feed(self, side: str, actions: list) -> None:
+        for a in actions:
+            self.log[side].append(a)
+            other = "fe" if side == "be" else "be"
+            if isinstance(a, SetState):
+                self.queue.append((other, "watch", None))
+            elif isinstance(a, Setup):
+                self.queue.append((side, "setup", None))
+            elif isinstance(a, Disconnect):
+                self.channel[side] = False
+
+    def pump(self, limit: int = 300) -> None:
+        n = 0
+        while self.queue:
+            n += 1
+            assert n < limit, "handshake does not converge"
+            i = self.rnd.randrange(len(self.queue))
+            side, kind, _ = self.queue[i]
+            del self.queue[i]
+            m = self.machine(side)
+            if kind == "watch":
+                other = self.fe if side == "be" else self.be
+                self.feed(side, m.peer_changed(str(int(other.state))))
+            else:
+                acts = m.setup_done()
+                if m.channel_up:
+                    self.channel[side] = True
+                self.feed(side, acts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.randoms(use_true_random=False),
+    st.sampled_from(["clean", "fe_restart", "be_crash", "be_lost", "fe_lost"]),
+)
+def test_handshake_converges_under_any_delivery_order(rnd, scenario):
+    """Watches and setups race in any order: both sides end Connected, no livelock."""
+    link = RacyLink(rnd)
+    link.feed("be", link.be.start())
+    link.feed("fe", link.fe.start())
+    link.queue.extend([("be", "watch", None), ("fe", "watch", None)])  # first firing
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED)
+    if scenario == "fe_restart":
+        link.feed("fe", link.fe.close())
+        link.pump()
+        link.fe = XenbusMachine(Role.FRONTEND)
+        link.fe.peer_changed(str(int(link.be.state)))
+        link.feed("fe", link.fe.start())
+        link.queue.append(("fe", "watch", None))
+    elif scenario == "be_crash":
+        link.feed("fe", link.fe.link_lost("client gone"))
+        link.queue.clear()
+        link.be = XenbusMachine(Role.BACKEND)
+        link.be.peer_changed(str(int(link.fe.state)))
+        link.feed("be", link.be.start())
+        link.queue.append(("be", "watch", None))
+    elif scenario in ("be_lost", "fe_lost"):
+        side = scenario[:2]
+        link.feed(side, link.machine(side).link_lost("x"))
+        link.pump()
+        link.feed(side, link.machine(side).restart())
+    link.pump()
+    assert states(link) == (S.CONNECTED, S.CONNECTED), (scenario, link.log)
+    assert link.channel == {"be": True, "fe": True}
+    expected = {"be_crash": ["link lost: client gone"], "fe_lost": ["link lost: x"]}
+    assert link.fe.failures == expected.get(scenario, [])
+    assert link.be.failures == (["link lost: x"] if scenario == "be_lost" else [])
