@@ -207,7 +207,7 @@ static int tx_run(struct ncd_pump *p)
 {
     struct span s;
     size_t used = 0, rec_room = NCD_REC_LEN_SIZE + p->tx_max_rec;
-    uint32_t frames = 0;
+    uint32_t iters = 0;
     int ret = DIR_MORE;
 
     s.cnt = ncd_vchan_write_iov(p->v, s.iov, p->cfg.write_ring_size);
@@ -219,7 +219,8 @@ static int tx_run(struct ncd_pump *p)
     }
     span_init(&s, s.cnt);
 
-    while (frames < p->cfg.batch) {
+    /* iters counts drops too: a flood of unsendable frames cannot starve rx */
+    while (iters++ < p->cfg.batch) {
         uint8_t lenb[NCD_REC_LEN_SIZE];
         ssize_t n;
         int trunc;
@@ -253,7 +254,6 @@ static int tx_run(struct ncd_pump *p)
             used += NCD_REC_LEN_SIZE + p->bounce_len;
             tx_account(p, p->bounce_len);
             p->bounce_len = 0;
-            frames++;
             continue;
         }
 
@@ -283,7 +283,6 @@ static int tx_run(struct ncd_pump *p)
         span_copy_in(&s, used, lenb, sizeof lenb);
         used += NCD_REC_LEN_SIZE + (size_t)n;
         tx_account(p, (size_t)n);
-        frames++;
     }
     if (used) {
         ncd_vchan_write_commit(p->v, used);
@@ -316,8 +315,8 @@ static int fd_write_frame(struct ncd_pump *p, struct iovec *iov, int cnt, size_t
         }
         if (errno == EINTR)
             continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
-            return 0;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0; /* poll() for POLLOUT; anything else drops the frame */
         if (errno == EIO) {
             CNT_ADD(p, drop_tap_not_ready, 1);
             return 1;
