@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
+import json
 import mmap
 import os
 import platform
@@ -158,6 +160,78 @@ def run_pump(size: int, seconds: float, ring: int) -> dict[str, float]:
     }
 
 
+# ---- TCP through TAP + pump pair, beside a veth pair (--tap) ----------------------------------
+
+TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+TUN_OFFLOADS = 0x01 | 0x02 | 0x04 | 0x08  # csum, TSO4, TSO6, TSO_ECN
+
+
+def _sh(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def _iperf(ns_client: str, ns_server: str, addr: str, seconds: float) -> float:
+    """Gbit/s of one iperf3 TCP stream from ns_client to addr (served in ns_server)."""
+    srv = subprocess.Popen(["ip", "netns", "exec", ns_server, "iperf3", "-s", "-1", "-B", addr],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = _sh("ip", "netns", "exec", ns_client, "iperf3", "-J", "-c", addr, "-t",
+                  f"{seconds:g}", "-O", "1")
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def run_tcp(seconds: float, ring: int) -> dict[str, float]:
+    tag = str(os.getpid())
+    ns = [f"ncdbp{tag}a", f"ncdbp{tag}b"]
+    fds: list[int] = []
+    objs: list = []
+    try:
+        for n in ns:
+            _sh("ip", "netns", "add", n)
+            _sh("ip", "-n", n, "link", "set", "lo", "up")
+        # veth: the kernel's own path between two namespaces
+        _sh("ip", "link", "add", f"vb{tag}a", "netns", ns[0], "type", "veth", "peer", "name",
+            f"vb{tag}b", "netns", ns[1])
+        for i, n in enumerate(ns):
+            _sh("ip", "-n", n, "addr", "add", f"198.18.1.{i + 1}/24", "dev", f"vb{tag}{'ab'[i]}")
+            _sh("ip", "-n", n, "link", "set", f"vb{tag}{'ab'[i]}", "up")
+        veth = _iperf(ns[0], ns[1], "198.18.1.2", seconds)
+        # TAP + pump + vchan + pump + TAP
+        for i, n in enumerate(ns):
+            dev = f"tb{tag}{'ab'[i]}"
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            fds.append(fd)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", dev.encode(),
+                                                   IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_OFFLOADS)
+            _sh("ip", "link", "set", dev, "netns", n)
+            _sh("ip", "-n", n, "addr", "add", f"198.18.2.{i + 1}/24", "dev", dev)
+            _sh("ip", "-n", n, "link", "set", dev, "up")
+        srv, cli = local_pair(ring, ring)
+        objs += [srv, cli]
+        pa, pb = FramePump.start(srv, fds[0]), FramePump.start(cli, fds[1])
+        objs += [pa, pb]
+        _sh("ip", "netns", "exec", ns[0], "ping", "-c", "1", "-W", "2", "198.18.2.2")
+        a0 = pa.stats()
+        ncd = _iperf(ns[0], ns[1], "198.18.2.2", seconds)
+        a1 = pa.stats()
+        frames = max(a1.tx_frames - a0.tx_frames, 1)
+        return {"veth": veth, "ncd": ncd, "avg_frame": (a1.tx_bytes - a0.tx_bytes) / frames,
+                "notify_per_frame": (a1.notify_sent - a0.notify_sent) / frames}
+    finally:
+        for o in reversed(objs):
+            o.close()
+        for fd in fds:
+            os.close(fd)
+        for n in ns:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
 def run_memcpy(size: int, seconds: float, ring: int) -> dict[str, float]:
     src = ctypes.create_string_buffer(size)
     dst = ctypes.create_string_buffer(ring)
@@ -192,6 +266,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--ring", type=int, default=512 * 1024, help="ring size each way")
     ap.add_argument("--repeat", type=int, default=3, help="runs per point (median)")
+    ap.add_argument("--tap", action="store_true",
+                    help="also: iperf3 TCP through TAP + pump pair, beside a veth pair")
     ap.add_argument("--append-results", action="store_true",
                     help="append the table to bench/RESULTS.md")
     args = ap.parse_args()
@@ -211,7 +287,7 @@ def main() -> int:
     lines = [
         f"Machine: {machine()}",
         f"Command: `.venv/bin/python bench/bench_pump.py --seconds {args.seconds:g} "
-        f"--ring {args.ring} --repeat {args.repeat}` "
+        f"--ring {args.ring} --repeat {args.repeat}{' --tap' if args.tap else ''}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git {_git_rev()}); "
         f"median of {args.repeat} runs",
         "",
@@ -233,6 +309,17 @@ def main() -> int:
         f"{big['mbps'] / mc:.0%} of memcpy; each pump moves {big['mb_per_cpu_s']:,.0f} MB per "
         f"CPU-second = {big['mb_per_cpu_s'] / mc:.0%} of memcpy.",
     ]
+    if args.tap:
+        t = run_tcp(max(args.seconds, 3.0), args.ring)
+        lines += [
+            "",
+            "| TCP, one iperf3 stream, netns to netns | Gbit/s |",
+            "|---|---|",
+            f"| veth pair (kernel) | {t['veth']:.2f} |",
+            f"| TAP (csum+TSO) -> pump -> vchan -> pump -> TAP | {t['ncd']:.2f} "
+            f"({t['ncd'] / t['veth']:.0%} of veth; avg frame {t['avg_frame']:,.0f} B, "
+            f"{t['notify_per_frame']:.3f} notifies/frame) |",
+        ]
     text = "\n".join(lines)
     print(text)
     if args.append_results:
