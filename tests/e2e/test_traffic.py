@@ -1,0 +1,155 @@
+"""dom0 + two guests on xensim, real daemons and TAPs: ping, TCP with sha256, a bridge,
+and the counters (control socket, metrics endpoint) against the traffic sent."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ncd import tap as tapmod
+from tests.e2e.harness import PY, Net
+
+MACS = {1: "00:16:3e:00:01:00", 2: "00:16:3e:00:02:00"}
+BIG = 256 << 20
+
+
+def dom0_ip(g: int) -> str:
+    return f"198.18.{g}.1"
+
+
+def guest_ip(g: int) -> str:
+    return f"198.18.{g}.2"
+
+
+@pytest.fixture(scope="module")
+def net(sim_module, tmp_path_factory) -> Iterator[Net]:
+    n = Net(sim_module, tmp_path_factory.mktemp("logs"))
+    try:
+        n.start(0, "backend")
+        for g in (1, 2):
+            n.start(g, "frontend")
+            n.attach(g, 0, MACS[g])
+        for g in (1, 2):
+            n.wait_connected(g, 0)
+            n.addr(0, f"ncvif{g}.0", f"{dom0_ip(g)}/24")
+            n.addr(g, "nc0", f"{guest_ip(g)}/24")
+        yield n
+    finally:
+        n.close()
+
+
+def test_taps_exist_with_the_toolstack_settings(net: Net) -> None:
+    assert {"ncvif1.0", "ncvif2.0"} <= net.links(0)
+    for g in (1, 2):
+        info = tapmod.link_info("nc0", netns=net.sim.world.netns(g))
+        assert info.mac == MACS[g] and info.mtu == 1500 and info.up
+        feats = tapmod.active_features("nc0", netns=net.sim.world.netns(g))
+        assert feats["tx-tcp-segmentation"], "TSO negotiated end to end"
+
+
+@pytest.mark.parametrize("g", [1, 2])
+def test_ping_both_ways(net: Net, g: int) -> None:
+    r = net.ping(g, dom0_ip(g), count=5)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0% packet loss" in r.stdout
+    r = net.ping(0, guest_ip(g), count=5)
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+
+
+def test_tcp_256mb_each_way_guest1(net: Net, capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = time.monotonic()
+    sent, got = net.transfer(1, 0, dom0_ip(1), BIG, port=5301)
+    up = time.monotonic() - t0
+    assert got["bytes"] == BIG and got["sha256"] == sent["sha256"]
+    t0 = time.monotonic()
+    sent, got = net.transfer(0, 1, guest_ip(1), BIG, port=5302)
+    down = time.monotonic() - t0
+    assert got["bytes"] == BIG and got["sha256"] == sent["sha256"]
+    with capsys.disabled():
+        print(f"\n256 MB guest->dom0 {up:.2f}s, dom0->guest {down:.2f}s (incl. helper start-up)")
+
+
+def test_tcp_each_way_guest2(net: Net) -> None:
+    for src, dst, ip in ((2, 0, dom0_ip(2)), (0, 2, guest_ip(2))):
+        sent, got = net.transfer(src, dst, ip, 32 << 20, port=5303)
+        assert got["bytes"] == 32 << 20 and got["sha256"] == sent["sha256"]
+
+
+def test_guest_to_guest_through_a_bridge_in_dom0(net: Net) -> None:
+    net.ip(0, "link", "add", "ncbr0", "type", "bridge")
+    try:
+        net.ip(0, "link", "set", "ncbr0", "up")
+        for g in (1, 2):
+            net.ncctl("attach", str(g), "--devid", "1", "--mac", f"00:16:3e:00:0{g}:01",
+                      "--bridge", "ncbr0")
+        for g in (1, 2):
+            net.wait_connected(g, 1)
+            net.addr(g, "nc1", f"198.18.3.{g}/24")
+            info = tapmod.link_info(f"ncvif{g}.1", netns=net.sim.world.netns(0))
+            assert info.master == "ncbr0" and info.up
+        for a, b in ((1, 2), (2, 1)):
+            r = net.ping(a, f"198.18.3.{b}", count=5)
+            assert r.returncode == 0, r.stdout + r.stderr
+        sent, got = net.transfer(1, 2, "198.18.3.2", 32 << 20, port=5304)
+        assert got["bytes"] == 32 << 20 and got["sha256"] == sent["sha256"]
+    finally:
+        for g in (1, 2):
+            net.ncctl("detach", str(g), "1", "--force", check=False)
+        net.ip(0, "link", "del", "ncbr0")
+    for g in (1, 2):
+        net.wait(lambda g=g: net.vif(0, g, 1) is None, 10, f"vif {g}/1 gone in dom0")
+    assert not {"ncvif1.1", "ncvif2.1"} & net.links(0)
+
+
+def _scrape(net: Net, domid: int) -> dict[tuple[str, str], float]:
+    code = ("import urllib.request;print(urllib.request.urlopen("
+            f"'http://127.0.0.1:{net.metrics_port}/metrics',timeout=5).read().decode())")
+    text = net.sim.run(domid, [PY, "-c", code]).stdout
+    out = {}
+    for m in re.finditer(r'^(ncd_vif_(?:frames|bytes)_total)\{([^}]*)\} (\S+)$', text, re.M):
+        labels = dict(kv.split("=", 1) for kv in m.group(2).split(","))
+        if labels['domid'] == '"1"' and labels['devid'] == '"0"':
+            out[(m.group(1), labels["direction"].strip('"'))] = float(m.group(3))
+    return out
+
+
+def _vif_stats(net: Net, domid: int) -> dict[str, int]:
+    for v in net.stats(domid)["vifs"]:
+        if v["domid"] == 1 and v["devid"] == 0:
+            return v
+    raise AssertionError("vif 1/0 missing from stats")
+
+
+def test_metrics_and_ncctl_agree_with_the_traffic(net: Net) -> None:
+    net.ping(1, dom0_ip(1), count=1)  # ARP settled
+    time.sleep(0.3)
+    be0, fe0 = _vif_stats(net, 0), _vif_stats(net, 1)
+    n, size = 40, 1000
+    r = net.ping(1, dom0_ip(1), count=n, interval=0.01, size=size)
+    assert r.returncode == 0, r.stdout
+    time.sleep(0.3)
+    be1, fe1 = _vif_stats(net, 0), _vif_stats(net, 1)
+    frame = size + 8 + 20 + 14  # ICMP + IPv4 + Ethernet
+    d_rx = be1["frames_rx"] - be0["frames_rx"]
+    assert n <= d_rx <= n + 4
+    assert be1["bytes_rx"] - be0["bytes_rx"] >= n * frame
+    assert n <= be1["frames_tx"] - be0["frames_tx"] <= n + 4
+    assert fe1["frames_tx"] - fe0["frames_tx"] == d_rx
+    # what one end sent is what the other received, frame for frame and byte for byte
+    assert fe1["frames_tx"] == be1["frames_rx"] and fe1["bytes_tx"] == be1["bytes_rx"]
+    assert fe1["frames_rx"] == be1["frames_tx"] and fe1["bytes_rx"] == be1["bytes_tx"]
+    # the Prometheus endpoint shows the same numbers as ncctl stats
+    scraped = _scrape(net, 0)
+    assert scraped[("ncd_vif_frames_total", "rx")] == be1["frames_rx"]
+    assert scraped[("ncd_vif_frames_total", "tx")] == be1["frames_tx"]
+    assert scraped[("ncd_vif_bytes_total", "rx")] == be1["bytes_rx"]
+    assert scraped[("ncd_vif_bytes_total", "tx")] == be1["bytes_tx"]
+    # ncctl list --json
+    listed = json.loads(net.ncctl("list", "--json").stdout)
+    mine = [v for v in listed["vifs"] if v["domid"] == 1 and v["devid"] == 0]
+    assert mine and mine[0]["state"] == "Connected" and mine[0]["ifname"] == "ncvif1.0"
+    assert mine[0]["mac"] == MACS[1] and mine[0]["peer"] == 1
