@@ -16,6 +16,8 @@ from pathlib import Path
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
+# the real binary: /usr/bin/vchan-socket-proxy is a wrapper that insists on a hypervisor
+VSP = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
 
 
 def vchan_path(domid: int, name: str) -> str:
@@ -176,3 +178,20 @@ def write_fd_all(fd: int):
         while view:
             view = view[os.write(fd, view):]
     return w
+
+
+def build_xc_stub(outdir: Path) -> Path:
+    """tests/vchan/xc_stub.c as an LD_PRELOAD library (see its header comment)."""
+    out = outdir / "xc_stub.so"
+    here = Path(__file__).resolve().parent
+    subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2", "-fPIC",
+                    "-shared", f"-Wl,--version-script={here / 'xc_stub.map'}", "-o", str(out),
+                    str(here / "xc_stub.c")], check=True)
+    return out
+
+
+def vsp_client_popen(sim, domid: int, args: list[str], stub: Path, **kw):
+    """vchan-socket-proxy in client mode, with the libxenctrl test double preloaded."""
+    env = sim.env(domid)
+    env["LD_PRELOAD"] = str(stub)
+    return subprocess.Popen(sim.argv(domid, [VSP, "-m", "client", *args]), env=env, **kw)

@@ -4,7 +4,6 @@
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -12,18 +11,21 @@ import time
 import pytest
 
 from .simhelp import (
+    VSP,
     MiB,
     Sink,
     Source,
+    build_xc_stub,
     kill_proc,
     ncd_vchan_argv,
     vchan_path,
+    vsp_client_popen,
 )
 
 TOTAL = int(os.environ.get("NCD_VCHAN_TEST_MB", "256")) * MiB
 TIMEOUT = 600
 
-needs_vsp = pytest.mark.skipif(shutil.which("vchan-socket-proxy") is None,
+needs_vsp = pytest.mark.skipif(not os.path.exists(VSP),
                                reason="vchan-socket-proxy not installed")
 
 SIZES = [
@@ -96,8 +98,9 @@ def test_ncd_server_vsp_client(sim, tmp_path, rd, wr):
     sock_path = str(tmp_path / "vsp.sock")
     srv = spawn(sim, 1, ncd_vchan_argv("server", 2, path, "--read-size", str(rd),
                                        "--write-size", str(wr)), tmp_path, "srv")
-    vsp = spawn(sim, 2, ["vchan-socket-proxy", "-m", "client", "1", path, sock_path],
-                tmp_path, "vsp")
+    stub = build_xc_stub(tmp_path)
+    vsp = vsp_client_popen(sim, 2, ["1", path, sock_path], stub,
+                           stderr=open(tmp_path / "vsp.err", "wb"))
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         wait_path(sock_path)
@@ -133,7 +136,7 @@ def test_vsp_server_ncd_client(sim, tmp_path):
     listener.bind(sock_path)
     listener.listen(4)
     listener.settimeout(60)
-    vsp = spawn(sim, 1, ["vchan-socket-proxy", "-m", "server", "2", path, sock_path],
+    vsp = spawn(sim, 1, [VSP, "-m", "server", "2", path, sock_path],
                 tmp_path, "vsp")
     cli = spawn(sim, 2, ncd_vchan_argv("client", 1, path), tmp_path, "cli")
     conn = None

@@ -2,7 +2,7 @@
 no leaks over 1,000 open/close cycles, the gntalloc grant limit."""
 
 import errno
-import shutil
+import os
 import subprocess
 import time
 
@@ -10,7 +10,15 @@ import pytest
 
 from ncd.vchan.channel import DEFAULT_RING, GNTALLOC_LIMIT, grants_needed
 
-from .simhelp import kill_proc, ncd_vchan_argv, peers, vchan_path
+from .simhelp import (
+    VSP,
+    build_xc_stub,
+    kill_proc,
+    ncd_vchan_argv,
+    peers,
+    vchan_path,
+    vsp_client_popen,
+)
 
 
 def broker_counts(sim, domids=(1, 2)):
@@ -76,13 +84,13 @@ def test_peer_close_seen(sim, tmp_path, victim, how):
         kill_proc(cli)
 
 
-@pytest.mark.skipif(shutil.which("vchan-socket-proxy") is None, reason="no vchan-socket-proxy")
+@pytest.mark.skipif(not os.path.exists(VSP), reason="no vchan-socket-proxy")
 def test_ncd_server_sees_vsp_client_killed(sim, tmp_path):
     path = vchan_path(1, "life")
     srv = sim.popen(1, ncd_vchan_argv("server", 2, path), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=open(tmp_path / "srv.err", "wb"))
-    vsp = sim.popen(2, ["vchan-socket-proxy", "-m", "client", "1", path, "-"],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    vsp = vsp_client_popen(sim, 2, ["1", path, "-"], build_xc_stub(tmp_path),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         vsp.stdin.write(b"hello\n")
         vsp.stdin.flush()
