@@ -316,3 +316,27 @@ def test_start_rejects_bad_config(make_pair) -> None:
     with pytest.raises(PumpError):
         FramePump.start(a.vchan, a.pump_sock.fileno(), fr.Negotiated(fr.Features.ALL,
                                                                      fr.Features.ALL, 10))
+
+
+@pytest.mark.parametrize("ring", [4096, 2048])
+def test_records_straddling_the_ring_end_at_every_offset(make_pair, ring: int) -> None:
+    """Put the ring indices k bytes before the end, so that the length field, the vnet
+    header and the frame of the next records are split across the wrap at every
+    position; both the tx (readv into two iovecs) and rx (writev from two) sides."""
+    neg = fr.Negotiated(fr.Features.ALL, fr.Features.ALL, 1000 if ring == 2048 else 1518)
+    for k in range(0, 40):
+        a, b = make_pair(ring, start=False)
+        filler = b"f" * (ring - k)
+        for w, r in ((a.vchan, b.vchan), (b.vchan, a.vchan)):
+            assert w.write(filler) == len(filler)
+            assert r.read(len(filler)) == filler
+        a.start(neg)
+        b.start(neg)
+        for i, size in enumerate((60, 200, 777)):
+            f = fr.VnetHdr(flags=fr.F_DATA_VALID).pack() + frame(size, k * 10 + i)
+            a.app.send(f)
+            assert b.app.recv(70000) == f
+            b.app.send(f)
+            assert a.app.recv(70000) == f
+        for e in (a, b):
+            e.close()

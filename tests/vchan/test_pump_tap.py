@@ -184,3 +184,18 @@ def test_gso_frames_rejected_when_peer_did_not_advertise(taps) -> None:
     finally:
         for m in (pa, pb, srv, cli, a, b):
             m.close()
+
+
+def test_tap_down_counts_tap_not_ready(taps) -> None:
+    a, b, pa, pb = taps(0)
+    b.run("ip", "link", "set", b.dev, "down")
+    subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "2", "-i", "0.2", "-W", "1",
+                    b.addr], capture_output=True, timeout=30)
+    deadline = time.monotonic() + 5
+    while pb.stats().drop_tap_not_ready == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pb.stats().drop_tap_not_ready > 0
+    assert pb.state == PumpState.RUNNING  # a down TAP is not fatal: frames are dropped
+    b.run("ip", "link", "set", b.dev, "up")
+    out = a.run("ping", "-c", "2", "-i", "0.2", "-W", "2", b.addr)
+    assert " 0% packet loss" in out
