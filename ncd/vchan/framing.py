@@ -189,6 +189,33 @@ class Decoder:
         return len(self._buf)
 
 
+# linux/if_tun.h TUNSETOFFLOAD bits
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+
+
+def tun_offload_flags(tx_features: Features | int) -> int:
+    """TUNSETOFFLOAD argument for our TAP: the kernel may hand us (to send to the peer)
+    only what the peer accepts. GSO needs checksum offload, as in the kernel."""
+    f = Features(tx_features)
+    if not f & Features.CSUM:
+        return 0
+    flags = TUN_F_CSUM
+    if f & Features.GSO_TCPV4:
+        flags |= TUN_F_TSO4
+    if f & Features.GSO_TCPV6:
+        flags |= TUN_F_TSO6
+    if flags & (TUN_F_TSO4 | TUN_F_TSO6):
+        flags |= TUN_F_TSO_ECN
+    if f & Features.GSO_UDP_L4:
+        flags |= TUN_F_USO4 | TUN_F_USO6
+    return flags
+
+
 # ---- negotiation over xenstore -------------------------------------------------------------
 
 

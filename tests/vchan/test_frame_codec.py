@@ -239,3 +239,14 @@ def test_negotiate_rejects_malformed_peer_values(change: dict[str, str | None]) 
 def test_negotiate_missing_feature_keys_mean_off() -> None:
     n = fr.negotiate(fr.Features.ALL, 1518, {"protocol-version": "1", "feature-vnet-hdr": "1"})
     assert n.tx_features == fr.Features.NONE and n.max_frame == 1518
+
+
+@pytest.mark.parametrize("features,flags", [
+    (fr.Features.NONE, 0),
+    (fr.Features.GSO_TCPV4, 0),  # GSO without checksum offload: nothing
+    (fr.Features.CSUM, fr.TUN_F_CSUM),
+    (fr.Features.CSUM | fr.Features.GSO_TCPV4, 0x01 | 0x02 | 0x08),
+    (fr.Features.ALL, 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40),
+])
+def test_tun_offload_flags_follow_peer_features(features, flags) -> None:
+    assert fr.tun_offload_flags(features) == flags
