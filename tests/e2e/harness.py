@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -141,6 +142,30 @@ class Net:
 
     def ncctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.sim.run(0, [PY, "-m", "ncd.ncctl", *args], check=check)
+
+    def toolstack(self) -> Any:
+        """A xenstore connection as dom0 in this process (for fast in-process ncctl)."""
+        from ncd.xen.xenstore import XenStore
+
+        old = os.environ.get(paths.ENV_XENSTORED)
+        os.environ[paths.ENV_XENSTORED] = str(paths.xenstored_socket(self.sim.dir, 0))
+        try:
+            return XenStore()
+        finally:
+            if old is None:
+                del os.environ[paths.ENV_XENSTORED]
+            else:
+                os.environ[paths.ENV_XENSTORED] = old
+
+    def ncctl_inproc(self, store: Any, *args: str) -> str:
+        """ncctl's own code path, run in this process against ``store``."""
+        from ncd import ncctl
+
+        out, err = io.StringIO(), io.StringIO()
+        sock = str(paths.runtime_dir(self.sim.dir, 0) / "ncd.sock")
+        rc = ncctl.main(["--socket", sock, *args], store_factory=lambda: store, out=out, err=err)
+        assert rc == 0, f"ncctl {' '.join(args)}: {err.getvalue()}"
+        return out.getvalue()
 
     def attach(self, guest: int, devid: int, mac: str, bridge: str | None = None) -> None:
         args = ["attach", str(guest), "--devid", str(devid), "--mac", mac]

@@ -64,17 +64,19 @@ def test_attach_detach_cycles_leak_nothing(net: Net, capsys: pytest.CaptureFixtu
     base_links = (net.links(0), net.links(1))
     base_res = _totals(net.broker_stats(), (0, 1))
     usage: list[tuple[dict[str, int], dict[str, int]]] = []
+    store = net.toolstack()
     t0 = time.monotonic()
     for i in range(CYCLES):
-        net.attach(1, 0, MAC)
+        net.ncctl_inproc(store, "attach", "1", "--devid", "0", "--mac", MAC)
         net.wait_connected(1, 0)
-        net.ncctl("detach", "1", "0")
+        net.ncctl_inproc(store, "detach", "1", "0")
         net.wait(lambda: net.vif(0, 1, 0) is None and net.vif(1, 1, 0) is None, 10,
                  "vif gone from both daemons")
         if i in (min(9, CYCLES // 2), CYCLES - 1):
             time.sleep(0.3)  # let the control connections of the waits above close
             usage.append((proc_usage(be.pid), proc_usage(fe.pid)))
     took = time.monotonic() - t0
+    store.close()
     net.wait(lambda: (net.links(0), net.links(1)) == base_links, 5, "TAPs gone")
     assert _totals(net.broker_stats(), (0, 1)) == base_res
     (be10, fe10), (be_end, fe_end) = usage
