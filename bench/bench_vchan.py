@@ -97,7 +97,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cpus, Linux {platform.release()}, Python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} cpus, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def main() -> int:

@@ -140,6 +140,15 @@ size_t ncd_vchan_unconsumed(struct ncd_vchan *v);
 void ncd_vchan_close(struct ncd_vchan *v);
 
 /*
+ * Relay infd -> vchan and vchan -> outfd at once (zero-copy readv/writev into the
+ * rings) until: infd reached EOF and the peer consumed everything (returns 0), or
+ * the peer closed and what was left in the ring went to outfd (returns 0).  Both
+ * fds must be non-blocking.  -1 with errno and err on failure (EPROTO: hostile
+ * peer; EINTR: a signal arrived, call again to continue).
+ */
+int ncd_vchan_relay(struct ncd_vchan *v, int infd, int outfd, char *err, size_t errlen);
+
+/*
  * In-memory pairs (tests, benchmarks): both ends live in this process, the
  * control page and rings in ordinary memory, "grant refs" index the server's
  * pages, notifications go to an eventfd of the peer (fd() is that eventfd).
