@@ -1,0 +1,307 @@
+"""Network benchmark: ncd (dom0 <-> guest on xensim) beside a kernel veth pair, one run.
+
+Builds a xensim host (dom0 + 1 guest) with ``ncd backend`` / ``ncd frontend``
+running and a vif attached, plus two plain network namespaces joined by a veth
+pair. Then, alternating between the two paths, for ``--rounds`` rounds:
+
+* iperf3 TCP guest -> dom0, 1 stream and 2 streams (veth: ns B -> ns A);
+* iperf3 TCP dom0 -> guest, 1 stream;
+* iperf3 UDP with 64-byte frames (18-byte payload), unlimited rate: frames delivered/s;
+* ping RTT p50 / p99 (``--pings`` echo requests, 5 ms apart).
+
+Medians per path, and ratios ncd / veth, are printed and (``--append-results``)
+appended to bench/RESULTS.md with the machine and the command. Addresses come from
+198.18.0.0/15; everything it creates is removed at the end.
+
+    .venv/bin/python bench/bench_net.py [--seconds 4] [--rounds 3] [--ring-bytes N]
+                                        [--append-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ncd.control import ControlClient, ControlError  # noqa: E402
+from ncd.sim import paths  # noqa: E402
+from ncd.sim.world import World  # noqa: E402
+
+PY = sys.executable
+GUEST = 1
+UDP_PAYLOAD = 18  # + 8 UDP + 20 IPv4 + 14 Ethernet = 60 bytes (64 on a wire, with FCS)
+
+
+@dataclass
+class Path_:
+    """One side of the comparison: where the server and the client run."""
+
+    name: str
+    server_ns: str
+    client_ns: str
+    server_ip: str
+    env_server: dict[str, str]
+    env_client: dict[str, str]
+
+
+def sh(cmd: list[str], ns: str | None = None, env: dict[str, str] | None = None,
+       check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    argv = ["ip", "netns", "exec", ns, *cmd] if ns else cmd
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=check,
+                          timeout=timeout)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="ncd-bench-"))
+        self.world = World(self.tmp / "world")
+        self.prefix = f"ncdb{os.getpid()}-"
+        self.veth = (f"{self.prefix}va", f"{self.prefix}vb")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    # ---- set-up ----------------------------------------------------------------------
+    def env(self, domid: int) -> dict[str, str]:
+        return {**os.environ, **paths.domain_env(self.world.dir, domid)}
+
+    def up(self) -> tuple[Path_, Path_]:
+        self.world.up(1, netns_prefix=f"{self.prefix}d")
+        ns0, ns1 = self.world.netns(0), self.world.netns(GUEST)
+        for ns in (ns0, ns1):
+            sh(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], ns)
+        ring = ["--ring-bytes", str(self.args.ring_bytes)] if self.args.ring_bytes else []
+        for domid, role in ((0, "backend"), (GUEST, "frontend")):
+            log = open(self.tmp / f"ncd-{role}.log", "wb")  # noqa: SIM115 - child's
+            self.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", self.world.netns(domid), PY, "-m", "ncd.daemon.main",
+                 role, "--no-metrics", *ring],
+                env=self.env(domid), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                cwd=str(ROOT)))
+            log.close()
+        time.sleep(0.5)
+        sh([PY, "-m", "ncd.ncctl", "attach", str(GUEST), "--mac", "00:16:3e:be:00:01"], ns0,
+           self.env(0))
+        self.wait_connected()
+        sh(["ip", "addr", "add", "198.18.10.1/24", "dev", f"ncvif{GUEST}.0"], ns0)
+        sh(["ip", "addr", "add", "198.18.10.2/24", "dev", "nc0"], ns1)
+        va, vb = self.veth
+        for ns in (va, vb):
+            sh(["ip", "netns", "add", ns])
+            sh(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], ns)
+            sh(["ip", "link", "set", "lo", "up"], ns)
+        sh(["ip", "link", "add", "veth-a", "netns", va, "type", "veth", "peer", "name",
+            "veth-b", "netns", vb])
+        sh(["ip", "addr", "add", "198.18.20.1/24", "dev", "veth-a"], va)
+        sh(["ip", "addr", "add", "198.18.20.2/24", "dev", "veth-b"], vb)
+        sh(["ip", "link", "set", "veth-a", "up"], va)
+        sh(["ip", "link", "set", "veth-b", "up"], vb)
+        plain = dict(os.environ)
+        ncd = Path_("ncd", ns0, ns1, "198.18.10.1", self.env(0), self.env(GUEST))
+        veth = Path_("veth", va, vb, "198.18.20.1", plain, plain)
+        for p in (ncd, veth):  # warm ARP and check the path
+            sh(["ping", "-c", "2", "-i", "0.2", p.server_ip], p.client_ns)
+        return ncd, veth
+
+    def wait_connected(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                states = []
+                for d in (0, GUEST):
+                    sock = paths.runtime_dir(self.world.dir, d) / "ncd.sock"
+                    with ControlClient(sock, timeout=2) as c:
+                        states += [v["state"] for v in c.call("list")["vifs"]]
+                if states == ["Connected", "Connected"]:
+                    return
+            except (ControlError, OSError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("vif did not connect; see the daemon logs in " + str(self.tmp))
+
+    def down(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for ns in self.veth:
+            sh(["ip", "netns", "del", ns], check=False)
+        if self.world.state_file.exists():
+            self.world.down()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- measurements ------------------------------------------------------------------
+    def iperf(self, p: Path_, extra: list[str], attempts: int = 3) -> dict:
+        """One iperf3 run (fresh one-off server); retried if iperf3 itself reports an error."""
+        last = ""
+        for _ in range(attempts):
+            res = self._iperf_once(p, extra)
+            if "error" not in res and "end" in res:
+                return res
+            last = str(res.get("error", res))[:300]
+            print(f"  (iperf3 {' '.join(extra)} on {p.name}: {last}; again)", flush=True)
+            time.sleep(0.5)
+        raise RuntimeError(f"iperf3 {extra} on {p.name} failed: {last}")
+
+    def _iperf_once(self, p: Path_, extra: list[str]) -> dict:
+        srv = subprocess.Popen(["ip", "netns", "exec", p.server_ns, "iperf3", "-s", "-1", "-B",
+                                p.server_ip], env=p.env_server, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(50):
+                r = sh(["iperf3", "-c", p.server_ip, "-t", str(self.args.seconds), "-J",
+                        *extra], p.client_ns, p.env_client, check=False,
+                       timeout=self.args.seconds + 30)
+                if "Connection refused" in r.stdout + r.stderr:
+                    time.sleep(0.1)
+                    continue
+                try:
+                    return dict(json.loads(r.stdout))
+                except ValueError:
+                    return {"error": f"rc {r.returncode}: {r.stdout[-200:]} {r.stderr[-200:]}"}
+            raise RuntimeError("iperf3 server did not come up")
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+            srv.wait()
+
+    def tcp(self, p: Path_, streams: int, reverse: bool = False) -> float:
+        extra = ["-P", str(streams)] + (["-R"] if reverse else [])
+        res = self.iperf(p, extra)
+        return float(res["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+    def udp64(self, p: Path_) -> float:
+        res = self.iperf(p, ["-u", "-b", "0", "-l", str(UDP_PAYLOAD)])
+        end = res.get("end", {})
+        s = end.get("sum_received") or end.get("sum")
+        if not s:
+            raise RuntimeError(f"iperf3 UDP on {p.name}: {res.get('error', res)!s:.400}")
+        return (int(s["packets"]) - int(s["lost_packets"])) / float(s["seconds"])
+
+    def rtt(self, p: Path_) -> tuple[float, float]:
+        r = sh(["ping", "-c", str(self.args.pings), "-i", "0.005", p.server_ip], p.client_ns)
+        times = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", r.stdout))
+        if not times:
+            raise RuntimeError(f"no ping replies on {p.name}")
+        return (statistics.median(times) * 1000,
+                times[min(len(times) - 1, int(len(times) * 0.99))] * 1000)
+
+
+TESTS: list[tuple[str, str, Callable[[Bench, Path_], float | tuple[float, float]]]] = [
+    ("tcp1", "TCP guest -> dom0, 1 stream (Gbit/s)", lambda b, p: b.tcp(p, 1)),
+    ("tcp2", "TCP guest -> dom0, 2 streams (Gbit/s)", lambda b, p: b.tcp(p, 2)),
+    ("tcp1r", "TCP dom0 -> guest, 1 stream (Gbit/s)", lambda b, p: b.tcp(p, 1, reverse=True)),
+    ("udp64", "UDP 64-byte frames delivered (frames/s)", lambda b, p: b.udp64(p)),
+    ("rtt", "ping RTT p50 / p99 (us)", lambda b, p: b.rtt(p)),
+]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"Linux {platform.release()}, {os.cpu_count()} CPUs, {cpu}"
+
+
+def fmt(v: float) -> str:
+    return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def report(results: dict[str, dict[str, list]], args: argparse.Namespace, took: float) -> str:
+    load = os.getloadavg()
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    lines = [
+        "",
+        "## Network (bench/bench_net.py)",
+        "",
+        "ncd path: guest TAP `nc0` -> frontend pump -> vchan (xensim: grants are shared",
+        "memfd pages, event channels go through the broker) -> backend pump -> dom0 TAP",
+        "`ncvif1.0`, the daemons as deployed (`ncd frontend` / `ncd backend`, negotiated",
+        "csum + TSO). veth path: two network namespaces joined by a kernel veth pair.",
+        "Alternating ncd / veth for each test, medians of the rounds.",
+        "",
+        f"Machine: {machine()} (load average at the end {load[0]:.1f})",
+        f"Command: `.venv/bin/python bench/bench_net.py --seconds {args.seconds} --rounds "
+        f"{args.rounds}{' --ring-bytes ' + str(args.ring_bytes) if args.ring_bytes else ''}"
+        f" --append-results` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git "
+        f"{git}, {took:.0f}s)",
+        "",
+        "| test | ncd | veth | ncd / veth | ncd rounds |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label, _ in TESTS:
+        n, v = results[key]["ncd"], results[key]["veth"]
+        if key == "rtt":
+            n50, v50 = statistics.median(x[0] for x in n), statistics.median(x[0] for x in v)
+            n99, v99 = statistics.median(x[1] for x in n), statistics.median(x[1] for x in v)
+            lines.append(f"| ping RTT p50 (us) | {n50:.0f} | {v50:.0f} | {n50 / v50:.2f}x | "
+                         f"{', '.join(f'{x[0]:.0f}' for x in n)} |")
+            lines.append(f"| ping RTT p99 (us) | {n99:.0f} | {v99:.0f} | {n99 / v99:.2f}x | "
+                         f"{', '.join(f'{x[1]:.0f}' for x in n)} |")
+            continue
+        nm, vm = statistics.median(n), statistics.median(v)
+        lines.append(f"| {label} | {fmt(nm)} | {fmt(vm)} | {nm / vm:.2f} | "
+                     f"{', '.join(fmt(x) for x in n)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pings", type=int, default=400)
+    ap.add_argument("--ring-bytes", type=int, default=0, help="daemon ring size each way")
+    ap.add_argument("--append-results", action="store_true")
+    args = ap.parse_args()
+    for tool in ("iperf3", "ping", "ip"):
+        if shutil.which(tool) is None:
+            print(f"bench_net: {tool} not found", file=sys.stderr)
+            return 1
+    b = Bench(args)
+    t0 = time.monotonic()
+    results: dict[str, dict[str, list]] = {k: {"ncd": [], "veth": []} for k, _, _ in TESTS}
+    try:
+        ncd, veth = b.up()
+        for rnd in range(args.rounds):
+            for key, label, fn in TESTS:
+                for p in ((ncd, veth) if rnd % 2 == 0 else (veth, ncd)):
+                    v = fn(b, p)
+                    results[key][p.name].append(v)
+                    print(f"round {rnd + 1} {p.name:4} {label}: {v}", flush=True)
+    finally:
+        b.down()
+    text = report(results, args, time.monotonic() - t0)
+    print(text)
+    if args.append_results:
+        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
+            fh.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
