@@ -1,18 +1,32 @@
 /*
  * libxenevtchn.so.1 for xensim, with Debian's API and symbol versions.
  *
- * Each bound port has two eventfds from the broker: rx (this port's pending
- * state) and tx (the peer port's).  The handle's fd is an epoll fd holding
- * every rx with EPOLLONESHOT: delivery disarms the port (Xen masks a port when
- * its event is delivered through /dev/xen/evtchn) and xenevtchn_unmask re-arms
- * it, so events that arrived while masked are delivered then, coalesced.
- * xenevtchn_notify is one write(2) on tx: no broker round trip.
+ * Delivery follows Xen + Linux's evtchn driver: a notify delivers the event
+ * at once unless the port is masked (delivered and not yet unmasked); then it
+ * only marks the port pending, and unmask re-delivers it.  Each channel has a
+ * shared state page (from the broker) with one 32-bit word per end:
+ *
+ *   MASKED   delivered, waiting for xenevtchn_unmask
+ *   PENDING  notified while masked: deliver again on unmask
+ *   QUEUED   delivered, not yet returned by xenevtchn_pending
+ *
+ * The *sender* does the delivery, with a compare-and-swap on the receiver's
+ * word, exactly when it notifies: unmasked -> MASKED|QUEUED and one write(2)
+ * to the receiver's eventfd (its wakeup); masked -> PENDING and no syscall at
+ * all.  So xenevtchn_notify costs at most one syscall and never a broker round
+ * trip, and a notification is never lost: one that arrives after delivery
+ * waits in PENDING for the unmask.
+ *
+ * The handle's fd is an epoll fd holding each port's eventfd (level
+ * triggered).  Wakeups without QUEUED (the broker's: a bind, an unmap
+ * notification) are delivered by xenevtchn_pending on the receiving side.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <xenevtchn.h>
@@ -22,10 +36,35 @@
 #define UNRESTRICTED ((uint32_t)-1)
 
 
+#define MASKED XENSIM_EVTCHN_MASKED
+#define PENDING XENSIM_EVTCHN_PENDING
+#define QUEUED XENSIM_EVTCHN_QUEUED
+
 struct port {
     evtchn_port_t port;
     int rx, tx;
+    void *page;     /* the channel's state page */
+    uint32_t *mine; /* this end's state word */
+    uint32_t *peer; /* the peer end's state word (untrusted: the peer writes it too) */
 };
+
+static void release_port(struct port *p)
+{
+    close(p->rx);
+    close(p->tx);
+    munmap(p->page, XENSIM_PAGE_SIZE);
+}
+
+/* Atomically replace *w by f(*w); returns the old value. */
+#define UPDATE(w, old, expr)                                                         \
+    do {                                                                             \
+        uint32_t new_;                                                               \
+        old = __atomic_load_n((w), __ATOMIC_ACQUIRE);                                \
+        do {                                                                         \
+            new_ = (expr);                                                           \
+        } while (!__atomic_compare_exchange_n((w), &old, new_, 0, __ATOMIC_ACQ_REL,  \
+                                              __ATOMIC_ACQUIRE));                   \
+    } while (0)
 
 struct xenevtchn_handle {
     struct xensim_conn conn;
@@ -93,10 +132,8 @@ int xenevtchn_close(xenevtchn_handle *xce)
         return 0;
     /* Closing the connection unbinds every port in the broker. */
     xensim_disconnect(&xce->conn);
-    for (size_t i = 0; i < xce->nports; i++) {
-        close(xce->ports[i].rx);
-        close(xce->ports[i].tx);
-    }
+    for (size_t i = 0; i < xce->nports; i++)
+        release_port(&xce->ports[i]);
     close(xce->epfd);
     pthread_mutex_destroy(&xce->lock);
     free(xce->ports);
@@ -113,8 +150,9 @@ int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port)
 {
     static const uint64_t one = 1;
     struct port *p;
-    ssize_t n;
-    int err;
+    uint32_t old;
+    ssize_t n = sizeof(one);
+    int err = 0;
 
     pthread_mutex_lock(&xce->lock);
     p = find_port(xce, port);
@@ -123,8 +161,12 @@ int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port)
         errno = ENOTCONN;
         return -1;
     }
-    n = write(p->tx, &one, sizeof(one));
-    err = errno;
+    /* Deliver now (and wake the peer) unless the peer's port is masked. */
+    UPDATE(p->peer, old, (old & MASKED) ? (old | PENDING) : (old | MASKED | QUEUED));
+    if (!(old & MASKED)) {
+        n = write(p->tx, &one, sizeof(one));
+        err = errno;
+    }
     pthread_mutex_unlock(&xce->lock);
     if (n != sizeof(one)) {
         errno = n < 0 ? err : EIO;
@@ -139,20 +181,29 @@ static xenevtchn_port_or_error_t bind_port(xenevtchn_handle *xce, uint32_t op,
 {
     struct xensim_req req = { .op = op, .arg = { domid, remote_port } };
     struct xensim_rsp rsp;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT };
-    int fds[2];
+    struct epoll_event ev = { .events = EPOLLIN };
+    void *page = MAP_FAILED;
+    uint32_t slot;
+    int fds[3];
     int err;
 
-    if (xensim_call(&xce->conn, &req, NULL, 0, &rsp, NULL, 0, NULL, fds, 2) < 0) {
+    if (xensim_call(&xce->conn, &req, NULL, 0, &rsp, NULL, 0, NULL, fds, 3) < 0) {
         xensim_log(xce->conn.logger, "evtchn", errno, "%s failed", what);
         return -1;
     }
-    if (rsp.nfds != 2) {
+    slot = rsp.val[1];
+    if (rsp.nfds != 3 || slot > 1) {
         xensim_close_fds(fds, rsp.nfds);
         errno = EPROTO;
         return -1;
     }
+    page = mmap(NULL, XENSIM_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[2], 0);
+    err = errno;
+    close(fds[2]);
+    fds[2] = -1;
     pthread_mutex_lock(&xce->lock);
+    if (page == MAP_FAILED)
+        goto fail;
     if (xce->nports == xce->cap) {
         size_t cap = xce->cap ? 2 * xce->cap : 8;
         struct port *np = realloc(xce->ports, cap * sizeof(*np));
@@ -169,7 +220,14 @@ static xenevtchn_port_or_error_t bind_port(xenevtchn_handle *xce, uint32_t op,
         err = errno;
         goto fail;
     }
-    xce->ports[xce->nports++] = (struct port){ .port = rsp.val[0], .rx = fds[0], .tx = fds[1] };
+    xce->ports[xce->nports++] = (struct port){
+        .port = rsp.val[0],
+        .rx = fds[0],
+        .tx = fds[1],
+        .page = page,
+        .mine = (uint32_t *)((uint8_t *)page + slot * XENSIM_EVTCHN_STATE_STRIDE),
+        .peer = (uint32_t *)((uint8_t *)page + (1 - slot) * XENSIM_EVTCHN_STATE_STRIDE),
+    };
     pthread_mutex_unlock(&xce->lock);
     return (xenevtchn_port_or_error_t)rsp.val[0];
 fail:
@@ -180,6 +238,8 @@ fail:
 
         xensim_call(&xce->conn, &un, NULL, 0, &ursp, NULL, 0, NULL, NULL, 0);
     }
+    if (page != MAP_FAILED)
+        munmap(page, XENSIM_PAGE_SIZE);
     xensim_close_fds(fds, 2);
     errno = err;
     return -1;
@@ -220,8 +280,7 @@ int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port)
 {
     struct xensim_req req = { .op = XENSIM_OP_UNBIND, .arg = { port } };
     struct xensim_rsp rsp;
-    struct port *p;
-    int rx, tx;
+    struct port *p, gone;
 
     pthread_mutex_lock(&xce->lock);
     p = find_port(xce, port);
@@ -230,14 +289,12 @@ int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port)
         errno = ENOTCONN;
         return -1;
     }
-    rx = p->rx;
-    tx = p->tx;
+    gone = *p;
     *p = xce->ports[--xce->nports];
     /* The broker holds the same eventfd, so close() alone would not take it
      * out of the epoll set. */
-    epoll_ctl(xce->epfd, EPOLL_CTL_DEL, rx, NULL);
-    close(rx);
-    close(tx);
+    epoll_ctl(xce->epfd, EPOLL_CTL_DEL, gone.rx, NULL);
+    release_port(&gone);
     pthread_mutex_unlock(&xce->lock);
     return xensim_call(&xce->conn, &req, NULL, 0, &rsp, NULL, 0, NULL, NULL, 0);
 }
@@ -248,6 +305,8 @@ xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce)
         struct epoll_event ev;
         struct port *p;
         uint64_t cnt;
+        uint32_t old;
+        int deliver;
         int n = epoll_wait(xce->epfd, &ev, 1, -1);
 
         if (n < 0)
@@ -256,33 +315,46 @@ xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce)
             continue;
         pthread_mutex_lock(&xce->lock);
         p = find_port(xce, ev.data.u32);
-        if (p) {
-            /* Clear the pending state; the port stays masked until unmask. */
-            if (read(p->rx, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN) {
-                int err = errno;
-
-                pthread_mutex_unlock(&xce->lock);
-                errno = err;
-                return -1;
-            }
-            pthread_mutex_unlock(&xce->lock);
-            return (xenevtchn_port_or_error_t)ev.data.u32;
+        if (!p) {
+            pthread_mutex_unlock(&xce->lock); /* unbound meanwhile */
+            continue;
         }
-        pthread_mutex_unlock(&xce->lock); /* unbound meanwhile */
+        /* Consume the wakeup, then take the delivered event.  A wakeup that
+         * the sender did not deliver (the broker's) is delivered here. */
+        if (read(p->rx, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN) {
+            int err = errno;
+
+            pthread_mutex_unlock(&xce->lock);
+            errno = err;
+            return -1;
+        }
+        UPDATE(p->mine, old,
+               (old & QUEUED) ? (old & ~QUEUED)
+               : (old & MASKED) ? (old | PENDING) : (old | MASKED));
+        deliver = (old & QUEUED) || !(old & MASKED);
+        pthread_mutex_unlock(&xce->lock);
+        if (deliver)
+            return (xenevtchn_port_or_error_t)ev.data.u32;
     }
 }
 
 int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port)
 {
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u32 = port };
+    static const uint64_t one = 1;
     struct port *p;
+    uint32_t old;
     int rc = 0;
 
     pthread_mutex_lock(&xce->lock);
     p = find_port(xce, port);
     /* Like evtchn_write(): ports this handle does not own are ignored. */
-    if (p)
-        rc = epoll_ctl(xce->epfd, EPOLL_CTL_MOD, p->rx, &ev);
+    if (p) {
+        /* Pending while masked: deliver again (stay masked), wake ourselves. */
+        UPDATE(p->mine, old,
+               (old & PENDING) ? ((old & ~PENDING) | MASKED | QUEUED) : (old & ~MASKED));
+        if ((old & PENDING) && write(p->rx, &one, sizeof(one)) != sizeof(one))
+            rc = -1;
+    }
     pthread_mutex_unlock(&xce->lock);
     return rc;
 }

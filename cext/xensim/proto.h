@@ -26,6 +26,12 @@
 #define XENSIM_MAX_MSG          65536u
 #define XENSIM_MAX_FDS_PER_MSG  200u
 #define XENSIM_NONE             0xffffffffu /* "no notify offset / port" */
+#define XENSIM_EVTCHN_STATE_STRIDE 64u
+
+/* Event channel port state word (in the channel's shared state page). */
+#define XENSIM_EVTCHN_MASKED   (1u << 0) /* delivered, not yet unmasked */
+#define XENSIM_EVTCHN_PENDING  (1u << 1) /* notified while masked */
+#define XENSIM_EVTCHN_QUEUED   (1u << 2) /* delivered, not yet returned by pending() */
 
 struct xensim_req {
     uint32_t op;
@@ -97,8 +103,11 @@ enum xensim_op {
      * a gref (dest fds are writable). */
     XENSIM_OP_COPY = 8,
 
-    /* evtchn: arg0 = remote domid.  rsp.val0 = local port, fds = [rx, tx]
-     * eventfds: rx signals this port, writing tx notifies the peer. */
+    /* evtchn: arg0 = remote domid.  rsp.val0 = local port, rsp.val1 = this
+     * port's slot in the state page; fds = [rx, tx, state]: eventfd waking
+     * this handle, eventfd waking the peer's handle, and the channel's state
+     * page (memfd) holding one 32-bit state word per end at slot *
+     * XENSIM_EVTCHN_STATE_STRIDE (bits XENSIM_EVTCHN_*; see evtchn.c). */
     XENSIM_OP_ALLOC_UNBOUND = 9,
     /* evtchn: arg0 = remote domid, arg1 = remote port.  Same reply. */
     XENSIM_OP_BIND_INTERDOMAIN = 10,

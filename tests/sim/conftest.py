@@ -49,8 +49,21 @@ def hv_shims() -> Path:
 def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
     out = tmp_path_factory.mktemp("hvbin") / "xsim_helper"
     subprocess.run(
-        ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(out),
-         str(HELPER_SRC), "-lxengnttab", "-lxenevtchn", "-ldl"],
+        [
+            "gcc",
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-std=gnu11",
+            "-o",
+            str(out),
+            str(HELPER_SRC),
+            "-lxengnttab",
+            "-lxenevtchn",
+            "-ldl",
+        ],
         check=True,
     )
     return out
@@ -101,7 +114,10 @@ class HvDom:
         self.errlog = errlog
         self._err = open(errlog, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(helper)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+            [str(helper)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
             env=env,
         )
         self._buf = b""
@@ -173,9 +189,7 @@ def hv_world(tmp_path: Path, hv_shims: Path) -> Iterator[HvBroker]:
 
 
 @pytest.fixture
-def hv_dom(
-    hv_world: HvBroker, hv_helper: Path, tmp_path: Path
-) -> Iterator[Callable[[int], HvDom]]:
+def hv_dom(hv_world: HvBroker, hv_helper: Path, tmp_path: Path) -> Iterator[Callable[[int], HvDom]]:
     doms: list[HvDom] = []
 
     def make(domid: int) -> HvDom:

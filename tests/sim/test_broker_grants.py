@@ -129,8 +129,9 @@ def test_grant_copy_statuses(hv_world, hv_dom):
 def test_gntalloc_limit_enospc(tmp_path, hv_shims, hv_helper):
     from tests.sim.conftest import HvBroker, HvDom
 
-    b = HvBroker(tmp_path / "w", "--gntalloc-limit", "8", "--max-evtchn-port", "3",
-                 "--max-grant-frames", "1")
+    b = HvBroker(
+        tmp_path / "w", "--gntalloc-limit", "8", "--max-evtchn-port", "3", "--max-grant-frames", "1"
+    )
     d = None
     try:
         b.ctl.create_domain(1)

@@ -42,6 +42,7 @@ from ncd.sim.broker.proto import (
 
 log = logging.getLogger("xensim.broker")
 
+EVTCHN_STATE_STRIDE = 64  # one cache line per port state word in a channel's state page
 GNTTAB_NR_RESERVED_ENTRIES = 8  # Linux never hands out refs 0..7
 GRANT_ENTRIES_PER_FRAME = PAGE_SIZE // 8  # v1 grant entries are 8 bytes
 
@@ -110,8 +111,10 @@ class Page:
 class Port:
     dom: Domain
     port: int
-    rx: int  # eventfd: pending state of this port
-    tx: int  # eventfd: pending state of the (future) peer port
+    rx: int  # eventfd: wakes this port's handle
+    tx: int  # eventfd: wakes the (future) peer port's handle
+    state: Page  # the channel's state page, shared by both ends
+    index: int  # which EVTCHN_STATE_STRIDE slot of `state` is this port's word
     remote_dom: int
     remote_port: int | None = None  # None: unbound
     conn: Conn | None = None  # None once its handle closed but notifies still hold it
@@ -460,7 +463,8 @@ class Hypervisor:
         num = self._alloc_port(dom)
         rx = _eventfd()
         tx = _eventfd()
-        port = Port(dom, num, rx, tx, self._resolve(conn, remote), None, conn)
+        state = Page(dom.domid).get()
+        port = Port(dom, num, rx, tx, state, 0, self._resolve(conn, remote), None, conn)
         dom.ports[num] = port
         conn.ports[num] = port
         return port
@@ -484,8 +488,11 @@ class Hypervisor:
             )
         rx = os.dup(rchn.tx)
         tx = os.dup(rchn.rx)
+        index = 1 - rchn.index
+        # A fresh end: clear whatever an earlier binder or notifies left behind.
+        os.pwrite(rchn.state.fd, bytes(4), index * EVTCHN_STATE_STRIDE)
         _drain(rx)
-        port = Port(ld, num, rx, tx, rd.domid, rchn.port, conn)
+        port = Port(ld, num, rx, tx, rchn.state.get(), index, rd.domid, rchn.port, conn)
         rchn.remote_port = num
         ld.ports[num] = port
         conn.ports[num] = port
@@ -533,6 +540,7 @@ class Hypervisor:
                 peer.remote_port = None  # the peer end is now unbound
         os.close(port.rx)
         os.close(port.tx)
+        port.state.put()
 
     # ----------------------------------------------------------- connections
     def add_conn(self, conn: Conn) -> None:

@@ -319,13 +319,17 @@ class Broker:
         self, client: Client, count: int, args: tuple[int, ...], pl: bytes
     ) -> None:
         port = self.hv.alloc_unbound(client.conn, args[0])
-        self._send(client, pack_rsp(0, (port.port,), nfds=2), [port.rx, port.tx])
+        self._send(
+            client, pack_rsp(0, (port.port, port.index), nfds=3), [port.rx, port.tx, port.state.fd]
+        )
 
     def _op_bind_interdomain(
         self, client: Client, count: int, args: tuple[int, ...], pl: bytes
     ) -> None:
         port = self.hv.bind_interdomain(client.conn, args[0], args[1])
-        self._send(client, pack_rsp(0, (port.port,), nfds=2), [port.rx, port.tx])
+        self._send(
+            client, pack_rsp(0, (port.port, port.index), nfds=3), [port.rx, port.tx, port.state.fd]
+        )
 
     def _op_unbind(self, client: Client, count: int, args: tuple[int, ...], pl: bytes) -> None:
         self.hv.unbind(client.conn, args[0])
