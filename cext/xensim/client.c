@@ -176,6 +176,7 @@ int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void 
     struct msghdr mh = { .msg_iov = iov, .msg_iovlen = plen ? 2 : 1 };
     size_t bufsz = sizeof(*rsp) + out_max;
     unsigned nfd = 0;
+    size_t first_len = 0;
     int rc = -1, err = 0;
     uint8_t stackbuf[256];
     uint8_t *buf = bufsz <= sizeof(stackbuf) ? stackbuf : malloc(bufsz);
@@ -207,6 +208,7 @@ int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void 
         goto unlock;
     }
     memcpy(rsp, buf, sizeof(*rsp));
+    first_len = (size_t)n;
     if (rsp->nfds > fds_max) {
         err = EPROTO;
         goto unlock;
@@ -235,9 +237,9 @@ int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void 
         goto unlock;
     }
     if (out && out_max)
-        memcpy(out, buf + sizeof(*rsp), (size_t)n - sizeof(*rsp));
+        memcpy(out, buf + sizeof(*rsp), first_len - sizeof(*rsp));
     if (out_len)
-        *out_len = (size_t)n - sizeof(*rsp);
+        *out_len = first_len - sizeof(*rsp);
     rc = 0;
 unlock:
     pthread_mutex_unlock(&c->lock);

@@ -153,3 +153,20 @@ def test_gntalloc_limit_enospc(tmp_path, hv_shims, hv_helper):
             d.close()
         wait_for(lambda: zero_stats(b.ctl, (1,)), what="dom1 released")
         assert b.stop() == 0
+
+
+def test_batches_beyond_one_message_of_fds(hv_world, hv_dom):
+    """300 pages: the fds come in a reply plus continuation messages (200 per message)."""
+    d1, d2 = hv_dom(1), hv_dom(2)
+    reg, *refs = d1.ok("share 2 300 1")
+    assert [int(r) for r in refs] == list(range(int(refs[0]), int(refs[0]) + 300))
+    d1.ok(f"write {reg} {299 * 4096} last-page")
+    d1.ok(f"write {reg} {200 * 4096} page-200")
+    m = d2.ok(f"mapdom 1 r {refs[0]} 300")[0]
+    assert d2.ok(f"read {m} {299 * 4096} 9") == ["last-page"]
+    assert d2.ok(f"read {m} {200 * 4096} 8") == ["page-200"]
+    assert hv_world.ctl.stats()[2]["mapped_pages"] == 300
+    d2.ok(f"unmap {m}")
+    d1.ok(f"unshare {reg} 300")
+    st = hv_world.ctl.stats()
+    assert st[1]["grants"] == 0 and st[2]["mapped_pages"] == 0
