@@ -37,6 +37,11 @@ class BackendVif(Vif):
     def __init__(self, ctx: VifContext, guest: int, devid: int) -> None:
         super().__init__(ctx, guest, devid)
         self.view: layout.BackendView | None = None
+        # The frontend (re)published its vchan since we last set up. Needed because a
+        # frontend reconnecting to a restarted backend writes Initialising then Connected
+        # at once: reading the level, we may only ever see the stale "Connected".
+        self._published = False
+        self._ring_ref_path = f"{layout.queue_dir(guest, devid, 0)}/ring-ref"
 
     @property
     def peer(self) -> int:
@@ -77,7 +82,12 @@ class BackendVif(Vif):
             raise
         return tap
 
+    def _on_watch(self, path: str) -> None:
+        if path == self._ring_ref_path:
+            self._published = True
+
     def _setup(self, tap: tapmod.Tap) -> Datapath:
+        self._published = False
         neg = negotiate_with(self.xs, self.peer_dir)
         return Datapath.connect(
             self.xs, self.guest, layout.queue_dir(self.guest, self.devid, 0), tap, neg
@@ -99,6 +109,11 @@ class BackendVif(Vif):
         ):
             log.info("%s: the toolstack closes the device", self.name)
             acts += self.machine.toolstack_close()
+        elif st == XenbusState.INIT_WAIT and self._published:
+            fe = layout.read_optional(self.xs, f"{self.peer_dir}/state")
+            if fe == b"4":  # Connected with a fresh vchan: set up (again)
+                self._published = False
+                acts += self.machine.peer_changed(fe)
         return acts
 
     def describe(self) -> dict[str, Any]:

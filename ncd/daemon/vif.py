@@ -42,7 +42,7 @@ from ncd.vchan.framing import (
 )
 from ncd.vchan.pump import PumpStats
 from ncd.xen.aio import Watch
-from ncd.xen.xenstore import XenStore
+from ncd.xen.xenstore import WatchEvent, XenStore
 from ncd.xenbus import (
     Action,
     Disconnect,
@@ -249,9 +249,17 @@ class Vif(abc.ABC):
 
     # ---- the loop --------------------------------------------------------------------
     async def _next_event(self) -> None:
-        await self.events.get()
-        while not self.events.empty():
-            self.events.get_nowait()
+        ev = await self.events.get()
+        while True:
+            if isinstance(ev, WatchEvent):
+                self._on_watch(ev.path)
+            if self.events.empty():
+                break
+            ev = self.events.get_nowait()
+
+    def _on_watch(self, path: str) -> None:
+        """A watch fired for ``path`` (the level is re-read anyway; roles may note edges)."""
+        del path
 
     def _try_load(self) -> None:
         if layout.read_optional(self.xs, self.own_dir) is None:

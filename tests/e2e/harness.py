@@ -63,14 +63,16 @@ class Net:
                              "net.ipv6.conf.all.disable_ipv6=1"])
 
     # ---- daemons ---------------------------------------------------------------------
-    def start(self, domid: int, role: str, *extra: str) -> Daemon:
+    def start(self, domid: int, role: str, *extra: str,
+              env: dict[str, str] | None = None) -> Daemon:
         n = sum(1 for d in self.daemons if d.domid == domid and d.role == role)
         log = self.logdir / f"ncd-{role}-dom{domid}-{n}.log"
         cmd = [PY, "-m", "ncd.daemon.main", role, "--metrics-port", str(self.metrics_port),
                *extra]
         with open(log, "wb") as fh:
-            proc = self.sim.popen(domid, cmd, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL,
-                                  cwd=str(ROOT))
+            proc = subprocess.Popen(self.sim.argv(domid, cmd),
+                                    env={**self.sim.env(domid), **(env or {})}, stdout=fh,
+                                    stderr=fh, stdin=subprocess.DEVNULL, cwd=str(ROOT))
         d = Daemon(domid, role, proc, log, list(extra))
         self.daemons.append(d)
         self.wait(lambda: self._pingable(domid), 10, f"{role} in dom{domid} answering", d)
