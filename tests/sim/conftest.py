@@ -60,6 +60,7 @@ def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
             "-o",
             str(out),
             str(HELPER_SRC),
+            "-pthread",
             "-lxengnttab",
             "-lxenevtchn",
             "-ldl",

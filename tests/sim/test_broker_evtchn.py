@@ -78,3 +78,17 @@ def test_closing_handle_unbinds_everything(hv_world, hv_dom):
     assert st[1]["ports"] == 0 and st[2]["ports"] == 1
     # dom2's end is now unbound with remote dom1: dom1 may bind to it again
     d1.ok(f"bind 2 {p2}")
+
+
+def test_handles_are_thread_safe(hv_world, hv_dom):
+    """8 threads hammer one gnttab handle (map/unmap) and one evtchn handle (notify)."""
+    d1, d2 = hv_dom(1), hv_dom(2)
+    reg, ref = d1.ok("share 2 1 0")
+    d1.ok(f"write {reg} 0 S")
+    p1 = d1.ok("unbound 2")[0]
+    p2 = d2.ok(f"bind 1 {p1}")[0]
+    assert d2.ok(f"stress 8 200 1 {ref} {p2}", timeout=60) == ["0"]
+    assert d1.ok("pending 1000") == [p1]  # 1600 notifies: delivered, coalesced
+    st = hv_world.ctl.stats()
+    assert st[2]["mappings"] == 0 and st[2]["mapped_pages"] == 0
+    assert st[1]["grants"] == 1

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -130,6 +131,50 @@ static void do_copy(char *rest)
     printf("\n");
 }
 
+/* stress: THREADS threads share the gnttab and evtchn handles, each mapping,
+ * checking and unmapping ITER times and notifying PORT. */
+struct stress_arg {
+    uint32_t domid, ref, port, iter;
+    int failures;
+};
+
+static void *stress_thread(void *opaque)
+{
+    struct stress_arg *a = opaque;
+
+    for (uint32_t i = 0; i < a->iter; i++) {
+        uint8_t *p = xengnttab_map_grant_ref(gt, a->domid, a->ref, PROT_READ);
+
+        if (!p || p[0] != 'S' || xengnttab_unmap(gt, p, 1) < 0)
+            a->failures++;
+        if (xenevtchn_notify(ev, a->port) < 0)
+            a->failures++;
+    }
+    return NULL;
+}
+
+static void do_stress(uint32_t threads, uint32_t iter, uint32_t domid, uint32_t ref,
+                      uint32_t port)
+{
+    pthread_t tid[64];
+    struct stress_arg args[64];
+    int failures = 0;
+
+    if (threads > 64)
+        threads = 64;
+    NEED(gt, "gnttab");
+    NEED(ev, "evtchn");
+    for (uint32_t i = 0; i < threads; i++) {
+        args[i] = (struct stress_arg){ domid, ref, port, iter, 0 };
+        pthread_create(&tid[i], NULL, stress_thread, &args[i]);
+    }
+    for (uint32_t i = 0; i < threads; i++) {
+        pthread_join(tid[i], NULL);
+        failures += args[i].failures;
+    }
+    printf("ok %d\n", failures);
+}
+
 static void command(char *line)
 {
     char *cmd = strtok(line, " \n");
@@ -144,7 +189,9 @@ static void command(char *line)
     for (int i = 0; i < 8; i++)
         a[i] = strtok(NULL, " \n");
 
-    if (!strcmp(cmd, "pid")) {
+    if (!strcmp(cmd, "stress")) { /* threads iter domid ref port */
+        do_stress(num(a[0]), num(a[1]), num(a[2]), num(a[3]), num(a[4]));
+    } else if (!strcmp(cmd, "pid")) {
         printf("ok %d\n", getpid());
     } else if (!strcmp(cmd, "open")) {
         if (!strcmp(a[0], "gnttab"))
