@@ -139,7 +139,7 @@ class Backend:
 
     async def run(self) -> None:
         live = live_ifnames(self.ctx.xs, self.ctx.domid)
-        for name in netlink.call(remove_stale_taps, live):
+        for name in netlink.call(remove_stale_taps, _TAP_RE, live):
             log.info("removed stale %s (its device is gone)", name)
         watches = [Watch(self.ctx.xs, p, self._events) for p in (self.root, "@releaseDomain")]
         try:
@@ -196,15 +196,16 @@ def live_ifnames(xs: Any, be: int) -> set[str]:
     }
 
 
-def remove_stale_taps(live: set[str]) -> list[str]:
-    """Delete ``ncvif*`` TAPs (left by a crashed daemon) not in ``live``; run off-loop."""
+def remove_stale_taps(pattern: re.Pattern[str], live: set[str]) -> list[str]:
+    """Delete TAPs named like ``pattern`` (left persistent by a crashed daemon) that are
+    not in ``live``. Uses pyroute2: run it on the netlink thread."""
     removed = []
     with IPRoute() as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
             info = link.get_attr("IFLA_LINKINFO")
             kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-            if name and _TAP_RE.fullmatch(name) and kind == "tun" and name not in live:
+            if name and pattern.fullmatch(name) and kind == "tun" and name not in live:
                 removed.append(name)
     for name in removed:
         tapmod.delete(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from ncd import layout
@@ -17,6 +18,7 @@ from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role
 
 from . import netlink
+from .backend import remove_stale_taps
 from .datapath import Datapath
 from .service import VifTable
 from .vif import Vif, VifContext, negotiate_with, open_persistent_tap
@@ -112,6 +114,13 @@ class Frontend:
         table.on_vif_gone = lambda vif: self._events.put_nowait("vif-gone")
 
     async def run(self) -> None:
+        live = {
+            self.ctx.config.frontend_ifname(d)
+            for d in layout.list_frontend_devices(self.ctx.xs, self.ctx.domid)
+        }
+        pattern = template_regex(self.ctx.config.frontend.ifname)
+        for name in netlink.call(remove_stale_taps, pattern, live):
+            log.info("removed stale %s (its device is gone)", name)
         watch = Watch(self.ctx.xs, self.root, self._events)  # type: ignore[arg-type]
         try:
             watch.start()
@@ -133,3 +142,9 @@ class Frontend:
                 continue  # not (yet) a complete device
             log.info("new device: devid %d", devid)
             self.table.spawn(FrontendVif(self.ctx, devid))
+
+
+def template_regex(template: str) -> re.Pattern[str]:
+    """The TAP names a template such as ``nc{devid}`` produces."""
+    head, _, tail = template.partition("{devid}")
+    return re.compile(re.escape(head) + r"\d+" + re.escape(tail))

@@ -154,3 +154,20 @@ def test_guest_destroyed_mid_transfer(net: Net) -> None:
     assert be.alive()
     assert net.ping_ok(1, "198.18.1.1"), "the other guest keeps working"
     assert _xs_state(net, "/local/domain/0/backend/ncvif/2") is None
+
+
+def test_restarted_daemons_remove_taps_of_devices_detached_while_down(net: Net) -> None:
+    be = net.start(0, "backend")
+    fe = net.start(1, "frontend")
+    net.attach(1, 0, MAC)
+    net.wait_connected(1, 0)
+    net.kill9(fe)
+    net.kill9(be)
+    # persistent TAPs survive a crash (addresses and bridge ports with them) ...
+    assert "ncvif1.0" in net.links(0) and "nc0" in net.links(1)
+    net.ncctl("detach", "1", "0", "--force", "--timeout", "1")
+    net.restart(be)
+    net.restart(fe)
+    # ... and a restarted daemon removes those whose device is gone
+    net.wait(lambda: "ncvif1.0" not in net.links(0) and "nc0" not in net.links(1), 5,
+             "stale TAPs removed")
