@@ -183,8 +183,19 @@ class Domain:
     dying: bool = False
 
 
+def _new_page(owner: int) -> Page:
+    """A fresh page, one reference held; resource exhaustion becomes an HvError."""
+    try:
+        return Page(owner).get()
+    except OSError as exc:
+        raise HvError(exc.errno or errno.ENOMEM, f"cannot allocate a page: {exc}") from exc
+
+
 def _eventfd() -> int:
-    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    except OSError as exc:
+        raise HvError(exc.errno or errno.ENOMEM, f"cannot create an eventfd: {exc}") from exc
 
 
 def _drain(efd: int) -> None:
@@ -265,7 +276,7 @@ class Hypervisor:
         try:
             for _ in range(count):
                 ref = self._alloc_ref(dom)
-                g = Grant(dom, ref, grantee, Page(dom.domid).get(), not writable, conn, True)
+                g = Grant(dom, ref, grantee, _new_page(dom.domid), not writable, conn, True)
                 dom.grants[ref] = g
                 dom.shared_pages += 1
                 conn.grants[ref] = g
@@ -461,9 +472,16 @@ class Hypervisor:
     def alloc_unbound(self, conn: Conn, remote: int) -> Port:
         dom = conn.dom
         num = self._alloc_port(dom)
-        rx = _eventfd()
-        tx = _eventfd()
-        state = Page(dom.domid).get()
+        fds: list[int] = []
+        try:
+            fds.append(_eventfd())
+            fds.append(_eventfd())
+            state = _new_page(dom.domid)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        rx, tx = fds
         port = Port(dom, num, rx, tx, state, 0, self._resolve(conn, remote), None, conn)
         dom.ports[num] = port
         conn.ports[num] = port
