@@ -34,7 +34,7 @@ from lab import packages
 
 LAB_DIR = Path(__file__).resolve().parent
 REPO = LAB_DIR.parent
-GUEST_FILES = ["init.sh", "agent.py"]  # shipped into the image (/init, /lab/agent.py)
+GUEST_FILES = ["init.sh", "agent.py", "xsprobe.py"]  # shipped: /init, /lab/*.py
 BUILD_INPUTS = ["images.py", "packages.py", *GUEST_FILES]  # hashed into the cache key
 PY_DEPS = ["cffi", "pycparser", "uvloop", "pyroute2", "prometheus-client"]
 SOURCE_PATHS = ["ncd", "cext", "setup.py", "pyproject.toml", "README.md"]
@@ -297,7 +297,8 @@ def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, wheels: list[Pa
         write_console_script(root, cmd, target)
     shutil.copy2(LAB_DIR / "init.sh", root / "init")
     (root / "init").chmod(0o755)
-    shutil.copy2(LAB_DIR / "agent.py", root / "lab/agent.py")
+    for name in GUEST_FILES[1:]:
+        shutil.copy2(LAB_DIR / name, root / "lab" / name)
     compile_python(root)
     missing = check_sonames(root)
     if missing:
@@ -306,6 +307,15 @@ def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, wheels: list[Pa
 
 
 # ---------------------------------------------------------------- the build
+
+def prune_cache(cache: Path, keep: int = 3) -> None:
+    """Keep the newest ``keep`` image sets and ncd wheels (debs stay: they are shared)."""
+    for pattern in ("images/*", "wheels/ncd-*"):
+        dirs = sorted((p for p in cache.glob(pattern) if p.is_dir()),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in dirs[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+
 
 def build(cache: Path | None = None, repo: Path = REPO, force: bool = False) -> Images:
     cache = cache or default_cache()
@@ -352,5 +362,6 @@ def build(cache: Path | None = None, repo: Path = REPO, force: bool = False) -> 
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(stage, out)
+    prune_cache(cache)
     _log(f"images built: {out} {manifest['sizes']}")
     return Images(out, out / "xen", out / "vmlinuz", out / "dom0.cpio.gz", manifest)
