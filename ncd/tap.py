@@ -194,6 +194,19 @@ def open_tap(
     return Tap(fd, name, vnet_hdr_size, offloads)
 
 
+@contextmanager
+def _iproute(netns: str | None, ipr: IPRoute | None) -> Iterator[IPRoute]:
+    """``ipr`` if given (a long-lived socket: pyroute2 leaks ~2.6 KB of native memory per
+    IPRoute instance), else a new one in ``netns``."""
+    if ipr is not None:
+        if netns is not None:
+            raise ValueError("pass netns or ipr, not both")
+        yield ipr
+        return
+    with in_netns(netns), IPRoute() as new:
+        yield new
+
+
 def _index(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
@@ -209,9 +222,13 @@ def configure(
     up: bool = True,
     bridge: str | None = None,
     netns: str | None = None,
+    ipr: IPRoute | None = None,
 ) -> None:
-    """Set MAC / MTU, enslave to ``bridge`` (which must exist), bring up (or down)."""
-    with in_netns(netns), IPRoute() as ipr:
+    """Set MAC / MTU, enslave to ``bridge`` (which must exist), bring up (or down).
+
+    ``ipr``: an open IPRoute to use instead of a new one (then ``netns`` must be None).
+    """
+    with _iproute(netns, ipr) as ipr:
         idx = _index(ipr, name)
         try:
             if mac is not None:
@@ -240,9 +257,15 @@ def configure(
             ) from None
 
 
-def delete(name: str, *, netns: str | None = None, missing_ok: bool = True) -> bool:
+def delete(
+    name: str,
+    *,
+    netns: str | None = None,
+    missing_ok: bool = True,
+    ipr: IPRoute | None = None,
+) -> bool:
     """Remove interface ``name`` (persistent or not). Returns whether it existed."""
-    with in_netns(netns), IPRoute() as ipr:
+    with _iproute(netns, ipr) as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             if missing_ok:
