@@ -14,8 +14,6 @@ import logging
 import re
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from ncd import layout
 from ncd import tap as tapmod
 from ncd.xen.aio import Watch
@@ -73,12 +71,10 @@ class BackendVif(Vif):
         assert self.view is not None
         tap = open_persistent_tap(self.ifname)
         try:
-            netlink.call(
-                tapmod.configure, self.ifname, mtu=self.view.mtu, bridge=self.bridge, up=True
-            )
+            netlink.configure(self.ifname, mtu=self.view.mtu, bridge=self.bridge)
         except BaseException:
             tap.close()
-            netlink.call(tapmod.delete, self.ifname)
+            netlink.delete(self.ifname)
             raise
         return tap
 
@@ -139,7 +135,7 @@ class Backend:
 
     async def run(self) -> None:
         live = live_ifnames(self.ctx.xs, self.ctx.domid)
-        for name in netlink.call(remove_stale_taps, _TAP_RE, live):
+        for name in netlink.remove_stale_taps(_TAP_RE, live):
             log.info("removed stale %s (its device is gone)", name)
         watches = [Watch(self.ctx.xs, p, self._events) for p in (self.root, "@releaseDomain")]
         try:
@@ -194,19 +190,3 @@ def live_ifnames(xs: Any, be: int) -> set[str]:
         for fe, devid in layout.list_backend_devices(xs, be)
         if layout.read_optional(xs, f"{layout.backend_dir(be, fe, devid)}/online") == b"1"
     }
-
-
-def remove_stale_taps(pattern: re.Pattern[str], live: set[str]) -> list[str]:
-    """Delete TAPs named like ``pattern`` (left persistent by a crashed daemon) that are
-    not in ``live``. Uses pyroute2: run it on the netlink thread."""
-    removed = []
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-            if name and pattern.fullmatch(name) and kind == "tun" and name not in live:
-                removed.append(name)
-    for name in removed:
-        tapmod.delete(name)
-    return removed

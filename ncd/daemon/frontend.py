@@ -18,7 +18,6 @@ from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role
 
 from . import netlink
-from .backend import remove_stale_taps
 from .datapath import Datapath
 from .service import VifTable
 from .vif import Vif, VifContext, negotiate_with, open_persistent_tap
@@ -76,12 +75,10 @@ class FrontendVif(Vif):
         assert self.view is not None
         tap = open_persistent_tap(self.ifname)
         try:
-            netlink.call(
-                tapmod.configure, self.ifname, mac=self.view.mac, mtu=self.view.mtu, up=True
-            )
+            netlink.configure(self.ifname, mac=self.view.mac, mtu=self.view.mtu)
         except BaseException:
             tap.close()
-            netlink.call(tapmod.delete, self.ifname)
+            netlink.delete(self.ifname)
             raise
         return tap
 
@@ -119,7 +116,7 @@ class Frontend:
             for d in layout.list_frontend_devices(self.ctx.xs, self.ctx.domid)
         }
         pattern = template_regex(self.ctx.config.frontend.ifname)
-        for name in netlink.call(remove_stale_taps, pattern, live):
+        for name in netlink.remove_stale_taps(pattern, live):
             log.info("removed stale %s (its device is gone)", name)
         watch = Watch(self.ctx.xs, self.root, self._events)  # type: ignore[arg-type]
         try:

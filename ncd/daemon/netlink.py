@@ -1,24 +1,67 @@
-"""Run pyroute2 (rtnetlink) calls off the event loop's thread.
+"""Link operations (pyroute2 rtnetlink) for the daemon, off the event loop's thread.
 
 pyroute2's synchronous ``IPRoute`` drives an asyncio loop of its own, which
-cannot run on a thread whose loop is already running. Link operations are
-short (milliseconds), so the daemon runs them on one dedicated worker thread
-and waits for the result; the network namespace is the process's (the daemon
-runs inside its domain's namespace).
+cannot run on a thread whose loop is already running, and every new ``IPRoute``
+costs a few KB of native memory that is never returned. So the daemon keeps one
+``IPRoute`` on one dedicated worker thread and runs every link operation there,
+waiting for the result (they take milliseconds). The namespace is the process's:
+the daemon runs inside its domain's namespace.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
-P = ParamSpec("P")
+from pyroute2 import IPRoute
+
+from ncd import tap as tapmod
+
 R = TypeVar("R")
 
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncd-netlink")
+_local = threading.local()
 
 
-def call(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """``fn(*args, **kwargs)`` on the netlink thread; exceptions propagate."""
-    return _executor.submit(fn, *args, **kwargs).result()
+def _ipr() -> IPRoute:
+    ipr = getattr(_local, "ipr", None)
+    if ipr is None:
+        ipr = _local.ipr = IPRoute()
+    return ipr
+
+
+def call(fn: Callable[[IPRoute], R]) -> R:
+    """``fn(ipr)`` on the netlink thread with its long-lived IPRoute; exceptions propagate."""
+    return _executor.submit(lambda: fn(_ipr())).result()
+
+
+def configure(name: str, *, mac: str | None = None, mtu: int | None = None,
+              bridge: str | None = None) -> None:
+    """MAC / MTU / bridge, and up (see :func:`ncd.tap.configure`)."""
+    call(lambda ipr: tapmod.configure(name, mac=mac, mtu=mtu, bridge=bridge, up=True, ipr=ipr))
+
+
+def delete(name: str) -> bool:
+    return call(lambda ipr: tapmod.delete(name, ipr=ipr))
+
+
+def remove_stale_taps(pattern: re.Pattern[str], live: set[str]) -> list[str]:
+    """Delete TAPs named like ``pattern`` that are not in ``live``: persistent TAPs left by
+    a crashed daemon whose device is gone. Returns the names removed."""
+
+    def work(ipr: IPRoute) -> list[str]:
+        stale = []
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            if name and pattern.fullmatch(name) and kind == "tun" and name not in live:
+                stale.append(name)
+        for name in stale:
+            tapmod.delete(name, ipr=ipr)
+        return stale
+
+    return call(work)

@@ -425,7 +425,7 @@ class Vif(abc.ABC):
             log.debug("%s: TUNSETPERSIST 0 on %s: %s", self.name, name, exc)
         tap.close()
         try:
-            netlink.call(tapmod.delete, name)
+            netlink.delete(name)
         except OSError as exc:
             log.warning("%s: removing %s: %s", self.name, name, exc)
 
