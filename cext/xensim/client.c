@@ -115,9 +115,49 @@ void xensim_disconnect(struct xensim_conn *c)
     }
 }
 
-/* Receive one message: data into buf, fds appended at fds[*nfd] (bounded). */
-static ssize_t recv_one(int sock, void *buf, size_t len, int *fds, unsigned *nfd,
-                        unsigned fds_max)
+/*
+ * Where the descriptors of a reply go.  Store mode (base == NULL): fds[i].
+ * Map mode: descriptor i is mmap'd MAP_FIXED at base + i pages and closed at
+ * once, so a reply of any size holds at most one message's worth of
+ * descriptors (XENSIM_MAX_FDS_PER_MSG) open: RLIMIT_NOFILE (1024 by default)
+ * never limits how many pages one call can share or map.
+ */
+struct fd_sink {
+    int *fds;
+    uint8_t *base;
+    int prot;
+    unsigned max;  /* descriptors expected at most */
+    unsigned kept; /* stored or mapped */
+    unsigned seen; /* received, including dropped ones */
+    int err;       /* first local failure (overflow: EPROTO, mmap: its errno) */
+};
+
+static void sink_put(struct fd_sink *s, int fd)
+{
+    s->seen++;
+    if (s->kept >= s->max) {
+        close(fd);
+        if (!s->err)
+            s->err = EPROTO;
+        return;
+    }
+    if (!s->base) {
+        s->fds[s->kept++] = fd;
+        return;
+    }
+    if (!s->err) {
+        void *want = s->base + (size_t)s->kept * XENSIM_PAGE_SIZE;
+        void *p = mmap(want, XENSIM_PAGE_SIZE, s->prot, MAP_SHARED | MAP_FIXED, fd, 0);
+
+        if (p == MAP_FAILED)
+            s->err = errno;
+    }
+    close(fd);
+    s->kept++;
+}
+
+/* Receive one message: data into buf, descriptors into the sink. */
+static ssize_t recv_one(int sock, void *buf, size_t len, struct fd_sink *sink)
 {
     union {
         char buf[CMSG_SPACE(XENSIM_MAX_FDS_PER_MSG * sizeof(int))];
@@ -129,7 +169,6 @@ static ssize_t recv_one(int sock, void *buf, size_t len, int *fds, unsigned *nfd
         .msg_control = cbuf.buf, .msg_controllen = sizeof(cbuf.buf),
     };
     ssize_t n;
-    int overflow = 0;
 
     do {
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
@@ -140,34 +179,38 @@ static ssize_t recv_one(int sock, void *buf, size_t len, int *fds, unsigned *nfd
         if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
             continue;
         size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *in = (int *)CMSG_DATA(cm);
+        const unsigned char *in = CMSG_DATA(cm);
 
         for (size_t i = 0; i < k; i++) {
             int fd;
 
-            memcpy(&fd, &in[i], sizeof(fd));
-            if (*nfd < fds_max)
-                fds[(*nfd)++] = fd;
-            else {
-                close(fd);
-                overflow = 1;
-            }
+            memcpy(&fd, in + i * sizeof(int), sizeof(fd));
+            sink_put(sink, fd);
         }
     }
     if (n == 0) {
         errno = ECONNRESET;
         return -1;
     }
-    if (overflow || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+    if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        /* MSG_CTRUNC also when the kernel could not install every descriptor
+         * (RLIMIT_NOFILE): those are lost. */
         errno = EPROTO;
         return -1;
     }
     return n;
 }
 
-int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void *payload,
-                size_t plen, struct xensim_rsp *rsp, void *out, size_t out_max,
-                size_t *out_len, int *fds, unsigned fds_max)
+/*
+ * One round trip.  Returns 0, or -1 with errno.  *granted is set when the
+ * broker's reply said success (rsp and the payload are then filled in even if
+ * the call fails locally afterwards, so that the caller can undo what the
+ * broker did).  Continuation messages are always drained when the reply
+ * header was valid, so a local failure never desynchronises the connection.
+ */
+static int call_sink(struct xensim_conn *c, const struct xensim_req *req, const void *payload,
+                     size_t plen, struct xensim_rsp *rsp, void *out, size_t out_max,
+                     size_t *out_len, struct fd_sink *sink, int *granted)
 {
     struct iovec iov[2] = {
         { .iov_base = (void *)req, .iov_len = sizeof(*req) },
@@ -175,13 +218,13 @@ int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void 
     };
     struct msghdr mh = { .msg_iov = iov, .msg_iovlen = plen ? 2 : 1 };
     size_t bufsz = sizeof(*rsp) + out_max;
-    unsigned nfd = 0;
     size_t first_len = 0;
     int rc = -1, err = 0;
     uint8_t stackbuf[256];
     uint8_t *buf = bufsz <= sizeof(stackbuf) ? stackbuf : malloc(bufsz);
     ssize_t n;
 
+    *granted = 0;
     if (!buf) {
         errno = ENOMEM;
         return -1;
@@ -198,7 +241,7 @@ int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void 
         err = errno;
         goto unlock;
     }
-    n = recv_one(c->fd, buf, bufsz, fds, &nfd, fds_max);
+    n = recv_one(c->fd, buf, bufsz, sink);
     if (n < 0) {
         err = errno;
         goto unlock;
@@ -209,26 +252,22 @@ int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void 
     }
     memcpy(rsp, buf, sizeof(*rsp));
     first_len = (size_t)n;
-    if (rsp->nfds > fds_max) {
-        err = EPROTO;
-        goto unlock;
-    }
-    while (nfd < rsp->nfds) {
+    while (sink->seen < rsp->nfds) {
         struct xensim_cont cont;
-        unsigned before = nfd;
+        unsigned before = sink->seen;
 
-        n = recv_one(c->fd, &cont, sizeof(cont), fds, &nfd, fds_max);
+        n = recv_one(c->fd, &cont, sizeof(cont), sink);
         if (n < 0) {
             err = errno;
             goto unlock;
         }
         if ((size_t)n != sizeof(cont) || cont.magic != XENSIM_PROTO_MAGIC ||
-            nfd - before != cont.nfds || nfd == before) {
+            sink->seen - before != cont.nfds || sink->seen == before) {
             err = EPROTO;
             goto unlock;
         }
     }
-    if (nfd != rsp->nfds) {
+    if (sink->seen != rsp->nfds) {
         err = EPROTO;
         goto unlock;
     }
@@ -236,21 +275,65 @@ int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void 
         err = rsp->err > 0 ? rsp->err : EPROTO;
         goto unlock;
     }
+    *granted = 1;
     if (out && out_max)
         memcpy(out, buf + sizeof(*rsp), first_len - sizeof(*rsp));
     if (out_len)
         *out_len = first_len - sizeof(*rsp);
+    if (sink->err) {
+        err = sink->err;
+        goto unlock;
+    }
     rc = 0;
 unlock:
     pthread_mutex_unlock(&c->lock);
 out:
-    if (rc < 0)
-        xensim_close_fds(fds, nfd);
+    if (rc < 0 && !sink->base && sink->fds)
+        xensim_close_fds(sink->fds, sink->kept);
     if (buf != stackbuf)
         free(buf);
     if (rc < 0)
         errno = err;
     return rc;
+}
+
+int xensim_call(struct xensim_conn *c, const struct xensim_req *req, const void *payload,
+                size_t plen, struct xensim_rsp *rsp, void *out, size_t out_max,
+                size_t *out_len, int *fds, unsigned fds_max)
+{
+    struct fd_sink sink = { .fds = fds, .max = fds ? fds_max : 0 };
+    int granted;
+
+    return call_sink(c, req, payload, plen, rsp, out, out_max, out_len, &sink, &granted);
+}
+
+void *xensim_call_map(struct xensim_conn *c, const struct xensim_req *req,
+                      const void *payload, size_t plen, struct xensim_rsp *rsp, void *out,
+                      size_t out_max, size_t *out_len, uint32_t count, int prot,
+                      int *granted)
+{
+    size_t len = (size_t)count * XENSIM_PAGE_SIZE;
+    uint8_t *base;
+    struct fd_sink sink = { .prot = prot, .max = count };
+
+    *granted = 0;
+    base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED)
+        return NULL;
+    sink.base = base;
+    if (call_sink(c, req, payload, plen, rsp, out, out_max, out_len, &sink, granted) < 0) {
+        int err = errno;
+
+        munmap(base, len);
+        errno = err;
+        return NULL;
+    }
+    if (sink.kept != count) {
+        munmap(base, len);
+        errno = EPROTO;
+        return NULL;
+    }
+    return base;
 }
 
 /* ---------------------------------------------------------------- regions */
@@ -309,27 +392,4 @@ void xensim_regions_forget_owner(const void *owner)
             pp = &r->next;
         }
     }
-}
-
-void *xensim_map_pages(const int *fds, uint32_t count, int prot)
-{
-    size_t len = (size_t)count * XENSIM_PAGE_SIZE;
-    uint8_t *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                         -1, 0);
-
-    if (base == MAP_FAILED)
-        return NULL;
-    for (uint32_t i = 0; i < count; i++) {
-        void *p = mmap(base + (size_t)i * XENSIM_PAGE_SIZE, XENSIM_PAGE_SIZE, prot,
-                       MAP_SHARED | MAP_FIXED, fds[i], 0);
-
-        if (p == MAP_FAILED) {
-            int err = errno;
-
-            munmap(base, len);
-            errno = err;
-            return NULL;
-        }
-    }
-    return base;
 }

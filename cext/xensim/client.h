@@ -72,8 +72,15 @@ XENSIM_HIDDEN void xensim_region_remove(struct xensim_region *r);
 /* Remove (and free) every region of `owner`; does not munmap. */
 XENSIM_HIDDEN void xensim_regions_forget_owner(const void *owner);
 
-/* Reserve `count` pages and map fds[i] at page i (shared, prot).  Returns the
- * address or NULL with errno; never leaves a partial mapping behind. */
-XENSIM_HIDDEN void *xensim_map_pages(const int *fds, uint32_t count, int prot);
+/* A round trip whose reply carries `count` page descriptors: page i is mapped
+ * (shared, prot) at page i of a fresh reservation as it arrives, and its
+ * descriptor closed at once.  Returns the address, or NULL with errno, never
+ * leaving a partial mapping behind.  *granted says whether the broker
+ * succeeded (then rsp and `out` are filled and, on a local failure, the caller
+ * must undo the broker's share/map). */
+XENSIM_HIDDEN void *xensim_call_map(struct xensim_conn *c, const struct xensim_req *req,
+                                    const void *payload, size_t plen, struct xensim_rsp *rsp,
+                                    void *out, size_t out_max, size_t *out_len, uint32_t count,
+                                    int prot, int *granted);
 
 #endif /* XENSIM_CLIENT_H */

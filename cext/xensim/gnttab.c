@@ -23,7 +23,9 @@
 #define PAGE XENSIM_PAGE_SIZE
 #define MAX_MAP_REFS ((XENSIM_MAX_MSG - sizeof(struct xensim_req)) / sizeof(struct xensim_ref))
 #define MAX_SHARE_REFS ((XENSIM_MAX_MSG - sizeof(struct xensim_rsp)) / sizeof(uint32_t))
-#define COPY_BATCH 512u
+/* at most 2 fds per segment: one batch's fds fit in one message (and a
+ * process with the default RLIMIT_NOFILE of 1024 can hold them) */
+#define COPY_BATCH (XENSIM_MAX_FDS_PER_MSG / 2)
 
 struct xengntdev_handle {
     struct xensim_conn conn;
@@ -101,8 +103,8 @@ static void *grant_map(xengnttab_handle *xgt, uint32_t count, const uint32_t *do
     struct xensim_rsp rsp = { 0 };
     struct xensim_ref *items = NULL;
     struct xensim_region *reg = NULL;
-    int *fds = NULL;
     void *addr = NULL;
+    int granted = 0;
     int err = 0;
 
     if (count == 0 || count > MAX_MAP_REFS) {
@@ -111,9 +113,8 @@ static void *grant_map(xengnttab_handle *xgt, uint32_t count, const uint32_t *do
         return NULL;
     }
     items = malloc(count * sizeof(*items));
-    fds = malloc(count * sizeof(*fds));
     reg = malloc(sizeof(*reg));
-    if (!items || !fds || !reg) {
+    if (!items || !reg) {
         err = ENOMEM;
         goto out;
     }
@@ -121,32 +122,25 @@ static void *grant_map(xengnttab_handle *xgt, uint32_t count, const uint32_t *do
         items[i].domid = domids[(size_t)i * domids_stride];
         items[i].ref = refs[i];
     }
-    if (xensim_call(&xgt->conn, &req, items, count * sizeof(*items), &rsp, NULL, 0, NULL,
-                    fds, count) < 0) {
+    addr = xensim_call_map(&xgt->conn, &req, items, count * sizeof(*items), &rsp, NULL, 0,
+                           NULL, count, prot, &granted);
+    if (!addr) {
         err = errno;
-        if (err == EINVAL && rsp.val[1])
+        if (granted) {
+            /* the broker mapped, we could not: give the mapping back */
+            struct xensim_req un = { .op = XENSIM_OP_UNMAP, .arg = { rsp.val[0] } };
+            struct xensim_rsp ursp;
+
+            xensim_call(&xgt->conn, &un, NULL, 0, &ursp, NULL, 0, NULL, NULL, 0);
+            xensim_log(xgt->conn.logger, "gnttab", err, "mmap failed");
+        } else if (err == EINVAL && rsp.val[1]) {
             xensim_log(xgt->conn.logger, "gnttab", err,
                        "mmap failed: grant d%u ref %u: status %d",
                        items[rsp.val[2] < count ? rsp.val[2] : 0].domid,
                        items[rsp.val[2] < count ? rsp.val[2] : 0].ref, (int)rsp.val[1]);
-        else
+        } else {
             xensim_log(xgt->conn.logger, "gnttab", err, "mmap failed");
-        goto out;
-    }
-    if (rsp.nfds != count) {
-        xensim_close_fds(fds, rsp.nfds);
-        err = EPROTO;
-        goto out;
-    }
-    addr = xensim_map_pages(fds, count, prot);
-    err = errno;
-    xensim_close_fds(fds, count);
-    if (!addr) {
-        struct xensim_req un = { .op = XENSIM_OP_UNMAP, .arg = { rsp.val[0] } };
-        struct xensim_rsp ursp;
-
-        xensim_log(xgt->conn.logger, "gnttab", err, "mmap failed");
-        xensim_call(&xgt->conn, &un, NULL, 0, &ursp, NULL, 0, NULL, NULL, 0);
+        }
         goto out;
     }
     reg->addr = addr;
@@ -160,7 +154,6 @@ static void *grant_map(xengnttab_handle *xgt, uint32_t count, const uint32_t *do
     reg = NULL;
 out:
     free(items);
-    free(fds);
     free(reg);
     if (!addr)
         errno = err;
@@ -382,11 +375,11 @@ static void *share(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *r
         .count = (uint32_t)count,
         .arg = { domid, writable ? 1 : 0, notify_offset, notify_port },
     };
-    struct xensim_rsp rsp;
+    struct xensim_rsp rsp = { 0 };
     struct xensim_region *reg = NULL;
-    int *fds = NULL;
     size_t got = 0;
     void *addr = NULL;
+    int granted = 0;
     int err = 0;
 
     if (count <= 0 || (size_t)count > MAX_SHARE_REFS) {
@@ -394,29 +387,24 @@ static void *share(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *r
         xensim_log(xgs->conn.logger, "gntshr", errno, "ioctl failed");
         return NULL;
     }
-    fds = malloc((size_t)count * sizeof(*fds));
     reg = malloc(sizeof(*reg) + (size_t)count * sizeof(uint32_t));
-    if (!fds || !reg) {
+    if (!reg) {
         err = ENOMEM;
         goto out;
     }
-    if (xensim_call(&xgs->conn, &req, NULL, 0, &rsp, reg->refs,
-                    (size_t)count * sizeof(uint32_t), &got, fds, (unsigned)count) < 0) {
-        err = errno;
-        xensim_log(xgs->conn.logger, "gntshr", err, "ioctl failed");
-        goto out;
+    addr = xensim_call_map(&xgs->conn, &req, NULL, 0, &rsp, reg->refs,
+                           (size_t)count * sizeof(uint32_t), &got, (uint32_t)count,
+                           PROT_READ | PROT_WRITE, &granted);
+    if (addr && got != (size_t)count * sizeof(uint32_t)) {
+        munmap(addr, (size_t)count * PAGE);
+        addr = NULL;
+        errno = EPROTO;
     }
-    if (got != (size_t)count * sizeof(uint32_t) || rsp.nfds != (uint32_t)count) {
-        xensim_close_fds(fds, rsp.nfds);
-        err = EPROTO;
-        goto out;
-    }
-    addr = xensim_map_pages(fds, (uint32_t)count, PROT_READ | PROT_WRITE);
-    err = errno;
-    xensim_close_fds(fds, (unsigned)count);
     if (!addr) {
-        xensim_log(xgs->conn.logger, "gntshr", err, "mmap failed");
-        send_unshare(xgs, reg->refs, (uint32_t)count);
+        err = errno;
+        xensim_log(xgs->conn.logger, "gntshr", err, granted ? "mmap failed" : "ioctl failed");
+        if (granted && got == (size_t)count * sizeof(uint32_t))
+            send_unshare(xgs, reg->refs, (uint32_t)count);
         goto out;
     }
     memcpy(refs, reg->refs, (size_t)count * sizeof(uint32_t));
@@ -430,7 +418,6 @@ static void *share(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *r
     xensim_regions_unlock();
     reg = NULL;
 out:
-    free(fds);
     free(reg);
     if (!addr)
         errno = err;

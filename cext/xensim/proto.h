@@ -119,6 +119,20 @@ enum xensim_op {
     XENSIM_OP_DESTROY_DOMAIN = 21, /* arg0 = domid; rsp.val0 = processes killed */
     XENSIM_OP_LIST_DOMAINS = 22,   /* rsp payload = count uint32 domids */
     XENSIM_OP_STATS = 23,          /* rsp payload = count bytes of JSON */
+    /* arg0 = first domid, arg1 = max domains.  rsp payload = count struct
+     * xensim_dominfo: the live domains with domid >= first, in domid order
+     * (a domU asking gets EPERM, as Xen's getdomaininfo domctl gives it). */
+    XENSIM_OP_DOMAIN_INFO = 24,
+};
+
+/* Payload item of XENSIM_OP_DOMAIN_INFO. */
+#define XENSIM_DOMINFO_DYING    (1u << 0) /* being destroyed */
+#define XENSIM_DOMINFO_SHUTDOWN (1u << 1) /* (never set: xensim has no shutdown) */
+struct xensim_dominfo {
+    uint32_t domid;
+    uint32_t flags;        /* XENSIM_DOMINFO_* */
+    uint32_t shared_pages; /* pages the domain shares (its own memory in use by grants) */
+    uint32_t mapped_pages; /* foreign pages it has mapped */
 };
 
 enum xensim_kind {
@@ -126,6 +140,7 @@ enum xensim_kind {
     XENSIM_KIND_GNTSHR = 2,
     XENSIM_KIND_EVTCHN = 3,
     XENSIM_KIND_CONTROL = 4,
+    XENSIM_KIND_PRIVCMD = 5, /* libxenctrl's xc_interface */
 };
 
 #endif /* XENSIM_PROTO_H */

@@ -1,4 +1,4 @@
-"""Compile xensim's shim libraries (libxengnttab.so.1, libxenevtchn.so.1).
+"""Compile xensim's shim libraries (libxengnttab.so.1, libxenevtchn.so.1, libxenctrl.so.4.17).
 
 Used by setup.py at install time; ``python -m ncd._build.shimlibs`` builds them in
 place (``ncd/sim/lib``) for development.
@@ -23,6 +23,11 @@ SHIMS: dict[str, tuple[list[str], str]] = {
     "libxenevtchn.so.1": (
         ["cext/xensim/client.c", "cext/xensim/evtchn.c"],
         "cext/xensim/libxenevtchn.map",
+    ),
+    # only xc_interface_open/close and xc_domain_getinfo (what vchan-socket-proxy needs)
+    "libxenctrl.so.4.17": (
+        ["cext/xensim/client.c", "cext/xensim/xenctrl.c"],
+        "cext/xensim/libxenctrl.map",
     ),
 }
 

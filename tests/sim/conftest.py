@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -63,6 +64,7 @@ def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
             "-pthread",
             "-lxengnttab",
             "-lxenevtchn",
+            "-lxenctrl",
             "-ldl",
         ],
         check=True,
@@ -109,17 +111,26 @@ class HvBroker:
 class HvDom:
     """A helper process acting as one domain; `cmd` sends a line, returns the reply words."""
 
-    def __init__(self, helper: Path, world: Path, domid: int, errlog: Path) -> None:
+    def __init__(
+        self, helper: Path, world: Path, domid: int, errlog: Path, nofile: int | None = None
+    ) -> None:
         self.domid = domid
         env = {**os.environ, **paths.domain_env(world, domid)}
         self.errlog = errlog
         self._err = open(errlog, "wb")  # noqa: SIM115
+
+        def limit_fds() -> None:  # e.g. Linux's default soft RLIMIT_NOFILE of 1024
+            if nofile is not None:
+                _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
         self.proc = subprocess.Popen(
             [str(helper)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
             env=env,
+            preexec_fn=limit_fds if nofile is not None else None,
         )
         self._buf = b""
         self.pid = self.proc.pid
@@ -190,11 +201,15 @@ def hv_world(tmp_path: Path, hv_shims: Path) -> Iterator[HvBroker]:
 
 
 @pytest.fixture
-def hv_dom(hv_world: HvBroker, hv_helper: Path, tmp_path: Path) -> Iterator[Callable[[int], HvDom]]:
+def hv_dom(
+    hv_world: HvBroker, hv_helper: Path, tmp_path: Path
+) -> Iterator[Callable[..., HvDom]]:
     doms: list[HvDom] = []
 
-    def make(domid: int) -> HvDom:
-        d = HvDom(hv_helper, hv_world.world, domid, tmp_path / f"dom{domid}-{len(doms)}.err")
+    def make(domid: int, nofile: int | None = None) -> HvDom:
+        d = HvDom(
+            hv_helper, hv_world.world, domid, tmp_path / f"dom{domid}-{len(doms)}.err", nofile
+        )
         doms.append(d)
         return d
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from tests.sim.conftest import wait_for, zero_stats
 
 GNTST_okay = 0
@@ -170,3 +174,31 @@ def test_batches_beyond_one_message_of_fds(hv_world, hv_dom):
     d1.ok(f"unshare {reg} 300")
     st = hv_world.ctl.stats()
     assert st[1]["grants"] == 0 and st[2]["mapped_pages"] == 0
+
+
+@pytest.mark.parametrize("pages", [256, 1024])
+def test_share_and_map_many_pages_in_one_call(hv_world, hv_dom, pages):
+    """Regression: share_pages(256) used to corrupt the heap (free(fds) abort), and any
+    call beyond RLIMIT_NOFILE's 1024 descriptors failed with EPROTO.  Both helpers run
+    with Linux's default soft limit of 1024 open files; every page carries data both ways."""
+    d1, d2 = hv_dom(1, nofile=1024), hv_dom(2, nofile=1024)
+    reg, *refs = d1.ok(f"share 2 {pages} 1")
+    assert len(refs) == pages and len(set(refs)) == pages
+    assert [int(r) for r in refs] == list(range(int(refs[0]), int(refs[0]) + pages))
+    for i in range(pages):
+        d1.ok(f"write {reg} {i * 4096} d1-page-{i:04d}")
+    m = d2.ok(f"mapdom 1 rw {refs[0]} {pages}")[0]
+    st = hv_world.ctl.stats()
+    assert st[1]["shared_pages"] == pages and st[2]["mapped_pages"] == pages
+    for i in range(pages):
+        assert d2.ok(f"read {m} {i * 4096} 12") == [f"d1-page-{i:04d}"]
+        d2.ok(f"write {m} {i * 4096 + 2048} d2-page-{i:04d}")
+    for i in range(pages):
+        assert d1.ok(f"read {reg} {i * 4096 + 2048} 12") == [f"d2-page-{i:04d}"]
+    # no page descriptor stays open: each was closed right after its mmap
+    for d in (d1, d2):
+        assert len(os.listdir(f"/proc/{d.pid}/fd")) < 16
+    # the handles still work afterwards (no leftover continuation messages)
+    d2.ok(f"unmap {m}")
+    d1.ok(f"unshare {reg} {pages}")
+    assert zero_stats(hv_world.ctl, conns=False)

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <xenctrl.h>
 #include <xenevtchn.h>
 #include <xengnttab.h>
 
@@ -393,6 +394,28 @@ static void command(char *line)
             ev = NULL;
         }
         printf("ok\n");
+    } else if (!strcmp(cmd, "getinfo")) { /* first max: libxenctrl's xc_domain_getinfo */
+        static xc_dominfo_t info[64];
+        xc_interface *xch = xc_interface_open(NULL, NULL, 0);
+        unsigned max = num(a[1]) < 64 ? num(a[1]) : 64;
+        int n;
+
+        if (!xch) {
+            err_out();
+            return;
+        }
+        n = xc_domain_getinfo(xch, num(a[0]), max, info);
+        if (n < 0) {
+            err_out();
+            xc_interface_close(xch);
+            return;
+        }
+        printf("ok %d", n);
+        for (int i = 0; i < n; i++)
+            printf(" %u:%s%s", info[i].domid, info[i].dying ? "dying" : "live",
+                   info[i].shutdown ? ",shutdown" : "");
+        printf("\n");
+        xc_interface_close(xch);
     } else if (!strcmp(cmd, "exit")) {
         printf("ok\n");
         fflush(stdout);

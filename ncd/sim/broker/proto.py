@@ -24,6 +24,9 @@ RSP = struct.Struct("<iII5I")
 CONT = struct.Struct("<II")
 REF = struct.Struct("<II")
 COPY_SEG = struct.Struct("<8I")
+DOMINFO = struct.Struct("<4I")  # domid, flags, shared_pages, mapped_pages
+DOMINFO_DYING = 1 << 0
+DOMINFO_SHUTDOWN = 1 << 1
 
 # xen/grant_table.h
 GNTST_okay = 0
@@ -52,6 +55,7 @@ class Op(enum.IntEnum):
     DESTROY_DOMAIN = 21
     LIST_DOMAINS = 22
     STATS = 23
+    DOMAIN_INFO = 24
 
 
 class Kind(enum.IntEnum):
@@ -59,9 +63,12 @@ class Kind(enum.IntEnum):
     GNTSHR = 2
     EVTCHN = 3
     CONTROL = 4
+    PRIVCMD = 5
 
 
-CONTROL_OPS = frozenset({Op.CREATE_DOMAIN, Op.DESTROY_DOMAIN, Op.LIST_DOMAINS, Op.STATS})
+CONTROL_OPS = frozenset(
+    {Op.CREATE_DOMAIN, Op.DESTROY_DOMAIN, Op.LIST_DOMAINS, Op.STATS, Op.DOMAIN_INFO}
+)
 
 
 def pack_req(op: int, args: tuple[int, ...] = (), count: int = 0, payload: bytes = b"") -> bytes:

@@ -28,6 +28,8 @@ from ncd.sim.broker.proto import (
     CONT,
     CONTROL_OPS,
     COPY_SEG,
+    DOMINFO,
+    DOMINFO_DYING,
     MAGIC,
     MAX_FDS_PER_MSG,
     MAX_MSG,
@@ -394,6 +396,25 @@ class Broker:
         ids = sorted(d for d, dom in self.hv.domains.items() if not dom.dying)
         self._send(client, pack_rsp(0, (), len(ids), array.array("I", ids).tobytes()))
 
+    def _op_domain_info(
+        self, client: Client, count: int, args: tuple[int, ...], pl: bytes
+    ) -> None:
+        """xc_domain_getinfo: up to arg1 domains with domid >= arg0, dying ones included
+        (Xen lists a dying domain until its last page is freed)."""
+        first, most = args[0], min(args[1], (MAX_MSG - 64) // DOMINFO.size)
+        st = self.hv.stats()
+        items = [
+            DOMINFO.pack(
+                d,
+                DOMINFO_DYING if dom.dying else 0,
+                st[d]["shared_pages"],
+                st[d]["mapped_pages"],
+            )
+            for d, dom in sorted(self.hv.domains.items())
+            if d >= first
+        ][:most]
+        self._send(client, pack_rsp(0, (), len(items), b"".join(items)))
+
     def _op_stats(self, client: Client, count: int, args: tuple[int, ...], pl: bytes) -> None:
         data = json.dumps(self.hv.stats()).encode()
         self._send(client, pack_rsp(0, (), len(data), data))
@@ -414,6 +435,7 @@ class Broker:
         Op.DESTROY_DOMAIN: _op_destroy_domain,
         Op.LIST_DOMAINS: _op_list_domains,
         Op.STATS: _op_stats,
+        Op.DOMAIN_INFO: _op_domain_info,
     }
 
 
