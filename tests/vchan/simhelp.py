@@ -181,7 +181,8 @@ def write_fd_all(fd: int):
 
 
 def build_xc_stub(outdir: Path) -> Path:
-    """tests/vchan/xc_stub.c as an LD_PRELOAD library (see its header comment)."""
+    """tests/vchan/xc_stub.c as an LD_PRELOAD library.  No longer needed: xensim ships
+    libxenctrl.so.4.17 (kept only until test_sim_lifecycle/bench_vchan stop calling it)."""
     out = outdir / "xc_stub.so"
     here = Path(__file__).resolve().parent
     subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2", "-fPIC",
@@ -190,8 +191,12 @@ def build_xc_stub(outdir: Path) -> Path:
     return out
 
 
-def vsp_client_popen(sim, domid: int, args: list[str], stub: Path, **kw):
-    """vchan-socket-proxy in client mode, with the libxenctrl test double preloaded."""
-    env = sim.env(domid)
-    env["LD_PRELOAD"] = str(stub)
-    return subprocess.Popen(sim.argv(domid, [VSP, "-m", "client", *args]), env=env, **kw)
+def vsp_client_popen(sim, domid: int, args: list[str], stub: Path | None = None, **kw):
+    """vchan-socket-proxy in client mode, unmodified, with the domain's environment alone.
+
+    xensim's libxenctrl.so.4.17 provides the calls its client mode makes; `stub` is
+    accepted for old callers and ignored (nothing is preloaded).
+    """
+    del stub
+    return subprocess.Popen(sim.argv(domid, [VSP, "-m", "client", *args]), env=sim.env(domid),
+                            **kw)

@@ -15,7 +15,6 @@ from .simhelp import (
     MiB,
     Sink,
     Source,
-    build_xc_stub,
     kill_proc,
     ncd_vchan_argv,
     vchan_path,
@@ -98,8 +97,7 @@ def test_ncd_server_vsp_client(sim, tmp_path, rd, wr):
     sock_path = str(tmp_path / "vsp.sock")
     srv = spawn(sim, 1, ncd_vchan_argv("server", 2, path, "--read-size", str(rd),
                                        "--write-size", str(wr)), tmp_path, "srv")
-    stub = build_xc_stub(tmp_path)
-    vsp = vsp_client_popen(sim, 2, ["1", path, sock_path], stub,
+    vsp = vsp_client_popen(sim, 2, ["1", path, sock_path],
                            stderr=open(tmp_path / "vsp.err", "wb"))
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
