@@ -4,8 +4,9 @@
 compiler at run time:
 
 * every ``ncd/_build/<name>_build.py`` exposing ``ffi`` becomes a cffi extension;
-* the shims in ``cext/xensim`` become ``ncd/sim/lib/libxengnttab.so.1`` and
-  ``ncd/sim/lib/libxenevtchn.so.1`` with the symbol versions of Debian's builds.
+* the shims in ``cext/xensim`` become ``ncd/sim/lib/libxengnttab.so.1``,
+  ``libxenevtchn.so.1`` and ``libxenctrl.so.4.17`` (a subset) with the symbol
+  versions of Debian's builds (see ``ncd/_build/shimlibs.py``).
 """
 
 from __future__ import annotations

@@ -180,23 +180,8 @@ def write_fd_all(fd: int):
     return w
 
 
-def build_xc_stub(outdir: Path) -> Path:
-    """tests/vchan/xc_stub.c as an LD_PRELOAD library.  No longer needed: xensim ships
-    libxenctrl.so.4.17 (kept only until test_sim_lifecycle/bench_vchan stop calling it)."""
-    out = outdir / "xc_stub.so"
-    here = Path(__file__).resolve().parent
-    subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2", "-fPIC",
-                    "-shared", f"-Wl,--version-script={here / 'xc_stub.map'}", "-o", str(out),
-                    str(here / "xc_stub.c")], check=True)
-    return out
-
-
-def vsp_client_popen(sim, domid: int, args: list[str], stub: Path | None = None, **kw):
-    """vchan-socket-proxy in client mode, unmodified, with the domain's environment alone.
-
-    xensim's libxenctrl.so.4.17 provides the calls its client mode makes; `stub` is
-    accepted for old callers and ignored (nothing is preloaded).
-    """
-    del stub
+def vsp_client_popen(sim, domid: int, args: list[str], **kw):
+    """vchan-socket-proxy in client mode, unmodified, with the domain's environment alone
+    (xensim's libxenctrl.so.4.17 provides the calls its client mode makes)."""
     return subprocess.Popen(sim.argv(domid, [VSP, "-m", "client", *args]), env=sim.env(domid),
                             **kw)

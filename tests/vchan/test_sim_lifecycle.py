@@ -12,7 +12,6 @@ from ncd.vchan.channel import DEFAULT_RING, GNTALLOC_LIMIT, grants_needed
 
 from .simhelp import (
     VSP,
-    build_xc_stub,
     kill_proc,
     ncd_vchan_argv,
     peers,
@@ -89,7 +88,7 @@ def test_ncd_server_sees_vsp_client_killed(sim, tmp_path):
     path = vchan_path(1, "life")
     srv = sim.popen(1, ncd_vchan_argv("server", 2, path), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=open(tmp_path / "srv.err", "wb"))
-    vsp = vsp_client_popen(sim, 2, ["1", path, "-"], build_xc_stub(tmp_path),
+    vsp = vsp_client_popen(sim, 2, ["1", path, "-"],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         vsp.stdin.write(b"hello\n")
