@@ -6,15 +6,12 @@ build/sanitize/, loaded with NCD_HOTPATH_SO and LD_PRELOAD=libasan).
 """
 
 import errno
-import os
 import struct
-import subprocess
-import sys
 
 import pytest
 
-from .simhelp import ROOT, peers, vchan_path
-from .test_sanitized import libasan
+from .sanitize import sanitized_env
+from .simhelp import peers, vchan_path
 
 LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD = 0, 4, 8, 12
 LEFT_ORDER, RIGHT_ORDER, CLI_LIVE, SRV_LIVE = 16, 18, 20, 21
@@ -30,17 +27,7 @@ def hx16(v):
 
 @pytest.fixture(scope="module", params=["plain", "asan"])
 def build_env(request):
-    if request.param == "plain":
-        return {}
-    asan = libasan()
-    if asan is None:
-        pytest.skip("libasan not installed")
-    subprocess.run([sys.executable, str(ROOT / "ncd/_build/hotpath_build.py")], cwd=ROOT,
-                   env=dict(os.environ, NCD_SANITIZE="1"), check=True, capture_output=True)
-    so = sorted((ROOT / "build/sanitize/ncd").glob("_hotpath*.so"))[0]
-    return {"NCD_HOTPATH_SO": str(so), "LD_PRELOAD": asan,
-            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    return {} if request.param == "plain" else sanitized_env()
 
 
 # (who scribbles, offset, bytes, reason the victim must report or None = keeps working)
