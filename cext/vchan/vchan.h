@@ -135,6 +135,12 @@ size_t ncd_vchan_read_size(struct ncd_vchan *v);
 size_t ncd_vchan_write_size(struct ncd_vchan *v);
 /* Bytes we have written that the peer has not consumed yet (0 if hostile). */
 size_t ncd_vchan_unconsumed(struct ncd_vchan *v);
+/* Foreign-page tracker (cext/tracker/tracker.h): a client registers every page it
+ * maps (control page + ring pages, each with the peer's domid and grant ref) in
+ * ncd_tracker_process() with ctxt = the vchan, and close() unregisters them.  The
+ * count of pages this vchan has tracked now: 0 for servers and local pairs. */
+unsigned ncd_vchan_tracked_pages(struct ncd_vchan *v);
+
 /* Mark our side closed, notify, release grants, mappings and port; free v.
  * NULL is ignored.  Call exactly once per handle. */
 void ncd_vchan_close(struct ncd_vchan *v);

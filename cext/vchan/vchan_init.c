@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "tracker.h"
 #include "vchan_int.h"
 
 /* Fake grant refs of local pairs: left ring pages, right ring pages. */
@@ -266,6 +267,53 @@ fail:
     return -1;
 }
 
+/* Foreign-page tracker: register n pages mapped at mem from (peer, refs[i]) in the
+ * process tracker with ctxt = v (ncd_vchan_close untracks them all). */
+static int track_mapped(struct ncd_vchan *v, const void *mem, const uint32_t *refs, uint32_t n,
+                        char *err, size_t errlen)
+{
+    struct ncd_tracker *t = ncd_tracker_process();
+    uint64_t h;
+    uint32_t i;
+    int e;
+    if (!t) {
+        e = errno;
+        set_err(err, errlen, "foreign-page tracker: %s", strerror(e));
+        errno = e;
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        if (ncd_tracker_track(t, v->peer_domid, refs[i],
+                              (const uint8_t *)mem + (size_t)i * NCD_PAGE_SIZE, v, &h) < 0) {
+            e = errno;
+            set_err(err, errlen, "foreign-page tracker: page %u of dom%u gref %u: %s", i,
+                    v->peer_domid, refs[i], strerror(e));
+            errno = e;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void untrack_mapped(struct ncd_vchan *v)
+{
+    struct ncd_tracker *t;
+    if (v->is_server || v->local || !v->gnttab)
+        return;
+    t = ncd_tracker_process();
+    if (t)
+        ncd_tracker_untrack_ctxt(t, v);
+}
+
+unsigned ncd_vchan_tracked_pages(struct ncd_vchan *v)
+{
+    struct ncd_tracker *t;
+    if (v->is_server || v->local || !v->gnttab)
+        return 0;
+    t = ncd_tracker_process();
+    return t ? ncd_tracker_count_ctxt(t, v) : 0;
+}
+
 int ncd_vchan_client_init(struct ncd_vchan **out, uint16_t peer_domid, uint32_t ctrl_gref,
                           uint32_t evtchn_port, char *err, size_t errlen)
 {
@@ -353,6 +401,13 @@ int ncd_vchan_client_init(struct ncd_vchan **out, uint16_t peer_domid, uint32_t 
         v->rd.buf = buf;
     } else {
         v->rd.buf = in_page_ring(v->ring, lay->right_order);
+    }
+    if (track_mapped(v, v->ring, &ctrl_gref, 1, err, errlen) < 0 ||
+        track_mapped(v, v->wr.buf, lay->grants, v->wr.npages, err, errlen) < 0 ||
+        track_mapped(v, v->rd.buf, lay->grants + lay->left_pages, v->rd.npages, err, errlen) <
+            0) {
+        e = errno;
+        goto fail;
     }
     free(lay);
     lay = NULL;
@@ -563,6 +618,7 @@ void ncd_vchan_close(struct ncd_vchan *v)
             xengntshr_unshare(v->gntshr, v->ring, 1);
         xengntshr_close(v->gntshr);
     } else if (!v->is_server && v->gnttab) {
+        untrack_mapped(v); /* before the addresses can be reused */
         if (v->wr.npages)
             xengnttab_unmap(v->gnttab, v->wr.buf, v->wr.npages);
         if (v->rd.npages)

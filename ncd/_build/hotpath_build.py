@@ -1,8 +1,10 @@
-"""cffi builder of ``ncd._hotpath``: the vchan ring I/O (cext/vchan) and the frame pump
-(cext/pump) in one API-mode extension.
+"""cffi builder of ``ncd._hotpath``: the vchan ring I/O (cext/vchan), the foreign-page
+tracker (cext/tracker) and the frame pump (cext/pump) in one API-mode extension.
 
-* cdef text: ``cext/vchan/vchan.cdef`` then ``cext/pump/pump.cdef`` (when present);
-* sources: every ``cext/vchan/*.c`` and, when ``pump.cdef`` exists, every ``cext/pump/*.c``;
+* cdef text: ``cext/vchan/vchan.cdef``, ``cext/tracker/tracker.cdef``, then
+  ``cext/pump/pump.cdef`` (when present);
+* sources: every ``cext/vchan/*.c``, every ``cext/tracker/*.c`` and, when ``pump.cdef``
+  exists, every ``cext/pump/*.c``;
 * linked by soname against libxengnttab / libxenevtchn, so xensim's shims take over
   through ``LD_LIBRARY_PATH`` and Xen's own libraries are used on real Xen.
 
@@ -27,6 +29,7 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parents[2]
 VCHAN = ROOT / "cext" / "vchan"
 PUMP = ROOT / "cext" / "pump"
+TRACKER = ROOT / "cext" / "tracker"
 SANITIZE_DIR = ROOT / "build" / "sanitize"
 
 BASE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2"]
@@ -66,6 +69,11 @@ def make_ffi() -> FFI:
     sources = sorted(VCHAN.glob("*.c"))
     prelude = '#include "vchan.h"\n'
     include_dirs = [str(VCHAN)]
+    # foreign-page tracker (cext/tracker): vchan_init.c registers mapped pages in it
+    cdef += "\n" + (TRACKER / "tracker.cdef").read_text()
+    sources += sorted(TRACKER.glob("*.c"))
+    prelude += '#include "tracker.h"\n'
+    include_dirs.append(str(TRACKER))
     if _with_pump():
         cdef += "\n" + (PUMP / "pump.cdef").read_text()
         sources += sorted(PUMP.glob("*.c"))

@@ -51,6 +51,9 @@ class Datapath:
         self.pump = pump
         self.negotiated = negotiated
         self._final: PumpStats | None = None
+        # Foreign pages mapped for this channel, read from the tracker now (mapping is
+        # done once at connect), so the metrics thread never touches the C handle.
+        self._tracked = vchan.tracked_pages
 
     @classmethod
     def _start(cls, vchan: Vchan, tap: tapmod.Tap, neg: Negotiated) -> Datapath:
@@ -87,6 +90,11 @@ class Datapath:
         if state == PumpState.RUNNING:
             return None
         return f"{state.name.lower()}: {self.pump.reason}"
+
+    @property
+    def tracked_pages(self) -> int:
+        """Pages of the peer in the foreign-page tracker for this channel (0 once closed)."""
+        return 0 if self._final is not None else self._tracked
 
     def stats(self) -> PumpStats:
         return self._final if self._final is not None else self.pump.stats()

@@ -188,7 +188,8 @@ class Vif(abc.ABC):
         self.poke("stop")
 
     def counters(self) -> VifCounters:
-        s = self._acc if self.datapath is None else add_stats(self._acc, self.datapath.stats())
+        dp = self.datapath
+        s = self._acc if dp is None else add_stats(self._acc, dp.stats())
         return VifCounters(
             frames_tx=s.tx_frames,
             frames_rx=s.rx_frames,
@@ -198,7 +199,7 @@ class Vif(abc.ABC):
             ring_full_waits=s.ring_full_waits,
             notifications_sent=s.notify_sent,
             notifications_received=s.notify_recv,
-            tracked_foreign_pages=0,
+            tracked_foreign_pages=0 if dp is None else dp.tracked_pages,
         )
 
     def info(self) -> dict[str, Any]:

@@ -95,6 +95,13 @@ class Vchan:
         return int(lib.ncd_vchan_write_size(self._handle()))
 
     @property
+    def tracked_pages(self) -> int:
+        """Pages of the peer this end mapped and registered in the process's foreign-page
+        tracker (control page + separate ring pages; a client only; 0 once closed)."""
+        h = self._h
+        return 0 if h is None else int(lib.ncd_vchan_tracked_pages(h))
+
+    @property
     def close_reason(self) -> str | None:
         r = lib.ncd_vchan_close_reason(self._handle())
         return None if r == ffi.NULL else ffi.string(r).decode()
