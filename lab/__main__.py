@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="image cache (default $NCD_LAB_CACHE or ~/.cache/ncd-lab)")
     p.add_argument("--workdir", type=Path, default=None, help="logs and report")
     p.add_argument("--mb", type=int, default=4, help="MB per transfer (default 4)")
+    p.add_argument("--vsp-baseline", action="store_true",
+                   help="also time vchan-socket-proxy against itself (slow, flaky)")
     p.add_argument("--steps", default=",".join(STEPS),
                    help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--build-only", action="store_true", help="build the images and stop")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ncd-lab-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    lab = Lab(imgs, workdir, mb=args.mb)
+    lab = Lab(imgs, workdir, mb=args.mb, vsp_baseline=args.vsp_baseline)
     lab.report.update({"images": str(imgs.dir), "steps": steps,
                        "kernel": imgs.manifest.get("kernel_version")})
     expired = threading.Event()

@@ -50,6 +50,7 @@ class Lab:
     images: Images
     workdir: Path
     mb: int = 4
+    vsp_baseline: bool = False
     qemu_config: QemuConfig = field(default_factory=QemuConfig)
     report: dict[str, Any] = field(default_factory=dict)
     qemu: Qemu | None = None
@@ -236,15 +237,18 @@ class Lab:
     def vchan_steps(self) -> None:
         # (sender, server side, server tool, client tool, MB): ncd <-> ncd in both roles and
         # directions, then interop with Debian's libxenvchan (vchan-socket-proxy, "vsp")
-        # and a vsp <-> vsp baseline. Interop runs move less: some are slow under TCG.
+        # (and, on request, a vsp <-> vsp baseline). Interop runs move less: vsp's server
+        # mode is slow under TCG.
         big, small = self.mb, max(1, self.mb // 4)
         plan = [
             ("dom0", "dom0", "ncd", "ncd", big), ("guest", "dom0", "ncd", "ncd", big),
             ("dom0", "guest", "ncd", "ncd", big), ("guest", "guest", "ncd", "ncd", big),
             ("dom0", "dom0", "ncd", "vsp", small), ("guest", "dom0", "vsp", "ncd", small),
             ("dom0", "guest", "vsp", "ncd", small), ("guest", "guest", "ncd", "vsp", small),
-            ("dom0", "dom0", "vsp", "vsp", small), ("guest", "dom0", "vsp", "vsp", small),
         ]
+        if self.vsp_baseline:
+            # vsp <-> vsp: slow (30 s .. >3 min per MB) and flaky under TCG; see docs/lab.md
+            plan += [("guest", "dom0", "vsp", "vsp", small), ("dom0", "dom0", "vsp", "vsp", small)]
         results = []
         for i, (sender, server, stool, ctool, mb) in enumerate(plan):
             results.append(self.vchan_transfer(sender=sender, server=server, server_tool=stool,
