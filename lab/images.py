@@ -34,7 +34,7 @@ from lab import packages
 
 LAB_DIR = Path(__file__).resolve().parent
 REPO = LAB_DIR.parent
-GUEST_FILES = ["init.sh", "agent.py", "xsprobe.py"]  # shipped: /init, /lab/*.py
+GUEST_FILES = ["init.sh", "agent.py", "xsprobe.py", "tcpxfer.py"]  # shipped: /init, /lab/*.py
 BUILD_INPUTS = ["images.py", "packages.py", *GUEST_FILES]  # hashed into the cache key
 PY_DEPS = ["cffi", "pycparser", "uvloop", "pyroute2", "prometheus-client"]
 SOURCE_PATHS = ["ncd", "cext", "setup.py", "pyproject.toml", "README.md"]

@@ -318,19 +318,27 @@ class Lab:
             self.dom0(f"ping -c 10 -i 0.2 -W 5 {a1}", 90, "ping dom0->guest (ncd)").out)
         rep["ping_guest_to_dom0"] = ping_summary(
             self.guest(f"ping -c 10 -i 0.2 -W 5 {a0}", 90, "ping guest->dom0 (ncd)").out)
+        rep["ping_1472B_dom0_to_guest"] = ping_summary(
+            self.c.run(f"ping -c 5 -i 0.2 -W 5 -s 1472 {a1}", 90).out)
         rep["tcp"] = [self.tcp_transfer("dom0", a0), self.tcp_transfer("guest", a1)]
         self.guest("iperf3 -s -D -p 5202 --logfile /tmp/iperf3-ncd.log", 60, "iperf3 -s")
         time.sleep(2)
-        rep["iperf3_dom0_to_guest_mbit"] = iperf_mbit(self.dom0(
-            f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -J", 120, "iperf3 dom0->guest (ncd)").out)
-        rep["iperf3_guest_to_dom0_mbit"] = iperf_mbit(self.dom0(
-            f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -R -J", 120, "iperf3 guest->dom0 (ncd)").out)
+        rep["iperf3_dom0_to_guest_mbit"] = iperf_mbit(self.c.run(
+            f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -J", 120).out)
+        rep["iperf3_guest_to_dom0_mbit"] = iperf_mbit(self.c.run(
+            f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -R -J", 120).out)
         self.guest("killall iperf3 || true")
         rep["ncctl_list"] = self.dom0("ncctl list", 60, "ncctl list").out
+        rep["ncctl_stats"] = self.c.run("ncctl stats", 60).out
         metrics = self.dom0("python3 -c \"import urllib.request;print(urllib.request.urlopen("
                             "'http://127.0.0.1:9477/metrics', timeout=10).read().decode())\"",
                             60, "metrics").out
-        rep["metrics"] = [ln for ln in metrics.splitlines() if ln.startswith("ncd_vif_")][:40]
+        rep["metrics"] = [ln for ln in metrics.splitlines()
+                          if ln.startswith("ncd_") and not ln.startswith("ncd_build")][:60]
+        bad_tcp = [t for t in rep["tcp"] if not t["ok"]]
+        if bad_tcp:
+            raise LabError(f"TCP over ncd failed: {bad_tcp}\nstats: {rep['ncctl_stats']}\n"
+                           + "\n".join(rep["metrics"]))
         self.dom0(f"ncctl detach {d} 0", 60, "ncctl detach")
         self.dom0(f"i=0; while ip link show ncvif{d}.0 >/dev/null 2>&1; do i=$((i+1)); "
                   "[ $i -gt 100 ] && exit 1; sleep 0.2; done", 60, "TAP gone after detach")
@@ -349,24 +357,28 @@ class Lab:
             time.sleep(2)
         raise LabError(f"vif taps {backend_tap}/{frontend_tap} did not appear")
 
-    def tcp_transfer(self, receiver: str, addr: str) -> dict[str, Any]:
-        """``mb`` MB over TCP (busybox nc) to ``receiver``; sha256 on both ends."""
+    def tcp_transfer(self, receiver: str, addr: str, port: int = 5300) -> dict[str, Any]:
+        """``mb`` MB over TCP to ``receiver`` (lab/tcpxfer.py); sha256 on both ends."""
         sender = "guest" if receiver == "dom0" else "dom0"
         size = self.mb << 20
-        sha_tx = self.run_where(sender, f"head -c {size} /dev/urandom > /tmp/tcp-tx && "
-                                        "sha256sum /tmp/tcp-tx | cut -d' ' -f1").out.strip()
-        rid = self.run_in(receiver, "nc -l -p 5300 > /tmp/tcp-rx && "
-                                    "echo $(sha256sum /tmp/tcp-rx | cut -d' ' -f1) "
-                                    "$(wc -c < /tmp/tcp-rx)", 300)
-        time.sleep(3)
-        send = self.run_where(sender, f"nc -w 10 {addr} 5300 < /tmp/tcp-tx", 300)
-        got = self.c.wait(rid, "nc -l", 320)
-        fields = (got.out.split() + ["", "0"])[:2]
-        rec = {"from": sender, "to": receiver, "bytes": size, "ok": send.ok and got.ok
-               and fields[0] == sha_tx and int(fields[1]) == size,
-               "secs": send.secs}
-        if not rec["ok"]:
-            raise LabError(f"TCP transfer {sender}->{receiver} failed: {rec} {got.err}")
+        self.run_where(sender, f"head -c {size} /dev/urandom > /tmp/tcp-tx")
+        rid = self.run_in(receiver, f"python3 /lab/tcpxfer.py recv {port}", 300)
+        time.sleep(4)
+        send = self.c.run(self.c.guest_cmd(self.guest_id, f"python3 /lab/tcpxfer.py send "
+                                           f"{addr} {port} /tmp/tcp-tx", 280)
+                          if sender == "guest" else
+                          f"python3 /lab/tcpxfer.py send {addr} {port} /tmp/tcp-tx", 300)
+        got = self.c.wait(rid, "tcpxfer recv", 320)
+        tx = (send.out.split() + ["", "0", "0"])[:3]
+        rx = (got.out.split() + ["", "0", "0"])[:3]
+        rec = {"from": sender, "to": receiver, "bytes": size, "bytes_received": int(rx[1]),
+               "ok": send.ok and got.ok and rx[0] == tx[0] and int(rx[1]) == size,
+               "secs": float(rx[2])}
+        if rec["ok"] and rec["secs"]:
+            rec["mbit"] = round(size * 8 / rec["secs"] / 1e6, 1)
+        else:
+            rec["stderr"] = (send.err + got.err)[-1500:]
+        log(f"TCP {sender}->{receiver} over ncd: {rec}")
         return rec
 
     # ------------------------------------------------------------ teardown
