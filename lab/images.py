@@ -317,12 +317,22 @@ def prune_cache(cache: Path, keep: int = 3) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def build(cache: Path | None = None, repo: Path = REPO, force: bool = False) -> Images:
-    cache = cache or default_cache()
-    cache.mkdir(parents=True, exist_ok=True)
+def _resolve() -> tuple[str, list[packages.Pkg]]:
     kernel = packages.kernel_package()
     names = packages.closure(packages.ROOT_PACKAGES)
-    pins = packages.pin([*names, kernel, packages.HYPERVISOR_PACKAGE])
+    return kernel, packages.pin([*names, kernel, packages.HYPERVISOR_PACKAGE])
+
+
+def build(cache: Path | None = None, repo: Path = REPO, force: bool = False,
+          _refreshed: bool = False) -> Images:
+    cache = cache or default_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        kernel, pins = _resolve()
+    except RuntimeError as exc:  # stale or missing apt lists: refresh once
+        _log(f"{exc}; running apt-get update")
+        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+        kernel, pins = _resolve()
     wheels = [*dependency_wheels(cache), build_ncd_wheel(cache, repo)]
     manifest: dict[str, object] = {
         "packages": {p.name: p.version for p in pins},
@@ -337,7 +347,12 @@ def build(cache: Path | None = None, repo: Path = REPO, force: bool = False) -> 
         _log(f"images cached: {out}")
         return result
     _log(f"building images {key}")
-    debs = packages.download(pins, cache / "debs")
+    try:
+        debs = packages.download(pins, cache / "debs")
+    except RuntimeError as exc:  # the mirror moved on since the lists were fetched
+        _log(f"{exc}; running apt-get update")
+        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+        return build(cache, repo, force)
     with tempfile.TemporaryDirectory(prefix="ncd-lab-build-", dir=cache) as tmp:
         t = Path(tmp)
         kroot, hroot, root = t / "kernel", t / "hyp", t / "rootfs"
