@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -49,6 +50,12 @@ class VifTable:
             del self._vifs[vif.key]
         self._on_change()
         self.on_vif_gone(vif)
+        # A finished vif leaves reference cycles behind (callbacks, watches, closures).
+        # Collect them once it is gone instead of whenever the collector's oldest
+        # generation next runs, so the daemon's memory stays flat over attach/detach
+        # cycles (measured: without this ~2-3 KB per cycle accumulates for hundreds of
+        # cycles). Detaching is rare; a full collection costs a few ms.
+        asyncio.get_running_loop().call_soon(gc.collect)
 
     def poke_all(self, why: str) -> None:
         for vif, _ in self._vifs.values():

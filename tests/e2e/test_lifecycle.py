@@ -72,22 +72,25 @@ def test_attach_detach_cycles_leak_nothing(net: Net, capsys: pytest.CaptureFixtu
         net.ncctl_inproc(store, "detach", "1", "0")
         net.wait(lambda: net.vif(0, 1, 0) is None and net.vif(1, 1, 0) is None, 10,
                  "vif gone from both daemons")
-        if i in (min(9, CYCLES // 2), CYCLES - 1):
+        if i in (CYCLES // 2 - 1, CYCLES - 1):  # after warm-up, and at the end
             time.sleep(0.3)  # let the control connections of the waits above close
             usage.append((proc_usage(be.pid), proc_usage(fe.pid)))
     took = time.monotonic() - t0
     store.close()
     net.wait(lambda: (net.links(0), net.links(1)) == base_links, 5, "TAPs gone")
     assert _totals(net.broker_stats(), (0, 1)) == base_res
-    (be10, fe10), (be_end, fe_end) = usage
-    for early, late in ((be10, be_end), (fe10, fe_end)):
+    (be_mid, fe_mid), (be_end, fe_end) = usage
+    for early, late in ((be_mid, be_end), (fe_mid, fe_end)):
         assert late["fds"] == early["fds"]
         assert late["threads"] == early["threads"]
-        assert late["rss_kb"] - early["rss_kb"] < 3 * 1024, (early, late)
+        # flat: the second half of the cycles may not grow the daemon (measured 8-16 KB
+        # over 50 cycles; before the vif table collected a finished vif's reference
+        # cycles it grew ~2-3 KB per cycle)
+        assert late["rss_kb"] - early["rss_kb"] < 96, (early, late)
     assert be.alive() and fe.alive()
     with capsys.disabled():
-        print(f"\n{CYCLES} attach/detach cycles in {took:.1f}s; backend {be10} -> {be_end}, "
-              f"frontend {fe10} -> {fe_end}")
+        print(f"\n{CYCLES} attach/detach cycles in {took:.1f}s; backend {be_mid} -> {be_end}, "
+              f"frontend {fe_mid} -> {fe_end}")
 
 
 def _resume_time(net: Net, src: int, dst_ip: str, timeout: float = 10) -> float:
