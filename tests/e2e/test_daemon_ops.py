@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +40,6 @@ def test_missing_config_file_and_bad_flag(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no such file" in r.stderr
     r = _ncd("backend", "--ring-bytes", "12345")
     assert r.returncode == 2 and "channel.ring_bytes" in r.stderr
-
-
-@pytest.fixture
-def net(sim, tmp_path) -> Iterator[Net]:
-    n = Net(sim, tmp_path)
-    try:
-        yield n
-    finally:
-        n.close()
 
 
 def _messages(sock: socket.socket, until: str, timeout: float) -> list[str]:

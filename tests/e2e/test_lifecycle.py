@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,15 +12,6 @@ from tests.e2e.harness import Net, proc_usage
 
 MAC = "00:16:3e:00:01:00"
 CYCLES = int(os.environ.get("NCD_E2E_CYCLES", "100"))
-
-
-@pytest.fixture
-def net(sim, tmp_path) -> Iterator[Net]:
-    n = Net(sim, tmp_path)
-    try:
-        yield n
-    finally:
-        n.close()
 
 
 def _xs_state(net: Net, path: str) -> str | None:

@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
-
-import pytest
 
 from ncd.vchan.channel import grants_needed
 from tests.e2e.harness import Net
 
 MAC = "00:16:3e:00:07:00"
 RING = 131072  # the default ring_bytes each way
-
-
-@pytest.fixture
-def net(sim, tmp_path) -> Iterator[Net]:
-    n = Net(sim, tmp_path)
-    try:
-        yield n
-    finally:
-        n.close()
 
 
 def _tracked(net: Net, domid: int) -> float | None:
