@@ -18,6 +18,11 @@
 #include "../vchan/vchan.h"
 
 #define DEFAULT_BATCH 64u
+/* Within a batch, hand ring space over every COMMIT_BYTES (at most a quarter of
+ * the ring): with large frames the peer then works on one record while we move
+ * the next, instead of waiting for the whole batch.  Small frames still commit
+ * once per batch. */
+#define COMMIT_BYTES (32u * 1024u)
 
 /* Counters: written by the pump thread, read by anyone. */
 #define CNT_ADD(p, f, n) __atomic_fetch_add(&(p)->st.f, (uint64_t)(n), __ATOMIC_RELAXED)
@@ -29,6 +34,7 @@ struct ncd_pump {
     struct ncd_pump_config cfg;
     uint32_t max_frame;
     uint32_t tx_max_rec; /* largest record we may read from the fd (vnet hdr + frame) */
+    uint32_t tx_commit, rx_commit; /* commit every this many bytes within a batch */
     int is_socket;
     int wake_fd, done_fd, evtchn_fd;
     pthread_t thread;
@@ -197,6 +203,11 @@ static int tx_acceptable(struct ncd_pump *p, const uint8_t vnet[NCD_VNET_HDR_SIZ
     return 1;
 }
 
+static uint32_t commit_every(uint32_t ring)
+{
+    return ring / 4 < COMMIT_BYTES ? ring / 4 : COMMIT_BYTES;
+}
+
 static void tx_account(struct ncd_pump *p, size_t n)
 {
     CNT_ADD(p, tx_frames, 1);
@@ -206,7 +217,7 @@ static void tx_account(struct ncd_pump *p, size_t n)
 static int tx_run(struct ncd_pump *p)
 {
     struct span s;
-    size_t used = 0, rec_room = NCD_REC_LEN_SIZE + p->tx_max_rec;
+    size_t used = 0, done = 0, rec_room = NCD_REC_LEN_SIZE + p->tx_max_rec;
     uint32_t iters = 0;
     int ret = DIR_MORE;
 
@@ -283,9 +294,14 @@ static int tx_run(struct ncd_pump *p)
         span_copy_in(&s, used, lenb, sizeof lenb);
         used += NCD_REC_LEN_SIZE + (size_t)n;
         tx_account(p, (size_t)n);
+        if (used - done >= p->tx_commit) {
+            ncd_vchan_write_commit(p->v, used - done);
+            CNT_ADD(p, tx_batches, 1);
+            done = used;
+        }
     }
-    if (used) {
-        ncd_vchan_write_commit(p->v, used);
+    if (used > done) {
+        ncd_vchan_write_commit(p->v, used - done);
         CNT_ADD(p, tx_batches, 1);
     }
     return ret;
@@ -330,7 +346,7 @@ static int fd_write_frame(struct ncd_pump *p, struct iovec *iov, int cnt, size_t
 static int rx_run(struct ncd_pump *p, size_t *remain)
 {
     struct span s;
-    size_t used = 0;
+    size_t used = 0, done = 0;
     uint32_t frames = 0;
     int ret = DIR_MORE;
 
@@ -391,9 +407,14 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         }
         used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
+        if (used - done >= p->rx_commit) {
+            ncd_vchan_read_commit(p->v, used - done);
+            CNT_ADD(p, rx_batches, 1);
+            done = used;
+        }
     }
-    if (used) {
-        ncd_vchan_read_commit(p->v, used);
+    if (used > done) {
+        ncd_vchan_read_commit(p->v, used - done);
         CNT_ADD(p, rx_batches, 1);
     }
     *remain = s.len - used;
@@ -562,6 +583,8 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
         p->cfg.batch = DEFAULT_BATCH;
     p->max_frame = cfg->max_frame ? cfg->max_frame : NCD_ETH_MAX;
     p->tx_max_rec = NCD_VNET_HDR_SIZE + p->max_frame;
+    p->tx_commit = commit_every(p->cfg.write_ring_size);
+    p->rx_commit = commit_every(p->cfg.read_ring_size);
     p->is_socket = S_ISSOCK(sb.st_mode);
     p->evtchn_fd = ncd_vchan_fd(v);
     p->wake_fd = p->done_fd = -1;

@@ -3,10 +3,11 @@
  *
  *   fd -> ring ("tx"): readv() of one frame (vnet header + Ethernet frame)
  *                      straight into the write ring, then the le32 length in
- *                      front of it, commit once per batch.
+ *                      front of it, commit once per batch (or every
+ *                      32 KiB: large frames one by one).
  *   ring -> fd ("rx"): validate the record, writev() straight out of the read
  *                      ring (the vnet header from a private, validated copy),
- *                      commit once per batch.
+ *                      commit once per batch (or every 32 KiB).
  *
  * The fd must deliver one frame per read() and take one frame per write():
  * a TAP opened with IFF_VNET_HDR (and TUNSETVNETLE where the host is big

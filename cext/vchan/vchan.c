@@ -80,7 +80,7 @@ void ncd_vchan_request_notify(struct ncd_vchan *v, int on_read, int on_write)
 }
 
 /* Readable bytes, validated: -1 (and the channel closed) on a bad prod. */
-static int64_t raw_data_ready(struct ncd_vchan *v)
+int64_t ncd_vchan_peek_data(struct ncd_vchan *v)
 {
     uint32_t prod, ready;
     if (is_bad(v))
@@ -96,16 +96,16 @@ static int64_t raw_data_ready(struct ncd_vchan *v)
 
 static int64_t fast_data_ready(struct ncd_vchan *v, size_t request)
 {
-    int64_t ready = raw_data_ready(v);
+    int64_t ready = ncd_vchan_peek_data(v);
     if (ready < 0 || (uint64_t)ready >= request)
         return ready;
     /* we will drain what is there: ask to be told about more */
     request_notify(v, VCHAN_NOTIFY_WRITE);
-    return raw_data_ready(v);
+    return ncd_vchan_peek_data(v);
 }
 
 /* Writable bytes, validated: -1 (and the channel closed) on a bad cons. */
-static int64_t raw_buffer_space(struct ncd_vchan *v)
+int64_t ncd_vchan_peek_space(struct ncd_vchan *v)
 {
     uint32_t cons, used;
     if (is_bad(v))
@@ -121,11 +121,11 @@ static int64_t raw_buffer_space(struct ncd_vchan *v)
 
 static int64_t fast_buffer_space(struct ncd_vchan *v, size_t request)
 {
-    int64_t space = raw_buffer_space(v);
+    int64_t space = ncd_vchan_peek_space(v);
     if (space < 0 || (uint64_t)space >= request)
         return space;
     request_notify(v, VCHAN_NOTIFY_READ);
-    space = raw_buffer_space(v);
+    space = ncd_vchan_peek_space(v);
     if (space >= 0 && (uint64_t)space < request)
         STAT_ADD(v, ring_full_waits);
     return space;
@@ -172,7 +172,7 @@ ssize_t ncd_vchan_data_ready(struct ncd_vchan *v)
         return -1;
     }
     request_notify(v, VCHAN_NOTIFY_WRITE);
-    r = raw_data_ready(v);
+    r = ncd_vchan_peek_data(v);
     if (r < 0)
         errno = EPROTO;
     return (ssize_t)r;
@@ -186,7 +186,7 @@ ssize_t ncd_vchan_buffer_space(struct ncd_vchan *v)
         return -1;
     }
     request_notify(v, VCHAN_NOTIFY_READ);
-    r = raw_buffer_space(v);
+    r = ncd_vchan_peek_space(v);
     if (r < 0)
         errno = EPROTO;
     return (ssize_t)r;
@@ -297,7 +297,7 @@ int ncd_vchan_read_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max)
 void ncd_vchan_read_commit(struct ncd_vchan *v, size_t n)
 {
     uint32_t take = n < v->rd.granted ? (uint32_t)n : v->rd.granted;
-    v->rd.granted = 0;
+    v->rd.granted -= take; /* the rest of the window stays ours */
     if (take && !is_bad(v))
         consume(v, take);
 }
@@ -326,14 +326,14 @@ int ncd_vchan_write_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max)
 void ncd_vchan_write_commit(struct ncd_vchan *v, size_t n)
 {
     uint32_t take = n < v->wr.granted ? (uint32_t)n : v->wr.granted;
-    v->wr.granted = 0;
+    v->wr.granted -= take; /* the rest of the window stays ours */
     if (take && !is_bad(v))
         produce(v, take);
 }
 
 size_t ncd_vchan_unconsumed(struct ncd_vchan *v)
 {
-    int64_t space = raw_buffer_space(v);
+    int64_t space = ncd_vchan_peek_space(v);
     return space < 0 ? 0 : v->wr.size - (uint32_t)space;
 }
 

@@ -112,6 +112,9 @@ ssize_t ncd_vchan_write(struct ncd_vchan *v, const void *buf, size_t n);
  * asked the peer to notify on write.  The iovs stay valid until the commit.
  * read_commit: consume n bytes (n <= the bytes of the last read_iov; larger n
  * is clamped), publish cons after a full barrier, notify the peer if it asked.
+ * The rest of the window stays valid: several commits may follow one *_iov
+ * call (their sum is clamped to what it handed out), so a caller can hand the
+ * space of each large record back while it works on the next.
  * write_iov / write_commit: the same for free space in the write ring; the
  * caller fills the iovs, then write_commit(n) publishes prod after a release
  * barrier and notifies the peer if it asked.  write_iov returns -1 with EPIPE
@@ -121,6 +124,20 @@ int ncd_vchan_read_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max);
 void ncd_vchan_read_commit(struct ncd_vchan *v, size_t n);
 int ncd_vchan_write_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max);
 void ncd_vchan_write_commit(struct ncd_vchan *v, size_t n);
+
+/*
+ * Blocking waits (cext/vchan/vchan_wait.c): until at least n bytes are readable
+ * (wait_data) or writable (wait_space).  First spins for up to spin_us
+ * microseconds re-reading only the peer's index (no notification requested, so a
+ * busy peer makes no syscall for us), then requests a notification and sleeps on
+ * the event channel.  timeout_ms < 0 waits for ever.  Returns the bytes
+ * readable / writable (>= n), 0 on timeout, or -1 with errno: EINVAL (n larger
+ * than the ring), EPIPE (peer closed; for wait_data: and fewer than n bytes are
+ * left), EPROTO (hostile peer).  One thread waits on a vchan at a time, and not
+ * while a pump runs on it.
+ */
+ssize_t ncd_vchan_wait_data(struct ncd_vchan *v, size_t n, unsigned spin_us, int timeout_ms);
+ssize_t ncd_vchan_wait_space(struct ncd_vchan *v, size_t n, unsigned spin_us, int timeout_ms);
 
 /* Set our notify requests in the peer's notify byte (then a full barrier):
  * on_read: "notify me when you consume", on_write: "notify me when you write".

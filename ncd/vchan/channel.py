@@ -39,6 +39,10 @@ def _raise(call: str, err: Any = None) -> None:
     raise VchanError(code, call, detail or None)
 
 
+def _timeout_ms(timeout: float | None) -> int:
+    return -1 if timeout is None else max(0, min(int(timeout * 1000), 2**31 - 1))
+
+
 class Vchan:
     """One end of a vchan (common to server and client)."""
 
@@ -81,6 +85,22 @@ class Vchan:
         if n < 0:
             _raise("ncd_vchan_buffer_space")
         return int(n)
+
+    def wait_data(self, n: int, *, spin_us: int = 0, timeout: float | None = None) -> int:
+        """Block (GIL released) until ``n`` bytes are readable: spin ``spin_us`` on the
+        peer's index, then sleep on the event channel. Returns the readable count, 0 on
+        timeout; raises EPIPE once the peer closed with fewer than ``n`` bytes left."""
+        r = lib.ncd_vchan_wait_data(self._handle(), n, spin_us, _timeout_ms(timeout))
+        if r < 0:
+            _raise("ncd_vchan_wait_data")
+        return int(r)
+
+    def wait_space(self, n: int, *, spin_us: int = 0, timeout: float | None = None) -> int:
+        """Block (GIL released) until ``n`` bytes are writable; like :meth:`wait_data`."""
+        r = lib.ncd_vchan_wait_space(self._handle(), n, spin_us, _timeout_ms(timeout))
+        if r < 0:
+            _raise("ncd_vchan_wait_space")
+        return int(r)
 
     def unconsumed(self) -> int:
         """Bytes we wrote that the peer has not read yet."""

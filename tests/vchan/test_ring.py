@@ -142,8 +142,24 @@ def test_write_iov_partial_commit(pair):
     lib.ncd_vchan_write_commit(srv._h, 120)  # only 120 of the 300 are published
     assert cli.data_ready() == 120
     assert cli.read(1000) == b"A" * 120
-    lib.ncd_vchan_write_commit(srv._h, 50)  # nothing handed out: ignored
+    lib.ncd_vchan_write_commit(srv._h, 50)  # the rest of the window is still ours
+    assert cli.read(1000) == b"A" * 50
+    lib.ncd_vchan_write_commit(srv._h, 10**6)  # clamped to the 130 bytes left
+    assert cli.read(1000) == b"A" * 130
+    lib.ncd_vchan_write_commit(srv._h, 50)  # window used up: ignored
     assert cli.data_ready() == 0
+
+
+def test_read_iov_partial_commits(pair):
+    srv, cli = pair
+    assert cli.write(b"0123456789") == 10
+    iov = ffi.new("struct iovec[2]")
+    assert lib.ncd_vchan_read_iov(srv._h, iov, 100) == 1
+    lib.ncd_vchan_read_commit(srv._h, 4)
+    assert cli.buffer_space() == cli.write_size - 6
+    lib.ncd_vchan_read_commit(srv._h, 100)  # clamped to the 6 left
+    assert cli.buffer_space() == cli.write_size
+    assert srv.data_ready() == 0
 
 
 def test_indices_wrap_past_2_32():
