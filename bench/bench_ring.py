@@ -199,6 +199,12 @@ def run_all(exe: Path, frames: list[int], repeat: int, spin: int, pin: bool,
     return list(cases.values())
 
 
+def git_rev() -> str:
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
 def fmt(v: float) -> str:
     return f"{v:,.0f}"
 
@@ -216,37 +222,48 @@ def report(cases: list[Case], frames: list[int], args: argparse.Namespace, cmd: 
         "event channels). libxenvchan = Debian's 4.17 library in blocking mode; two-thread "
         "ring = the same loops over plain memory with pure spinning (no vchan); memcpy = "
         "one thread copying the same frames into a 1024 KiB buffer. MB/s counts frame "
-        "bytes. Median of the repeats, range in brackets.",
+        "bytes. Median of the repeats, range in brackets, best = the fastest repeat; "
+        "'vs two-thread ring' = median over the repeats of ncd's (or libxenvchan's) rate "
+        "over the two-thread ring's rate in the same repeat.",
         "",
         f"Machine: {before}.",
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{took:.0f} s in all; {args.repeat} repeats, interleaved).",
+        f"git {git_rev()}, {took:.0f} s in all; {args.repeat} repeats, interleaved).",
         "",
     ]
     verdicts: list[str] = []
     for frame in frames:
         rows = [c for c in cases if c.frame == frame]
-        mem = statistics.median(next(c for c in rows if c.name.startswith("memcpy")).mbs())
+        memc = next(c for c in rows if c.name.startswith("memcpy"))
+        raw = next(c for c in rows if c.name.startswith("two-thread"))
+        mem, mem_best = statistics.median(memc.mbs()), max(memc.mbs())
         xv = {c.name.split(", ")[1]: statistics.median(c.fps()) for c in rows
               if c.name.startswith("libxenvchan")}
         lines += [f"### {frame} B frames ({rows[0].runs[0].frames:,} per run)", "",
-                  "| case | frames/s | MB/s [range] | vs libxenvchan (same ring) | vs memcpy |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| case | frames/s | MB/s [range] | best MB/s | vs libxenvchan (same ring) "
+                  "| vs two-thread ring | vs memcpy | best vs best memcpy |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for c in rows:
-            fps, mbs = statistics.median(c.fps()), statistics.median(c.mbs())
+            fps, mbs, best = statistics.median(c.fps()), statistics.median(c.mbs()), max(c.mbs())
             ring = c.name.split(", ")[1] if ", " in c.name else ""
+            vchan = c.name.startswith(("ncd", "libxenvchan"))
             vs_xv = f"{fps / xv[ring]:.2f}x" if ring in xv and c.name.startswith("ncd") else ""
+            # the same repeat's two-thread ring ran seconds later: pair them
+            pairs = zip(c.mbs(), raw.mbs(), strict=True)
+            vs_raw = f"{statistics.median(a / b for a, b in pairs):.2f}" if vchan else ""
             lines.append(f"| {c.name} | {fmt(fps)} | {fmt(mbs)} [{fmt(min(c.mbs()))}-"
-                         f"{fmt(max(c.mbs()))}] | {vs_xv} | {mbs / mem:.2f} |")
-            if c.name.startswith("ncd") and "spin" in c.name and "no spin" not in c.name:
-                ok_xv = fps >= xv[ring]
-                verdicts.append(f"{frame} B, {ring}: ncd {fps / xv[ring]:.2f}x libxenvchan "
-                                f"({'met' if ok_xv else 'NOT met'})"
-                                + (f"; {mbs / mem:.0%} of memcpy "
-                                   f"({'met' if mbs / mem >= 0.5 else 'NOT met'})"
-                                   if frame == 65536 else ""))
+                         f"{fmt(max(c.mbs()))}] | {fmt(best)} | {vs_xv} | {vs_raw} | "
+                         f"{mbs / mem:.2f} | {best / mem_best:.2f} |")
+            if c.name.startswith("ncd") and "no spin" not in c.name:
+                verdicts.append(
+                    f"{frame} B, {ring}: ncd {fps / xv[ring]:.2f}x libxenvchan "
+                    f"({'met' if fps >= xv[ring] else 'NOT met'})"
+                    + (f"; memcpy: median {mbs / mem:.0%} "
+                       f"({'met' if mbs / mem >= 0.5 else 'NOT met'}), best {best / mem_best:.0%}"
+                       f" ({'met' if best / mem_best >= 0.5 else 'NOT met'})"
+                       if frame == 65536 else ""))
         lines.append("")
-    lines += ["Targets (ncd with spin): " + "; ".join(verdicts) + ".", ""]
+    lines += ["Targets (ncd with spin, medians unless marked): " + "; ".join(verdicts) + ".", ""]
     return "\n".join(lines)
 
 
