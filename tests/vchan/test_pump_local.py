@@ -174,6 +174,32 @@ def test_sustained_both_ways_in_order(make_pair, ring: int) -> None:
     assert sa.tx_batches <= sa.tx_frames and sb.rx_batches <= sb.rx_frames
 
 
+def _until(cond, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("size,n,commits", [(64, 60, 1), (fr.ETH_MAX, 10, 10)])
+def test_commit_granularity(make_pair, size: int, n: int, commits: int) -> None:
+    """Small frames are committed once per batch; a record of 32 KiB or more at once, so
+    that the peer can work on it while the next one is moved."""
+    a, b = make_pair(1 << 20, start=False)
+    frames = [frame(size, i) for i in range(n)]
+    for i, f in enumerate(frames):  # all queued before the pump starts: one tx run
+        a.app.send(vnet(i) + f)
+    a.start()
+    _until(lambda: a.stats().tx_frames == n, "tx did not take every frame")
+    assert a.stats().tx_batches == commits
+    assert b.vchan.data_ready() == n * (fr.REC_HDR_SIZE + size)
+    b.start()  # every record is in its ring already: one rx run
+    got = [b.app.recv(fr.ETH_MAX + 100) for _ in frames]
+    assert got == [vnet(i) + f for i, f in enumerate(frames)]
+    _until(lambda: b.stats().rx_frames == n, "rx did not deliver every frame")
+    assert b.stats().rx_batches == commits
+
+
 def test_ring_full_waits_and_fd_backpressure(make_pair) -> None:
     a, b = make_pair(64 * 1024)
     b.pump_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
