@@ -45,6 +45,12 @@
 #include "frame.h"
 #include "vchan.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#else
+#define cpu_relax() __atomic_signal_fence(__ATOMIC_SEQ_CST)
+#endif
+
 #define CHECK_EVERY 1024u
 #define BATCH 64u
 /* hand space over every COMMIT_BYTES within a batch, as the pump does (cext/pump/pump.c) */
@@ -263,7 +269,7 @@ static ssize_t raw_wait_space(void *c, size_t n)
     struct raw_ring *r = c;
     uint32_t space;
     while ((space = r->size - (r->prod - __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE))) < n)
-        __builtin_ia32_pause();
+        cpu_relax();
     return space;
 }
 static int raw_write_iov(void *c, struct iovec iov[2], size_t max)
@@ -282,7 +288,7 @@ static ssize_t raw_wait_data(void *c, size_t n)
     struct raw_ring *r = c;
     uint32_t ready;
     while ((ready = __atomic_load_n(&r->prod, __ATOMIC_ACQUIRE) - r->cons) < n)
-        __builtin_ia32_pause();
+        cpu_relax();
     return ready;
 }
 static int raw_read_iov(void *c, struct iovec iov[2], size_t max)

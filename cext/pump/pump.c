@@ -208,6 +208,21 @@ static uint32_t commit_every(uint32_t ring)
     return ring / 4 < COMMIT_BYTES ? ring / 4 : COMMIT_BYTES;
 }
 
+/* Commit what this run moved since the last commit (window bytes done..used). */
+static void commit_part(struct ncd_pump *p, int tx, size_t used, size_t *done)
+{
+    if (used == *done)
+        return;
+    if (tx) {
+        ncd_vchan_write_commit(p->v, used - *done);
+        CNT_ADD(p, tx_batches, 1);
+    } else {
+        ncd_vchan_read_commit(p->v, used - *done);
+        CNT_ADD(p, rx_batches, 1);
+    }
+    *done = used;
+}
+
 static void tx_account(struct ncd_pump *p, size_t n)
 {
     CNT_ADD(p, tx_frames, 1);
@@ -294,16 +309,10 @@ static int tx_run(struct ncd_pump *p)
         span_copy_in(&s, used, lenb, sizeof lenb);
         used += NCD_REC_LEN_SIZE + (size_t)n;
         tx_account(p, (size_t)n);
-        if (used - done >= p->tx_commit) {
-            ncd_vchan_write_commit(p->v, used - done);
-            CNT_ADD(p, tx_batches, 1);
-            done = used;
-        }
+        if (used - done >= p->tx_commit)
+            commit_part(p, 1, used, &done);
     }
-    if (used > done) {
-        ncd_vchan_write_commit(p->v, used - done);
-        CNT_ADD(p, tx_batches, 1);
-    }
+    commit_part(p, 1, used, &done);
     return ret;
 }
 
@@ -407,16 +416,10 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         }
         used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
-        if (used - done >= p->rx_commit) {
-            ncd_vchan_read_commit(p->v, used - done);
-            CNT_ADD(p, rx_batches, 1);
-            done = used;
-        }
+        if (used - done >= p->rx_commit)
+            commit_part(p, 0, used, &done);
     }
-    if (used > done) {
-        ncd_vchan_read_commit(p->v, used - done);
-        CNT_ADD(p, rx_batches, 1);
-    }
+    commit_part(p, 0, used, &done);
     *remain = s.len - used;
     return ret;
 }

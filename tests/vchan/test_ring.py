@@ -42,14 +42,6 @@ def readable(fd):
     return bool(select.select([fd], [], [], 0)[0])
 
 
-@pytest.fixture
-def pair():
-    srv, cli = local_pair(4096, 8192)
-    yield srv, cli
-    cli.close()
-    srv.close()
-
-
 @pytest.mark.parametrize(
     "read_min,write_min,orders,grants",
     [

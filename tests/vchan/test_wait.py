@@ -10,17 +10,9 @@ import time
 
 import pytest
 
-from ncd.vchan import VchanError, local_pair
+from ncd.vchan import VchanError
 
 LEFT_PROD = 4  # struct vchan_interface: left.prod (client -> server ring)
-
-
-@pytest.fixture
-def pair():
-    srv, cli = local_pair(4096, 8192)
-    yield srv, cli
-    cli.close()
-    srv.close()
 
 
 def later(delay, fn, *args):
