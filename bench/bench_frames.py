@@ -43,7 +43,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncd.sim import paths  # noqa: E402
 from ncd.sim.world import World  # noqa: E402
 
 VSP = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
@@ -206,10 +205,9 @@ class Dom:
 
     def __init__(self, world: World, domid: int, argv: list[str], text: bool = True,
                  **kw: Any) -> None:
-        env = {**os.environ, **paths.domain_env(world.dir, domid)}
         self.domid = domid
-        self.proc = subprocess.Popen(["ip", "netns", "exec", world.netns(domid), *argv],
-                                     env=env, cwd=ROOT, text=text, **kw)
+        self.proc = subprocess.Popen(world.exec_argv(domid, argv), env=world.exec_env(domid),
+                                     cwd=ROOT, text=text, **kw)
 
     def line(self, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -316,7 +314,7 @@ def run_ncd(world: World, ring: int, counts: dict[int, int]) -> dict[int, dict[s
 
 
 def wait_xenstore(world: World, node: str) -> None:
-    env = {**os.environ, **paths.domain_env(world.dir, 0)}
+    env = world.exec_env(0)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         r = subprocess.run(["xenstore-read", f"{node}/ring-ref"], env=env, capture_output=True)

@@ -77,7 +77,7 @@ class Bench:
 
     # ---- set-up ----------------------------------------------------------------------
     def env(self, domid: int) -> dict[str, str]:
-        return {**os.environ, **paths.domain_env(self.world.dir, domid)}
+        return self.world.exec_env(domid)
 
     def up(self) -> tuple[Path_, Path_]:
         self.world.up(1, netns_prefix=f"{self.prefix}d")
@@ -88,8 +88,8 @@ class Bench:
         for domid, role in ((0, "backend"), (GUEST, "frontend")):
             log = open(self.tmp / f"ncd-{role}.log", "wb")  # noqa: SIM115 - child's
             self.procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", self.world.netns(domid), PY, "-m", "ncd.daemon.main",
-                 role, "--no-metrics", *ring],
+                self.world.exec_argv(domid, [PY, "-m", "ncd.daemon.main", role, "--no-metrics",
+                                             *ring]),
                 env=self.env(domid), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                 cwd=str(ROOT)))
             log.close()

@@ -41,7 +41,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncd.sim import paths  # noqa: E402
 from ncd.sim.world import World  # noqa: E402
 
 SOURCE = ROOT / "bench" / "ring_bench.c"
@@ -92,9 +91,8 @@ class Domains:
         self.world, self.exe, self.seq = world, exe, 0
 
     def popen(self, domid: int, args: list[str]) -> subprocess.Popen[str]:
-        env = {**os.environ, **paths.domain_env(self.world.dir, domid)}
-        return subprocess.Popen(["ip", "netns", "exec", self.world.netns(domid), str(self.exe),
-                                 *args], env=env, stdout=subprocess.PIPE,
+        return subprocess.Popen(self.world.exec_argv(domid, [str(self.exe), *args]),
+                                env=self.world.exec_env(domid), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     def run_pair(self, server: list[str], client: list[str], ready_fields: int) -> Run:

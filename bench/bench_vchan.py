@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncd.sim import paths  # noqa: E402
 from ncd.sim.world import World  # noqa: E402
 
 VSP = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
@@ -38,8 +37,8 @@ def run_case(world: World, server: list[str], client: list[str], nbytes: int,
 
     def popen(domid: int, argv: list[str], extra: dict[str, str] | None = None,
               **kw: object) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **paths.domain_env(world.dir, domid), **(extra or {})}
-        return subprocess.Popen(["ip", "netns", "exec", world.netns(domid), *argv], env=env,
+        env = {**world.exec_env(domid), **(extra or {})}
+        return subprocess.Popen(world.exec_argv(domid, argv), env=env,
                                 **kw)  # type: ignore[call-overload]
 
     with open("/dev/zero", "rb") as zero:

@@ -178,7 +178,9 @@ static int header_check(const struct frames *f, const uint8_t hdr[NCD_REC_HDR_SI
 
 /* ---- scatter/gather over the (at most two) iovs of a ring window ------------- */
 
-static void iov_put(const struct iovec iov[2], size_t off, const uint8_t *src, size_t len)
+/* Copy len bytes between buf and the window at offset off: into the window when
+ * to_ring, out of it otherwise. */
+static void iov_copy(const struct iovec iov[2], size_t off, uint8_t *buf, size_t len, int to_ring)
 {
     for (int k = 0; k < 2 && len; k++) {
         size_t l = iov[k].iov_len;
@@ -187,24 +189,12 @@ static void iov_put(const struct iovec iov[2], size_t off, const uint8_t *src, s
             continue;
         }
         size_t c = l - off < len ? l - off : len;
-        memcpy((uint8_t *)iov[k].iov_base + off, src, c);
-        src += c;
-        len -= c;
-        off = 0;
-    }
-}
-
-static void iov_get(const struct iovec iov[2], size_t off, uint8_t *dst, size_t len)
-{
-    for (int k = 0; k < 2 && len; k++) {
-        size_t l = iov[k].iov_len;
-        if (off >= l) {
-            off -= l;
-            continue;
-        }
-        size_t c = l - off < len ? l - off : len;
-        memcpy(dst, (const uint8_t *)iov[k].iov_base + off, c);
-        dst += c;
+        uint8_t *at = (uint8_t *)iov[k].iov_base + off;
+        if (to_ring)
+            memcpy(at, buf, c);
+        else
+            memcpy(buf, at, c);
+        buf += c;
         len -= c;
         off = 0;
     }
@@ -313,12 +303,13 @@ static void produce(const struct ring_ops *ops, void *c, const struct frames *f)
 {
     uint8_t *rec = record_new(f);
     uint32_t rs = rec_size(f);
+    size_t every = commit_every(ops->ring);
     uint64_t seq = 0;
 
     while (seq < f->n) {
         struct iovec iov[2] = { { 0 } };
         ssize_t space = ops->wait_space(c, rs);
-        size_t off = 0, done = 0, every = commit_every(ops->ring);
+        size_t off = 0, done = 0;
         unsigned batch = 0;
         if (space < 0)
             die("wait_space");
@@ -327,7 +318,7 @@ static void produce(const struct ring_ops *ops, void *c, const struct frames *f)
         space = (ssize_t)(iov[0].iov_len + iov[1].iov_len);
         while (seq < f->n && off + rs <= (size_t)space && batch < BATCH) {
             record_stamp(rec, seq);
-            iov_put(iov, off, rec, rs);
+            iov_copy(iov, off, rec, rs, 1);
             off += rs;
             seq++;
             batch++;
@@ -353,7 +344,7 @@ static int consume(const struct ring_ops *ops, void *c, const struct frames *f,
 {
     uint8_t *dst = aligned_alloc(64, (f->len + 63u) & ~63u);
     uint8_t hdr[NCD_REC_HDR_SIZE];
-    size_t want = NCD_REC_HDR_SIZE;
+    size_t want = NCD_REC_HDR_SIZE, every = commit_every(ops->ring);
     uint64_t seq = 0;
     double t0 = 0;
 
@@ -363,7 +354,7 @@ static int consume(const struct ring_ops *ops, void *c, const struct frames *f,
     while (seq < f->n) {
         struct iovec iov[2] = { { 0 } };
         ssize_t ready = ops->wait_data(c, want);
-        size_t off = 0, done = 0, avail, every = commit_every(ops->ring);
+        size_t off = 0, done = 0, avail;
         if (ready < 0)
             die("wait_data");
         if (t0 == 0)
@@ -374,7 +365,7 @@ static int consume(const struct ring_ops *ops, void *c, const struct frames *f,
         want = NCD_REC_HDR_SIZE;
         while (seq < f->n && off + NCD_REC_HDR_SIZE <= avail) {
             size_t rs;
-            iov_get(iov, off, hdr, NCD_REC_HDR_SIZE);
+            iov_copy(iov, off, hdr, NCD_REC_HDR_SIZE, 0);
             if (header_check(f, hdr, ops->ring) < 0)
                 return -1;
             rs = NCD_REC_LEN_SIZE + ncd_le32_get(hdr);
@@ -382,7 +373,7 @@ static int consume(const struct ring_ops *ops, void *c, const struct frames *f,
                 want = rs; /* the rest of this record is still on its way */
                 break;
             }
-            iov_get(iov, off + NCD_REC_HDR_SIZE, dst, f->len);
+            iov_copy(iov, off + NCD_REC_HDR_SIZE, dst, f->len, 0);
             if (frame_check(f, dst, seq, &out->checked) < 0)
                 return -1;
             off += rs;

@@ -7,7 +7,6 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from ncd.sim import paths
 from ncd.sim.world import World
 
 
@@ -24,11 +23,11 @@ class SimWorld:
         return self.world.dir
 
     def env(self, domid: int) -> dict[str, str]:
-        return {**os.environ, **paths.domain_env(self.dir, domid)}
+        return self.world.exec_env(domid)
 
     def argv(self, domid: int, cmd: Sequence[str]) -> list[str]:
         """argv that runs `cmd` as domain `domid` (its netns and its environment)."""
-        return ["ip", "netns", "exec", self.world.netns(domid), *cmd]
+        return self.world.exec_argv(domid, cmd)
 
     def run(self, domid: int, cmd: Sequence[str], check: bool = True, timeout: float = 60,
             **kw: object) -> subprocess.CompletedProcess[str]:

@@ -65,7 +65,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise WorldError("exec needs a command: ncd-sim exec DOMID -- CMD ...")
-    env = {**os.environ, **paths.domain_env(world.dir, args.domid)}
+    env = world.exec_env(args.domid)
     ip = shutil.which("ip")
     if ip is None:
         raise WorldError("`ip` (iproute2) not found")

@@ -55,10 +55,10 @@ class Demo:
 
     # ---- running things as a domain ---------------------------------------------
     def env(self, domid: int) -> dict[str, str]:
-        return {**os.environ, **paths.domain_env(self.world.dir, domid)}
+        return self.world.exec_env(domid)
 
     def argv(self, domid: int, cmd: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.world.netns(domid), *cmd]
+        return self.world.exec_argv(domid, cmd)
 
     def run(self, domid: int, cmd: list[str], show: bool = False) -> str:
         if show:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,15 @@ class World:
             return self.state.domains[str(domid)]
         except KeyError:
             raise WorldError(f"no domain {domid} in the world at {self.dir}") from None
+
+    def exec_argv(self, domid: int, cmd: Sequence[str]) -> list[str]:
+        """argv that runs `cmd` inside domain `domid`'s network namespace."""
+        return ["ip", "netns", "exec", self.netns(domid), *cmd]
+
+    def exec_env(self, domid: int) -> dict[str, str]:
+        """This process's environment plus what makes a program domain `domid` (its
+        xenstored socket, the shims on LD_LIBRARY_PATH, its broker identity)."""
+        return {**os.environ, **paths.domain_env(self.dir, domid)}
 
     # ---- up -----------------------------------------------------------------
     def up(self, domains: int, netns_prefix: str = paths.NETNS_PREFIX) -> None:
