@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncd.sim.world import World  # noqa: E402
+from xensim.world import World  # noqa: E402
 
 VSP = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
 VNET = 10

@@ -34,9 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncd._build import shimlibs  # noqa: E402
-from ncd.sim import paths  # noqa: E402
-from ncd.sim.broker.control import BrokerControl, wait_for_broker  # noqa: E402
+from xensim import paths, shimlibs  # noqa: E402
+from xensim.broker.control import BrokerControl, wait_for_broker  # noqa: E402
 
 SECTION = "## Simulated hypervisor (bench/bench_hypervisor.py)"
 
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str]:
         world = tmp / "world"
         log = open(tmp / "broker.log", "wb")  # noqa: SIM115
         broker = subprocess.Popen(
-            [sys.executable, "-m", "ncd.sim.broker", "--dir", str(world), "--log-level", "WARNING"],
+            [sys.executable, "-m", "xensim.broker", "--dir", str(world), "--log-level", "WARNING"],
             stderr=log,
             cwd=ROOT,
         )

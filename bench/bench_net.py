@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ncd.control import ControlClient, ControlError  # noqa: E402
-from ncd.sim import paths  # noqa: E402
-from ncd.sim.world import World  # noqa: E402
+from xensim import paths  # noqa: E402
+from xensim.world import World  # noqa: E402
 
 PY = sys.executable
 GUEST = 1

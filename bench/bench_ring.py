@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncd.sim.world import World  # noqa: E402
+from xensim.world import World  # noqa: E402
 
 SOURCE = ROOT / "bench" / "ring_bench.c"
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"]

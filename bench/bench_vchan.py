@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncd.sim.world import World  # noqa: E402
+from xensim.world import World  # noqa: E402
 
 VSP = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
 MiB = 1 << 20

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on a Debian 12 machine (run as root): Debian packages, then a
-# virtualenv in .venv with ncd built and installed (editable) with its test tools.
+# virtualenv in .venv with ncd and the xensim simulator built and installed (editable)
+# with the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,5 +30,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# xensim (the simulator: a development tool, its own distribution, never in ncd's
+# package) and ncd itself, both editable, with the test tools.
+.venv/bin/python -m pip install -q -e ./xensim -e '.[test]'
 echo "setup: done (.venv/bin/ncd-sim, .venv/bin/pytest)"

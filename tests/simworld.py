@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from ncd.sim.world import World
+from xensim.world import World
 
 
 class SimWorld:

@@ -14,7 +14,7 @@
  *
  * All integers are little-endian host order (the broker runs on the same
  * host).  err is 0 or a positive errno value.  Mirrored in Python by
- * ncd/sim/broker/proto.py; change both together.
+ * xensim/broker/proto.py; change both together.
  */
 #ifndef XENSIM_PROTO_H
 #define XENSIM_PROTO_H

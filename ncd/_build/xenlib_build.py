@@ -3,7 +3,7 @@
 Compiled against Debian's headers (/usr/include/xengnttab.h, xenevtchn.h, xenstore.h) and
 linked by soname (``-lxengnttab -lxenevtchn -lxenstore``), so the dynamic linker picks the
 libraries at run time: Xen's own on a Xen host, xensim's shims when ``LD_LIBRARY_PATH``
-puts ``ncd/sim/lib`` first (see ``ncd.sim.paths.domain_env``).
+puts ``xensim/lib`` first (see ``xensim.paths.domain_env``).
 
 ``python ncd/_build/xenlib_build.py`` builds the module in place (next to ``ncd/xen``).
 """

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ncd.control import ControlClient, ControlError
-from ncd.sim import paths
 from tests.simworld import SimWorld
+from xensim import paths
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]

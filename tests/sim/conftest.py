@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ncd._build import shimlibs
-from ncd.sim import paths
-from ncd.sim.broker.control import BrokerControl, wait_for_broker
+from xensim import paths, shimlibs
+from xensim.broker.control import BrokerControl, wait_for_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER_SRC = ROOT / "cext/xensim/tests/xsim_helper.c"
@@ -80,7 +79,7 @@ class HvBroker:
         self.log = world.parent / f"{world.name}-broker.log"
         self._logf = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ncd.sim.broker", "--dir", str(world), *flags],
+            [sys.executable, "-m", "xensim.broker", "--dir", str(world), *flags],
             stderr=self._logf,
             cwd=ROOT,
         )

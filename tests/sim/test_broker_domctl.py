@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 
-from ncd.sim import paths
-from ncd.sim.broker.proto import MAGIC, MAX_MSG, Kind, Op, pack_req, unpack_rsp
 from tests.sim.conftest import wait_for
+from xensim import paths
+from xensim.broker.proto import MAGIC, MAX_MSG, Kind, Op, pack_req, unpack_rsp
 
 
 def test_getinfo_from_dom0_lists_domains(hv_world, hv_dom):

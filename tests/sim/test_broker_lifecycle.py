@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from ncd.sim.broker.control import BrokerControl, BrokerError
 from tests.sim.conftest import wait_for, zero_stats
+from xensim.broker.control import BrokerControl, BrokerError
 
 
 def _notify_setup(hv_dom):
@@ -99,8 +99,8 @@ def test_destroy_domain_kills_and_frees_everything(hv_world, hv_dom):
 def test_control_only_from_dom0_and_errors(hv_world, hv_dom):
     import socket
 
-    from ncd.sim import paths
-    from ncd.sim.broker.proto import MAGIC, Kind, Op, pack_req, unpack_rsp
+    from xensim import paths
+    from xensim.broker.proto import MAGIC, Kind, Op, pack_req, unpack_rsp
 
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:

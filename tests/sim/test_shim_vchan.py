@@ -298,7 +298,7 @@ def test_destroy_domain_of_one_vsp_end(sim, tmp_path, victim):
                 with sim.world.broker() as ctl:
                     st = ctl.stats()
                 assert st[server_dom]["shared_pages"] > 0 and st[client_dom]["mapped_pages"] > 0
-                r = subprocess.run([sys.executable, "-m", "ncd.sim", "destroy", "--dir",
+                r = subprocess.run([sys.executable, "-m", "xensim", "destroy", "--dir",
                                     str(sim.dir), str(dead)], capture_output=True, text=True,
                                    timeout=60, cwd=ROOT)
                 assert r.returncode == 0, r.stderr

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ncd.sim import netns, paths
+from xensim import netns, paths
 
-CLI = [sys.executable, "-m", "ncd.sim"]
+CLI = [sys.executable, "-m", "xensim"]
 
 
 def ncd_sim(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -30,7 +30,7 @@ def leftovers(world: Path, prefix: str) -> list[str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if str(world).encode() in cmd and b"ncd.sim." in cmd:
+        if str(world).encode() in cmd and b"xensim." in cmd:
             found.append(f"process {pid}: {cmd!r}")
     if world.exists():
         found += [f"file {p}" for p in world.rglob("*")]
@@ -116,3 +116,27 @@ def test_domains_cannot_read_each_other(sim, domid: int) -> None:
     assert sim.run(0, ["xenstore-exists", f"/local/domain/{other}/data/x"], check=False).returncode
     sim.run(domid, ["xenstore-write", "data/x", "mine"])
     assert sim.run(0, ["xenstore-read", f"/local/domain/{domid}/data/x"]).stdout == "mine\n"
+
+
+def test_two_worlds_side_by_side(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    pa, pb = f"ncdt{os.getpid()}-a", f"ncdt{os.getpid()}-b"
+    ncd_sim("up", "--dir", str(a), "--domains", "1", "--netns-prefix", pa)
+    try:
+        # the same prefix again is refused before anything starts, naming the namespace
+        r = ncd_sim("up", "--dir", str(b), "--domains", "1", "--netns-prefix", pa, check=False)
+        assert r.returncode == 1 and f"{pa}0" in r.stderr and "--netns-prefix" in r.stderr
+        assert not b.exists()  # nothing was started for the refused world
+        ncd_sim("up", "--dir", str(b), "--domains", "1", "--netns-prefix", pb)
+        try:
+            # each world's domain 1 is its own: a write in one is not seen in the other
+            ncd_sim("exec", "--dir", str(a), "1", "--", "xenstore-write", "data/w", "a")
+            ncd_sim("exec", "--dir", str(b), "1", "--", "xenstore-write", "data/w", "b")
+            for world, want in ((a, "a"), (b, "b")):
+                r = ncd_sim("exec", "--dir", str(world), "1", "--", "xenstore-read", "data/w")
+                assert r.stdout.strip() == want
+        finally:
+            ncd_sim("down", "--dir", str(b))
+    finally:
+        ncd_sim("down", "--dir", str(a))
+    assert leftovers(a, pa) == [] and leftovers(b, pb) == []

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ncd.sim.xenstored.client import XsClient
-from ncd.sim.xenstored.connection import Connection
-from ncd.sim.xenstored.handlers import dispatch
-from ncd.sim.xenstored.server import XenstoreServer
-from ncd.sim.xenstored.wire import HEADER, Message, Op, XsError
 from tests.sim.xs_fixtures import XenstoredProcess, xenstored_fixture  # noqa: F401
+from xensim.xenstored.client import XsClient
+from xensim.xenstored.connection import Connection
+from xensim.xenstored.handlers import dispatch
+from xensim.xenstored.server import XenstoreServer
+from xensim.xenstored.wire import HEADER, Message, Op, XsError
 
 TEST_XENSTORE = Path("/usr/lib/xen-4.17/bin/test-xenstore")
 

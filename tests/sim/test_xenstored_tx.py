@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ncd.sim.xenstored.wire import XsError
 from tests.sim.xs_fixtures import XenstoredProcess, xenstored_fixture  # noqa: F401
+from xensim.xenstored.wire import XsError
 
 XBT_NULL = 0
 

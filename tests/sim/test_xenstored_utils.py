@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from ncd.sim.xenstored.wire import XsError
 from tests.conftest import have
 from tests.sim.xs_fixtures import XenstoredProcess, xenstored_fixture  # noqa: F401
+from xensim.xenstored.wire import XsError
 
 pytestmark = pytest.mark.skipif(not have("xenstore-read"), reason="xenstore-utils missing")
 

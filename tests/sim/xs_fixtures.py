@@ -20,21 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from ncd.sim import paths
-from ncd.sim.xenstored.client import XsClient, wait_for_socket
+from xensim import paths
+from xensim.xenstored.client import XsClient, wait_for_socket
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class XenstoredProcess:
-    """``python -m ncd.sim.xenstored --dir WORLD`` as a subprocess, stopped by SIGTERM."""
+    """``python -m xensim.xenstored --dir WORLD`` as a subprocess, stopped by SIGTERM."""
 
     def __init__(self, world: Path, verbose: bool = False) -> None:
         self.world = Path(world)
         self.world.mkdir(parents=True, exist_ok=True)
         self.log_path = self.world / "xenstored.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "ncd.sim.xenstored", "--dir", str(self.world)]
+        cmd = [sys.executable, "-m", "xensim.xenstored", "--dir", str(self.world)]
         if verbose:
             cmd.append("-v")
         env = dict(os.environ)

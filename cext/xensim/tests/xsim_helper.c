@@ -1,7 +1,7 @@
 /*
  * Test helper for xensim: a "domain process" driven line by line on stdin.
  * Linked against Debian's libxengnttab/libxenevtchn (run with
- * LD_LIBRARY_PATH=ncd/sim/lib to get the shims); the xensim extension is
+ * LD_LIBRARY_PATH=xensim/lib to get the shims); the xensim extension is
  * looked up with dlsym so the binary also links against the real libraries.
  *
  * Every command prints one line: "ok ..." or "err <errno-name> <errno>".

@@ -27,7 +27,7 @@ from .wire import (
 if TYPE_CHECKING:
     from .server import XenstoreServer
 
-log = logging.getLogger("ncd.sim.xenstored")
+log = logging.getLogger("xensim.xenstored")
 
 MAX_TRANSACTIONS = 10  # quota_max_transaction
 DOMID_FIRST_RESERVED = 0x7FF0

@@ -19,7 +19,9 @@ def create(name: str) -> None:
     """Create namespace `name` with its loopback up. Fails if it already exists."""
     if exists(name):
         raise FileExistsError(
-            f"network namespace {name} already exists (stale world? try `ncd-sim down`)"
+            f"network namespace {name} already exists: another world uses this prefix "
+            "(`ncd-sim up --netns-prefix P` for a second world) or a stale one is left "
+            "(`ncd-sim down --dir DIR`)"
         )
     _ip("netns", "add", name)
     _ip("-n", name, "link", "set", "lo", "up")

@@ -2,7 +2,7 @@
 
 Which listener a client connected to is its domain; SO_PEERCRED gives its pid
 (used to SIGKILL a destroyed domain's processes).  Requests are decoded here
-and handed to :class:`~ncd.sim.broker.model.Hypervisor`.
+and handed to :class:`~xensim.broker.model.Hypervisor`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ncd.sim import paths
-from ncd.sim.broker.model import Conn, Domain, HvError, Hypervisor, Limits, Page
-from ncd.sim.broker.proto import (
+from xensim import paths
+from xensim.broker.model import Conn, Domain, HvError, Hypervisor, Limits, Page
+from xensim.broker.proto import (
     CONT,
     CONTROL_OPS,
     COPY_SEG,

@@ -1,4 +1,4 @@
-"""``python -m ncd.sim.xenstored --dir WORLD``: run xenstored in the foreground."""
+"""``python -m xensim.xenstored --dir WORLD``: run xenstored in the foreground."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ async def _run(world: str | None) -> None:
         await stop.wait()
     finally:
         await server.stop()
-        logging.getLogger("ncd.sim.xenstored").info("xenstored stopped")
+        logging.getLogger("xensim.xenstored").info("xenstored stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ncd.sim.xenstored", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m xensim.xenstored", description=__doc__)
     parser.add_argument("--dir", help="world directory (default $XENSIM_DIR or /run/ncd-sim)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)

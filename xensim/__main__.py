@@ -1,5 +1,5 @@
 import sys
 
-from ncd.sim.cli import main
+from xensim.cli import main
 
 sys.exit(main())

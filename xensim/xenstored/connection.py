@@ -15,7 +15,7 @@ from .transactions import Transaction
 from .watches import WatchList
 from .wire import HEADER_SIZE, PAYLOAD_MAX, Header, Message, Op, XsError, pack
 
-log = logging.getLogger("ncd.sim.xenstored")
+log = logging.getLogger("xensim.xenstored")
 
 # A client that does not read its replies/events gets disconnected past this.
 MAX_PENDING_OUTPUT = 4 * 1024 * 1024

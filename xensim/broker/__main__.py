@@ -1,4 +1,4 @@
-"""``python -m ncd.sim.broker --dir WORLD``: run the hypervisor broker in the foreground."""
+"""``python -m xensim.broker --dir WORLD``: run the hypervisor broker in the foreground."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import signal
 import sys
 from types import FrameType
 
-from ncd.sim import paths
-from ncd.sim.broker.model import Limits
-from ncd.sim.broker.server import Broker
+from xensim import paths
+from xensim.broker.model import Limits
+from xensim.broker.server import Broker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = Limits()
-    p = argparse.ArgumentParser(prog="python -m ncd.sim.broker", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m xensim.broker", description=__doc__)
     p.add_argument(
         "--dir", help=f"world directory (default ${paths.ENV_WORLD} or {paths.DEFAULT_WORLD})"
     )

@@ -6,7 +6,7 @@ attaches a vif with ``ncctl attach``, gives both ends an address from
 198.18.0.0/15, pings across, moves a few MB over TCP with a sha256 check, shows
 ``ncctl list`` and a few metrics, then tears everything down.
 
-``python -m ncd.sim.demo send|recv ...`` is the TCP helper it runs inside the
+``python -m ncd.demo send|recv ...`` is the TCP helper it runs inside the
 domains.
 """
 
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from ncd.control import ControlClient, ControlError
-from ncd.sim import paths
-from ncd.sim.world import World, WorldError
+from xensim import paths
+from xensim.world import World, WorldError
 
 GUEST = 1
 MAC = "00:16:3e:5e:00:01"
@@ -156,7 +156,7 @@ class Demo:
 
     def transfer(self) -> None:
         recv = subprocess.Popen(
-            self.argv(0, [sys.executable, "-m", "ncd.sim.demo", "recv", DOM0_IP, str(PORT)]),
+            self.argv(0, [sys.executable, "-m", "ncd.demo", "recv", DOM0_IP, str(PORT)]),
             env=self.env(0), stdout=subprocess.PIPE, text=True,
         )
         try:
@@ -164,7 +164,7 @@ class Demo:
             if recv.stdout.readline().strip() != "ready":
                 raise DemoError("TCP receiver did not start")
             sent = json.loads(
-                self.run(GUEST, [sys.executable, "-m", "ncd.sim.demo", "send", DOM0_IP,
+                self.run(GUEST, [sys.executable, "-m", "ncd.demo", "send", DOM0_IP,
                                  str(PORT), str(XFER_BYTES)])
             )
             got = json.loads(recv.stdout.readline())
@@ -272,7 +272,7 @@ def _helper(argv: list[str]) -> int:
     if argv[:1] == ["send"] and len(argv) == 4:
         _send(argv[1], int(argv[2]), int(argv[3]))
         return 0
-    print("usage: python -m ncd.sim.demo recv HOST PORT | send HOST PORT BYTES", file=sys.stderr)
+    print("usage: python -m ncd.demo recv HOST PORT | send HOST PORT BYTES", file=sys.stderr)
     return 2
 
 

@@ -25,7 +25,7 @@ from .tree import Store
 from .watches import Event, permitted
 from .wire import Message, XsError
 
-log = logging.getLogger("ncd.sim.xenstored")
+log = logging.getLogger("xensim.xenstored")
 
 SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
 

@@ -1,7 +1,7 @@
 """Compile xensim's shim libraries (libxengnttab.so.1, libxenevtchn.so.1, libxenctrl.so.4.17).
 
-Used by setup.py at install time; ``python -m ncd._build.shimlibs`` builds them in
-place (``ncd/sim/lib``) for development.
+Used by xensim/setup.py at install time; ``python -m xensim.shimlibs`` builds them in
+place (``xensim/lib``) for development.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+# the repository root: the shim sources live in cext/xensim beside ncd's own C
+ROOT = Path(__file__).resolve().parents[1]
 CFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=gnu11"]
 
 # shim soname -> (sources, version script), relative to the project root
@@ -57,4 +58,4 @@ def build(outdir: Path, extra_cflags: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    build(ROOT / "ncd" / "sim" / "lib", sys.argv[1:])
+    build(Path(__file__).resolve().parent / "lib", sys.argv[1:])

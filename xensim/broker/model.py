@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ncd.sim.broker.proto import (
+from xensim.broker.proto import (
     DOMID_SELF,
     NONE,
     PAGE_SIZE,

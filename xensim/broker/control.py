@@ -16,8 +16,8 @@ import socket
 import time
 from pathlib import Path
 
-from ncd.sim import paths
-from ncd.sim.broker.proto import MAGIC, MAX_MSG, Kind, Op, pack_req, unpack_rsp
+from xensim import paths
+from xensim.broker.proto import MAGIC, MAX_MSG, Kind, Op, pack_req, unpack_rsp
 
 
 class BrokerError(OSError):

@@ -1,6 +1,6 @@
 """xensim's xenstored: Xen's xenstore wire protocol on one Unix socket per domain.
 
-Run as ``python -m ncd.sim.xenstored --dir WORLD``. Modules:
+Run as ``python -m xensim.xenstored --dir WORLD``. Modules:
 
 * :mod:`.wire` -- packet header codec, message types, error names (``xen/io/xs_wire.h``)
 * :mod:`.perms` -- permission entries and the access rule

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ncd.sim import netns, paths
-from ncd.sim.broker.control import BrokerControl
-from ncd.sim.xenstored.client import XsClient
+from xensim import netns, paths
+from xensim.broker.control import BrokerControl
+from xensim.xenstored.client import XsClient
 
-log = logging.getLogger("ncd.sim")
+log = logging.getLogger("xensim")
 
 STATE_FILE = "world.json"
 DAEMONS = ("broker", "xenstored")
@@ -95,6 +95,14 @@ class World:
             raise WorldError(
                 f"a world already exists at {self.dir} (run `ncd-sim down --dir {self.dir}` first)"
             )
+        taken = [
+            n for d in range(domains + 1) if netns.exists(n := paths.netns_name(d, netns_prefix))
+        ]
+        if taken:
+            raise WorldError(
+                f"network namespace(s) {', '.join(taken)} already exist: another world uses "
+                f"prefix {netns_prefix!r}; give this one `--netns-prefix` (and its own `--dir`)"
+            )
         self.state = WorldState(netns_prefix=netns_prefix, created_dir=not self.dir.exists())
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save()
@@ -114,7 +122,7 @@ class World:
     def _start_daemon(self, name: str) -> None:
         logf = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"ncd.sim.{name}", "--dir", str(self.dir)],
+            [sys.executable, "-m", f"xensim.{name}", "--dir", str(self.dir)],
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
@@ -276,7 +284,7 @@ def _is_sim_daemon(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
-    return b"ncd.sim." in cmdline
+    return b"xensim." in cmdline
 
 
 def _terminate(pid: int, timeout: float = 5.0) -> None:

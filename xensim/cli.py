@@ -10,9 +10,12 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
-from ncd.sim import paths
-from ncd.sim.world import World, WorldError
+from xensim import paths
+from xensim.world import World, WorldError
+
+DEMO_GROUP = "xensim.demo"
 
 
 def _world(args: argparse.Namespace) -> World:
@@ -91,9 +94,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ncd.sim.demo import run_demo
-
-    return run_demo(paths.world_dir(args.dir))
+    # The demo is the program under test's (ncd's), registered as an entry point:
+    # the simulator knows no program by name and imports none.
+    demos = {ep.name: ep for ep in entry_points(group=DEMO_GROUP)}
+    if not demos:
+        raise WorldError(
+            f"no demo installed (entry point group {DEMO_GROUP!r}): "
+            "install ncd into this environment (scripts/setup.sh)"
+        )
+    name = args.name or sorted(demos)[0]
+    if name not in demos:
+        raise WorldError(f"no demo named {name!r}; installed: {', '.join(sorted(demos))}")
+    return int(demos[name].load()(paths.world_dir(args.dir)))
 
 
 def _require_up(world: World) -> None:
@@ -103,7 +115,7 @@ def _require_up(world: World) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ncd-sim", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the world does")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -114,27 +126,42 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     up = add("up", "start broker + xenstored, create dom0 and domU 1..N")
-    up.add_argument("--domains", type=int, default=1, metavar="N")
-    up.add_argument("--netns-prefix", default=paths.NETNS_PREFIX, help=argparse.SUPPRESS)
+    up.add_argument(
+        "--domains", type=int, default=1, metavar="N", help="domUs to create (default 1)"
+    )
+    up.add_argument(
+        "--netns-prefix",
+        default=paths.NETNS_PREFIX,
+        metavar="P",
+        help=f"name domain N's network namespace P<N> (default {paths.NETNS_PREFIX}); "
+        "two worlds side by side need different --dir and --netns-prefix",
+    )
     up.set_defaults(func=cmd_up)
     down = add("down", "tear the world down, nothing left behind")
-    down.add_argument("--keep-logs", action="store_true")
+    down.add_argument(
+        "--keep-logs", action="store_true", help="keep the world directory's logs"
+    )
     down.set_defaults(func=cmd_down)
     add("create", "create one more domU, print its domid").set_defaults(func=cmd_create)
     de = add("destroy", "destroy a domU (kill its processes, free its resources)")
-    de.add_argument("domid", type=int)
+    de.add_argument("domid", type=int, help="the domain to destroy")
     de.set_defaults(func=cmd_destroy)
     env = add("env", "print the environment exports for a domain")
-    env.add_argument("domid", type=int)
+    env.add_argument("domid", type=int, help="the domain to act as")
     env.set_defaults(func=cmd_env)
     ex = add("exec", "run a command as a domain (its netns, its environment)")
-    ex.add_argument("domid", type=int)
-    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.add_argument("domid", type=int, help="the domain to act as")
+    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     ex.set_defaults(func=cmd_exec)
     st = add("status", "show domains and the hypervisor's resource counts")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=cmd_status)
-    add("demo", "up, run the daemons, ping across, show state, down").set_defaults(func=cmd_demo)
+    demo = add("demo", "up, run the daemons, ping across, show state, down")
+    demo.add_argument(
+        "--name",
+        help=f"which installed demo to run (entry points {DEMO_GROUP!r}; default: the first)",
+    )
+    demo.set_defaults(func=cmd_demo)
     return p
 
 
