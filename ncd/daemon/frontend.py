@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from ncd import layout
+from ncd import layout, parse
 from ncd import tap as tapmod
 from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role
@@ -40,14 +40,14 @@ class FrontendVif(Vif):
         base = self.own_dir
         try:
             raw = layout.read_optional(self.xs, f"{base}/backend-id")
-            be = layout.parse_domid("backend-id", raw)
-            self._backend_dir = layout.parse_path(
+            be = parse.domid("backend-id", raw)
+            self._backend_dir = parse.exact(
                 "backend",
                 layout.read_optional(self.xs, f"{base}/backend"),
                 layout.backend_dir(be, self.guest, self.devid),
             )
             self._backend = be
-        except (layout.BadEntry, OSError):
+        except (parse.BadEntry, OSError):
             self._backend_dir = f"{base}/backend-unknown"
 
     @property
@@ -69,7 +69,7 @@ class FrontendVif(Vif):
     def _load(self) -> None:
         self.view = layout.read_frontend(self.xs, self.guest, self.devid)
         if self.view.backend_path != self._backend_dir:
-            raise layout.BadEntry(f"{self.own_dir}/backend changed under us")
+            raise parse.BadEntry(f"{self.own_dir}/backend changed under us")
 
     def _open_tap(self) -> tapmod.Tap:
         assert self.view is not None

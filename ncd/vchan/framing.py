@@ -16,6 +16,8 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from ncd.parse import BadEntry, optional_flag, uint
+
 PROTOCOL_VERSION = 1
 REC_LEN_SIZE = 4
 VNET_HDR_SIZE = 10
@@ -236,31 +238,23 @@ def advertise(features: Features, max_frame: int = ETH_MAX) -> dict[str, str]:
     return keys
 
 
-def _flag(value: str | None, key: str) -> bool:
-    if value is None:
-        return False
-    if value not in ("0", "1"):
-        raise ValueError(f"peer's {key} is {value!r}, expected 0 or 1")
-    return value == "1"
-
-
 def negotiate(ours: Features, our_max_frame: int, peer: Mapping[str, str]) -> Negotiated:
     """Combine our offer with the peer's keys (untrusted strings) -> pump settings.
 
-    A missing feature key means "not supported", as in netif. Raises ValueError for a
-    protocol version we do not speak, a missing vnet header, or a malformed value.
+    A missing feature key means "not supported", as in netif. Raises BadEntry (a
+    ValueError) naming the key for a protocol version we do not speak, a missing vnet
+    header, or a malformed value.
     """
-    ver = peer.get(KEY_PROTOCOL)
-    if ver is None or not ver.isdigit() or len(ver) > 4 or int(ver) != PROTOCOL_VERSION:
-        raise ValueError(f"peer's {KEY_PROTOCOL} is {ver!r}, we speak {PROTOCOL_VERSION}")
-    if not _flag(peer.get(KEY_VNET_HDR), KEY_VNET_HDR):
-        raise ValueError(f"peer does not set {KEY_VNET_HDR}=1 (required by version 1)")
+    ver = uint(KEY_PROTOCOL, peer.get(KEY_PROTOCOL), 0, 9999, max_digits=4)
+    if ver != PROTOCOL_VERSION:
+        raise BadEntry(f"{KEY_PROTOCOL}: peer speaks {ver}, we speak {PROTOCOL_VERSION}")
+    if not optional_flag(KEY_VNET_HDR, peer.get(KEY_VNET_HDR)):
+        raise BadEntry(f"{KEY_VNET_HDR}: peer does not set it to 1 (required by version 1)")
     theirs = Features.NONE
     for key, bit in FEATURE_KEYS.items():
-        if _flag(peer.get(key), key):
+        if optional_flag(key, peer.get(key)):
             theirs |= bit
     raw = peer.get(KEY_MAX_FRAME, str(ETH_MAX))
-    if not raw.isdigit() or len(raw) > 6 or not ETH_MIN <= int(raw) <= ETH_MAX:
-        raise ValueError(f"peer's {KEY_MAX_FRAME} is {raw!r}, expected {ETH_MIN}..{ETH_MAX}")
+    peer_max = uint(KEY_MAX_FRAME, raw, ETH_MIN, ETH_MAX, max_digits=6)
     return Negotiated(rx_features=ours, tx_features=theirs,
-                      max_frame=min(our_max_frame, int(raw)))
+                      max_frame=min(our_max_frame, peer_max))

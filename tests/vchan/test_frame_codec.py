@@ -217,6 +217,8 @@ def test_negotiate_intersects_and_takes_smaller_max() -> None:
 @pytest.mark.parametrize("change", [
     {"protocol-version": "2"},
     {"protocol-version": "1x"},
+    {"protocol-version": "\u0661"},  # ARABIC-INDIC DIGIT ONE: isdigit() and int() say 1
+    {"protocol-version": "+1"},
     {"protocol-version": None},
     {"feature-vnet-hdr": "0"},
     {"feature-vnet-hdr": None},
@@ -224,6 +226,8 @@ def test_negotiate_intersects_and_takes_smaller_max() -> None:
     {"max-frame": "13"},
     {"max-frame": "99999999"},
     {"max-frame": "-5"},
+    {"max-frame": "\u0661\u0665\u0661\u0668"},
+    {"max-frame": " 1518"},
 ])
 def test_negotiate_rejects_malformed_peer_values(change: dict[str, str | None]) -> None:
     peer: dict[str, str] = fr.advertise(fr.Features.ALL)
