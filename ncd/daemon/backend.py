@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Any
 
-from ncd import layout, parse
+from ncd import features, layout, parse
 from ncd import tap as tapmod
 from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role, XenbusState
@@ -22,7 +22,7 @@ from ncd.xenbus import Action, Role, XenbusState
 from . import netlink
 from .datapath import Datapath
 from .service import VifTable
-from .vif import Vif, VifContext, negotiate_with, open_persistent_tap
+from .vif import Vif, VifContext, open_persistent_tap
 
 log = logging.getLogger("ncd.backend")
 
@@ -84,7 +84,7 @@ class BackendVif(Vif):
 
     def _setup(self, tap: tapmod.Tap) -> Datapath:
         self._published = False
-        neg = negotiate_with(self.xs, self.peer_dir)
+        neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         return Datapath.connect(
             self.xs, self.guest, layout.queue_dir(self.guest, self.devid, 0), tap, neg
         )

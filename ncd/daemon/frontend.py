@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from ncd import layout, parse
+from ncd import features, layout, parse
 from ncd import tap as tapmod
 from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role
@@ -20,7 +20,7 @@ from ncd.xenbus import Action, Role
 from . import netlink
 from .datapath import Datapath
 from .service import VifTable
-from .vif import Vif, VifContext, negotiate_with, open_persistent_tap
+from .vif import Vif, VifContext, open_persistent_tap
 
 log = logging.getLogger("ncd.frontend")
 
@@ -83,7 +83,7 @@ class FrontendVif(Vif):
         return tap
 
     def _setup(self, tap: tapmod.Tap) -> Datapath:
-        neg = negotiate_with(self.xs, self.peer_dir)
+        neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         ring = self.ctx.config.channel.ring_bytes
         path = layout.queue_dir(self.guest, self.devid, 0)
         return Datapath.serve(self.xs, self._backend, path, ring, tap, neg)

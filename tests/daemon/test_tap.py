@@ -12,13 +12,15 @@ import pytest
 from pyroute2 import IPRoute
 
 from ncd import tap
-from ncd.tap import NO_OFFLOADS, Offloads, TapError
+from ncd.features import Features, tun_offload_flags
+from ncd.tap import TapError
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="needs root and /dev/net/tun"
 )
 
 FEATS = ("tx-checksum-ip-generic", "tx-tcp-segmentation", "tx-tcp6-segmentation")
+TSO = tun_offload_flags(Features.CSUM | Features.GSO_TCPV4 | Features.GSO_TCPV6)
 
 
 @pytest.fixture
@@ -53,7 +55,7 @@ def test_tap_lives_in_the_namespace_and_goes_with_its_fd(netns):
 
 
 def test_offloads_set_explicitly_every_open(netns):
-    t = tap.open_tap("nctest0", netns=netns)
+    t = tap.open_tap("nctest0", offloads=TSO, netns=netns)
     t.set_persist(True)
     feats = tap.active_features("nctest0", netns=netns)
     assert all(feats[f] for f in FEATS), feats
@@ -61,11 +63,12 @@ def test_offloads_set_explicitly_every_open(netns):
     assert "nctest0" in links(netns)  # persistent: survives its fd, offloads too
     assert all(tap.active_features("nctest0", netns=netns)[f] for f in FEATS)
     # re-open asking for none: what the earlier owner left must not stick
-    t = tap.open_tap("nctest0", offloads=NO_OFFLOADS, netns=netns)
+    t = tap.open_tap("nctest0", netns=netns)  # default: none
     feats = tap.active_features("nctest0", netns=netns)
     assert not any(feats[f] for f in FEATS), feats
     t.close()
-    t = tap.open_tap("nctest0", offloads=Offloads(tso6=False), netns=netns)
+    t = tap.open_tap("nctest0", offloads=tun_offload_flags(Features.CSUM | Features.GSO_TCPV4),
+                     netns=netns)
     feats = tap.active_features("nctest0", netns=netns)
     assert feats["tx-checksum-ip-generic"] and feats["tx-tcp-segmentation"]
     assert not feats["tx-tcp6-segmentation"]
@@ -161,9 +164,9 @@ def test_frames_cross_a_bridge_between_two_taps_with_gso(netns):
     with tap.in_netns(netns), IPRoute() as ipr:
         ipr.link("add", ifname="ncbr0", kind="bridge")
         ipr.link("set", index=ipr.link_lookup(ifname="ncbr0")[0], state="up")
-    a = tap.open_tap("nca", netns=netns)
-    b = tap.open_tap("ncb", netns=netns)  # accepts GSO
-    c = tap.open_tap("ncc", offloads=NO_OFFLOADS, netns=netns)  # the kernel must segment
+    a = tap.open_tap("nca", offloads=TSO, netns=netns)
+    b = tap.open_tap("ncb", offloads=TSO, netns=netns)  # accepts GSO
+    c = tap.open_tap("ncc", netns=netns)  # no offloads: the kernel must segment
     try:
         for t, mac in (
             (a, "00:16:3e:00:00:0a"),
