@@ -12,7 +12,14 @@ import pytest
 from pyroute2 import IPRoute
 
 from ncd import tap
-from ncd.features import Features, tun_offload_flags
+from ncd.features import (
+    TUN_F_CSUM,
+    TUN_F_USO4,
+    TUN_F_USO6,
+    Features,
+    tun_offload_flags,
+    usable,
+)
 from ncd.tap import TapError
 
 pytestmark = pytest.mark.skipif(
@@ -78,6 +85,23 @@ def test_offloads_set_explicitly_every_open(netns):
     assert tap.delete("nctest0", netns=netns) is False
     with pytest.raises(TapError, match="nctest0: no such interface"):
         tap.delete("nctest0", netns=netns, missing_ok=False)
+
+
+def test_tap_probe_refuses_unknown_offloads_and_restores(netns) -> None:
+    # the probe behind ncd.features.usable: EINVAL for flags this kernel does not know
+    with tap.open_tap("ncprobe0", netns=netns) as t:
+        t.set_offloads(TUN_F_CSUM)
+        assert not t.accepts_offloads(TUN_F_CSUM | 1 << 20)  # no such TUN_F_ bit
+        assert t.offloads == TUN_F_CSUM
+        feats = tap.active_features("ncprobe0", netns=netns)
+        assert feats["tx-checksum-ip-generic"] and not feats["tx-tcp-segmentation"]
+        uso = t.accepts_offloads(TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6)
+        assert tap.active_features("ncprobe0", netns=netns) == feats  # restored
+        got = usable(Features.ALL, t.accepts_offloads)
+        assert got == (Features.ALL if uso else Features.ALL & ~Features.GSO_UDP_L4)
+        if uso:  # Linux >= 6.2: what is negotiated is what the TAP is set to
+            t.set_offloads(tun_offload_flags(got))
+            assert tap.active_features("ncprobe0", netns=netns)["tx-udp-segmentation"]
 
 
 def test_mac_mtu_up_bridge(netns):
