@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from ncd import layout
-from ncd.layout import AttachError, BadEntry, Perm
+from ncd.layout import AttachError, BadEntry
+from ncd.perms import Perm
 
 from .fakestore import FakeTree
 
