@@ -34,8 +34,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import parse
 from .control import default_socket_path
-from .layout import BadEntry, parse_ifname
+from .parse import BadEntry
 
 DEFAULT_PATH = Path("/etc/ncd/ncd.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -138,14 +139,14 @@ def _validate(where: str, cfg: Config) -> None:
         raise bad("metrics.port", f"{cfg.metrics.port} is not a TCP port")
     if cfg.backend.bridge:
         try:
-            parse_ifname("backend.bridge", cfg.backend.bridge)
+            parse.ifname("backend.bridge", cfg.backend.bridge)
         except BadEntry as exc:
             raise ConfigError(f"{where}: {exc}") from None
     try:
         name = cfg.frontend.ifname.format(devid=65535)
         if "{devid}" not in cfg.frontend.ifname:
             raise ValueError("must contain {devid}")
-        parse_ifname("frontend.ifname", name)
+        parse.ifname("frontend.ifname", name)
     except (KeyError, IndexError, ValueError) as exc:
         raise bad("frontend.ifname", f"bad template {cfg.frontend.ifname!r}: {exc}") from None
     rb = cfg.channel.ring_bytes

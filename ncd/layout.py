@@ -1,6 +1,7 @@
-"""Where an ncvif lives in xenstore, what ``ncctl attach`` writes, and parsers for it.
+"""Where an ncvif lives in xenstore, what ``ncctl attach`` writes, and reading it back.
 
-Contract (docs: /work/shared/design.md, "xenstore layout")::
+Contract (the design notes' "xenstore layout"; the negotiation keys each end adds to
+its own directory are in docs/protocol.md, "Negotiation")::
 
     /local/domain/<be>/backend/ncvif/<fe>/<devid>/   frontend, frontend-id, online, state,
                                                       mac, mtu, bridge (optional), handle
@@ -13,36 +14,27 @@ owned by the frontend with read for the backend (``n<fe> r<be>``).
 
 The store is injected (mirage-net-xen style): anything with the methods of
 :class:`Store` works, e.g. :class:`ncd.xen.xenstore.XenStore` or an in-memory
-fake. Values written by another domain are untrusted: every ``parse_*`` here
-raises :class:`BadEntry` (a ValueError) naming the key and what is wrong.
+fake. Values written by another domain are untrusted: each is read through
+:mod:`ncd.parse`, which raises :class:`BadEntry` (a ValueError) naming the key.
 """
 
 from __future__ import annotations
 
 import errno
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+from ncd import parse
+from ncd.parse import IFNAMSIZ, BadEntry
+from ncd.perms import Perm
+from ncd.xenbus import BadPeerState, XenbusState, parse_state
 
 DEVICE_KIND = "ncvif"
-DOMID_MAX = 0x7FEF  # DOMID_FIRST_RESERVED - 1
-DEVID_MAX = 0xFFFF
-MTU_MIN = 68
-MTU_MAX = 65521  # tun: MAX_MTU - ETH_HLEN
 MTU_DEFAULT = 1500
-IFNAMSIZ = 16
 XEN_OUI = "00:16:3e"
-VALUE_MAX = 4096  # XENSTORE_PAYLOAD_MAX: nothing legitimate is longer
 
 R = TypeVar("R")
-
-
-class Perm(NamedTuple):
-    """A xenstore permission entry (same shape as ``ncd.xen.xenstore.Perm``)."""
-
-    domid: int
-    perm: str  # 'n', 'r', 'w' or 'b'
 
 
 class StoreOps(Protocol):
@@ -61,10 +53,6 @@ class Store(StoreOps, Protocol):
     """A xenstore connection: the operations plus transactions."""
 
     def run_in_transaction(self, fn: Callable[..., R]) -> R: ...
-
-
-class BadEntry(ValueError):
-    """A xenstore value that fails validation; the message names the key."""
 
 
 class AttachError(Exception):
@@ -108,89 +96,6 @@ def frontend_ifname(devid: int) -> str:
     return f"nc{devid}"
 
 
-# ---------------------------------------------------------------- parsers
-
-
-def _text(key: str, raw: bytes | str | None) -> str:
-    if raw is None:
-        raise BadEntry(f"{key}: missing")
-    if isinstance(raw, bytes):
-        if len(raw) > VALUE_MAX:
-            raise BadEntry(f"{key}: value too long ({len(raw)} bytes)")
-        try:
-            return raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise BadEntry(f"{key}: not ASCII: {raw[:32]!r}") from None
-    if not raw.isascii():
-        raise BadEntry(f"{key}: not ASCII: {raw[:32]!r}")
-    return raw
-
-
-def parse_uint(key: str, raw: bytes | str | None, lo: int, hi: int) -> int:
-    """A decimal integer in [lo, hi], no sign, spaces or leading junk."""
-    text = _text(key, raw)
-    if not text or len(text) > 10 or not text.isdigit():
-        raise BadEntry(f"{key}: not a decimal number: {text[:32]!r}")
-    value = int(text)
-    if not lo <= value <= hi:
-        raise BadEntry(f"{key}: {value} out of range {lo}..{hi}")
-    return value
-
-
-def parse_domid(key: str, raw: bytes | str | None) -> int:
-    return parse_uint(key, raw, 0, DOMID_MAX)
-
-
-def parse_devid(key: str, raw: bytes | str | None) -> int:
-    return parse_uint(key, raw, 0, DEVID_MAX)
-
-
-def parse_mtu(key: str, raw: bytes | str | None) -> int:
-    return parse_uint(key, raw, MTU_MIN, MTU_MAX)
-
-
-def parse_bool(key: str, raw: bytes | str | None) -> bool:
-    text = _text(key, raw)
-    if text not in ("0", "1"):
-        raise BadEntry(f"{key}: expected 0 or 1, got {text[:32]!r}")
-    return text == "1"
-
-
-_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
-
-
-def parse_mac(key: str, raw: bytes | str | None) -> str:
-    """A unicast, non-zero MAC ``xx:xx:xx:xx:xx:xx``; returned lower case."""
-    text = _text(key, raw)
-    if not _MAC_RE.fullmatch(text):
-        raise BadEntry(f"{key}: not a MAC address (xx:xx:xx:xx:xx:xx): {text[:32]!r}")
-    octets = bytes(int(x, 16) for x in text.split(":"))
-    if octets[0] & 1:
-        raise BadEntry(f"{key}: {text} is a multicast address")
-    if octets == bytes(6):
-        raise BadEntry(f"{key}: {text} is the zero address")
-    return text.lower()
-
-
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def parse_ifname(key: str, raw: bytes | str | None) -> str:
-    """A Linux interface name: 1..15 chars of [A-Za-z0-9_.-], not '.' or '..'."""
-    text = _text(key, raw)
-    if not 0 < len(text) < IFNAMSIZ or not _IFNAME_RE.fullmatch(text) or text in (".", ".."):
-        raise BadEntry(f"{key}: not an interface name: {text[:32]!r}")
-    return text
-
-
-def parse_path(key: str, raw: bytes | str | None, expected: str) -> str:
-    """A path that must be exactly ``expected`` (a peer must not point us elsewhere)."""
-    text = _text(key, raw)
-    if text != expected:
-        raise BadEntry(f"{key}: {text[:120]!r} is not {expected!r}")
-    return text
-
-
 # ---------------------------------------------------------------- store helpers
 
 
@@ -213,6 +118,22 @@ def list_optional(store: StoreOps, path: str) -> list[str]:
         raise
 
 
+def state_of(raw: bytes | None) -> XenbusState | None:
+    """A ``state`` value as read: Unknown when absent, None when not a state ncd accepts."""
+    try:
+        return parse_state(raw)
+    except BadPeerState:
+        return None
+
+
+def read_online(store: StoreOps, base: str) -> bool:
+    """The toolstack's ``online`` key under ``base``: 1 is online; absent or malformed is not."""
+    try:
+        return parse.flag(f"{base}/online", read_optional(store, f"{base}/online"))
+    except BadEntry:
+        return False
+
+
 def domain_exists(store: StoreOps, domid: int) -> bool:
     return read_optional(store, domain_path(domid)) is not None
 
@@ -232,13 +153,13 @@ class VifSpec:
     bridge: str | None = None
 
     def __post_init__(self) -> None:
-        parse_domid("backend-id", str(self.backend))
-        parse_domid("frontend-id", str(self.frontend))
-        parse_devid("devid", str(self.devid))
-        object.__setattr__(self, "mac", parse_mac("mac", self.mac))
-        parse_mtu("mtu", str(self.mtu))
+        parse.domid("backend-id", str(self.backend))
+        parse.domid("frontend-id", str(self.frontend))
+        parse.devid("devid", str(self.devid))
+        object.__setattr__(self, "mac", parse.mac("mac", self.mac))
+        parse.mtu("mtu", str(self.mtu))
         if self.bridge is not None:
-            parse_ifname("bridge", self.bridge)
+            parse.ifname("bridge", self.bridge)
         if self.backend == self.frontend:
             raise BadEntry("frontend-id: a domain cannot be its own backend")
         name = backend_ifname(self.frontend, self.devid)
@@ -262,7 +183,7 @@ def backend_entries(spec: VifSpec) -> dict[str, str]:
         "frontend": spec.frontend_dir,
         "frontend-id": str(spec.frontend),
         "online": "1",
-        "state": "1",
+        "state": str(int(XenbusState.INITIALISING)),
         "mac": spec.mac,
         "mtu": str(spec.mtu),
         "handle": str(spec.devid),
@@ -276,7 +197,7 @@ def frontend_entries(spec: VifSpec) -> dict[str, str]:
     return {
         "backend": spec.backend_dir,
         "backend-id": str(spec.backend),
-        "state": "1",
+        "state": str(int(XenbusState.INITIALISING)),
         "mac": spec.mac,
         "mtu": str(spec.mtu),
         "handle": str(spec.devid),
@@ -298,7 +219,7 @@ def used_devids(store: StoreOps, be: int, fe: int) -> set[int]:
     out = set()
     for name in names:
         try:
-            out.add(parse_devid(f"{DEVICE_KIND}/{name}", name))
+            out.add(parse.devid(f"{DEVICE_KIND}/{name}", name))
         except BadEntry:
             continue  # not ours to judge; it cannot collide with a decimal devid
     return out
@@ -328,7 +249,7 @@ def attach(
     one (highest + 1, as libxl) is chosen.
     """
     if devid is not None:
-        parse_devid("devid", str(devid))
+        parse.devid("devid", str(devid))
     if devid is None:
         VifSpec(backend, frontend, 0, mac, mtu, bridge)  # validate before touching xenstore
 
@@ -357,7 +278,7 @@ def request_detach(store: Store, be: int, fe: int, devid: int) -> None:
         if read_optional(t, f"{path}/state") is None:
             raise AttachError(f"domain {fe} has no {DEVICE_KIND} devid {devid}")
         t.write(f"{path}/online", "0")
-        t.write(f"{path}/state", "5")
+        t.write(f"{path}/state", str(int(XenbusState.CLOSING)))
 
     store.run_in_transaction(txn)
 
@@ -399,22 +320,22 @@ def read_backend(store: StoreOps, be: int, fe: int, devid: int) -> BackendView:
     def get(key: str) -> bytes | None:
         return read_optional(store, f"{base}/{key}")
 
-    fe_path = parse_path(f"{base}/frontend", get("frontend"), frontend_dir(fe, devid))
-    fe_id = parse_domid(f"{base}/frontend-id", get("frontend-id"))
+    fe_path = parse.exact(f"{base}/frontend", get("frontend"), frontend_dir(fe, devid))
+    fe_id = parse.domid(f"{base}/frontend-id", get("frontend-id"))
     if fe_id != fe:
         raise BadEntry(f"{base}/frontend-id: {fe_id} does not match the directory ({fe})")
     bridge_raw = get("bridge")
-    handle = parse_devid(f"{base}/handle", get("handle"))
+    handle = parse.devid(f"{base}/handle", get("handle"))
     if handle != devid:
         raise BadEntry(f"{base}/handle: {handle} does not match the directory ({devid})")
     return BackendView(
         frontend=fe,
         devid=devid,
         frontend_path=fe_path,
-        online=parse_bool(f"{base}/online", get("online")),
-        mac=parse_mac(f"{base}/mac", get("mac")),
-        mtu=parse_mtu(f"{base}/mtu", get("mtu")),
-        bridge=None if bridge_raw in (None, b"") else parse_ifname(f"{base}/bridge", bridge_raw),
+        online=parse.flag(f"{base}/online", get("online")),
+        mac=parse.mac(f"{base}/mac", get("mac")),
+        mtu=parse.mtu(f"{base}/mtu", get("mtu")),
+        bridge=None if bridge_raw in (None, b"") else parse.ifname(f"{base}/bridge", bridge_raw),
         handle=handle,
     )
 
@@ -438,31 +359,21 @@ def read_frontend(store: StoreOps, fe: int, devid: int) -> FrontendView:
     def get(key: str) -> bytes | None:
         return read_optional(store, f"{base}/{key}")
 
-    be = parse_domid(f"{base}/backend-id", get("backend-id"))
+    be = parse.domid(f"{base}/backend-id", get("backend-id"))
     if be == fe:
         raise BadEntry(f"{base}/backend-id: {be} is this domain")
-    be_path = parse_path(f"{base}/backend", get("backend"), backend_dir(be, fe, devid))
-    handle = parse_devid(f"{base}/handle", get("handle"))
+    be_path = parse.exact(f"{base}/backend", get("backend"), backend_dir(be, fe, devid))
+    handle = parse.devid(f"{base}/handle", get("handle"))
     if handle != devid:
         raise BadEntry(f"{base}/handle: {handle} does not match the directory ({devid})")
     return FrontendView(
         devid=devid,
         backend=be,
         backend_path=be_path,
-        mac=parse_mac(f"{base}/mac", get("mac")),
-        mtu=parse_mtu(f"{base}/mtu", get("mtu")),
+        mac=parse.mac(f"{base}/mac", get("mac")),
+        mtu=parse.mtu(f"{base}/mtu", get("mtu")),
         handle=handle,
     )
-
-
-def read_features(store: StoreOps, base: str, names: Sequence[str]) -> dict[str, bool]:
-    """The peer's ``feature-<name>`` flags under ``base``: absent is False, else 0/1."""
-    out: dict[str, bool] = {}
-    for name in names:
-        key = f"{base}/feature-{name}"
-        raw = read_optional(store, key)
-        out[name] = False if raw is None else parse_bool(key, raw)
-    return out
 
 
 def list_backend_devices(store: StoreOps, be: int) -> list[tuple[int, int]]:
@@ -471,12 +382,12 @@ def list_backend_devices(store: StoreOps, be: int) -> list[tuple[int, int]]:
     root = backend_root(be)
     for fe_name in list_optional(store, root):
         try:
-            fe = parse_domid(f"{root}/{fe_name}", fe_name)
+            fe = parse.domid(f"{root}/{fe_name}", fe_name)
         except BadEntry:
             continue
         for dev_name in list_optional(store, f"{root}/{fe_name}"):
             try:
-                out.append((fe, parse_devid(f"{root}/{fe_name}/{dev_name}", dev_name)))
+                out.append((fe, parse.devid(f"{root}/{fe_name}/{dev_name}", dev_name)))
             except BadEntry:
                 continue
     return sorted(out)
@@ -487,7 +398,7 @@ def list_frontend_devices(store: StoreOps, fe: int) -> list[int]:
     root = frontend_root(fe)
     for name in list_optional(store, root):
         try:
-            out.append(parse_devid(f"{root}/{name}", name))
+            out.append(parse.devid(f"{root}/{name}", name))
         except BadEntry:
             continue
     return sorted(out)

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from . import layout
+from . import layout, parse
 from .control import ControlClient, ControlError, DaemonNotRunning
-from .layout import AttachError, BadEntry, Store
+from .layout import AttachError, Store
+from .parse import BadEntry
 from .xenbus import BadPeerState, XenbusState, parse_state
 
 StoreFactory = Callable[[], Store]
@@ -53,14 +54,14 @@ def open_xenstore() -> Store:
 
 def _domid(text: str) -> int:
     try:
-        return layout.parse_domid("domain id", text)
+        return parse.domid("domain id", text)
     except BadEntry as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _devid(text: str) -> int:
     try:
-        return layout.parse_devid("devid", text)
+        return parse.devid("devid", text)
     except BadEntry as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -4,7 +4,8 @@ A TAP is opened with ``IFF_TAP | IFF_NO_PI | IFF_VNET_HDR``: every read gives
 (and every write takes) a ``struct virtio_net_hdr`` then the Ethernet frame.
 ``TUNSETVNETHDRSZ`` and ``TUNSETOFFLOAD`` are set explicitly on every open:
 offloads persist on a (persistent) TAP after its fd closes, so a value left by
-an earlier owner must never be trusted.
+an earlier owner must never be trusted. Offloads are ``TUN_F_*`` flags; which
+ones a vif uses follows from its negotiated features (:mod:`ncd.features`).
 
 Link settings (MAC, MTU, up, bridge, delete) go through rtnetlink (pyroute2).
 Everything works inside a named network namespace (``netns=``): the calling
@@ -36,9 +37,6 @@ TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
 
 VNET_HDR_SIZE = 10  # struct virtio_net_hdr
 IFNAMSIZ = 16
@@ -58,23 +56,6 @@ ETH_GSTRING_LEN = 32
 class TapError(OSError):
     """A TAP operation failed; the message names the device and the step."""
 
-
-@dataclass(frozen=True)
-class Offloads:
-    """What the reader of the TAP fd accepts (TUNSETOFFLOAD): TSO needs checksum."""
-
-    csum: bool = True
-    tso4: bool = True
-    tso6: bool = True
-
-    @property
-    def flags(self) -> int:
-        if not self.csum:
-            return 0  # the kernel ignores TSO without checksum offload
-        return TUN_F_CSUM | (TUN_F_TSO4 if self.tso4 else 0) | (TUN_F_TSO6 if self.tso6 else 0)
-
-
-NO_OFFLOADS = Offloads(csum=False, tso4=False, tso6=False)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -119,11 +100,29 @@ def _check_name(name: str) -> bytes:
 class Tap:
     """An open TAP fd (``IFF_VNET_HDR``), non-blocking, close-on-exec."""
 
-    def __init__(self, fd: int, name: str, vnet_hdr_size: int, offloads: Offloads) -> None:
+    def __init__(self, fd: int, name: str, vnet_hdr_size: int, offloads: int) -> None:
         self.fd = fd
         self.name = name
         self.vnet_hdr_size = vnet_hdr_size
-        self.offloads = offloads
+        self.offloads = offloads  # TUN_F_* flags as last set
+
+    def set_offloads(self, flags: int) -> None:
+        """TUNSETOFFLOAD: what the kernel may hand us (it persists on the device)."""
+        _ioctl_int(self.fileno(), TUNSETOFFLOAD, flags, f"TUNSETOFFLOAD {self.name}")
+        self.offloads = flags
+
+    def accepts_offloads(self, flags: int) -> bool:
+        """Whether this kernel's TAP supports ``flags`` (TUNSETOFFLOAD refuses unknown bits
+        with EINVAL); the offloads set before are restored."""
+        try:
+            fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, flags)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False
+            raise TapError(exc.errno, f"TUNSETOFFLOAD {self.name}: {exc.strerror}") from None
+        finally:
+            self.set_offloads(self.offloads)
+        return True
 
     def fileno(self) -> int:
         if self.fd < 0:
@@ -155,14 +154,15 @@ def _ioctl_int(fd: int, req: int, value: int, what: str) -> None:
 def open_tap(
     name: str,
     *,
-    offloads: Offloads = Offloads(),  # noqa: B008 - frozen, immutable
+    offloads: int = 0,
     vnet_hdr_size: int = VNET_HDR_SIZE,
     netns: str | None = None,
 ) -> Tap:
     """Create (or attach to an existing persistent) TAP ``name`` and configure its fd.
 
     The fd is non-blocking. The device exists as long as the fd is open (or
-    until :func:`delete` if it was made persistent).
+    until :func:`delete` if it was made persistent). ``offloads``: the TUN_F_* flags
+    (default none: set them once features are negotiated).
     """
     raw = _check_name(name)
     if vnet_hdr_size not in (10, 12) and not 12 <= vnet_hdr_size <= 64:
@@ -187,7 +187,7 @@ def open_tap(
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, hdr)
         except OSError as exc:
             raise TapError(exc.errno, f"TUNSETVNETHDRSZ {name}: {exc.strerror}") from None
-        _ioctl_int(fd, TUNSETOFFLOAD, offloads.flags, f"TUNSETOFFLOAD {name}")
+        _ioctl_int(fd, TUNSETOFFLOAD, offloads, f"TUNSETOFFLOAD {name}")
     except BaseException:
         os.close(fd)
         raise

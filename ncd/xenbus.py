@@ -45,6 +45,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ncd.parse import BadEntry, uint
+
 
 class XenbusState(enum.IntEnum):
     UNKNOWN = 0
@@ -93,16 +95,10 @@ def parse_state(raw: bytes | str | None) -> XenbusState:
     """
     if raw is None:
         return XenbusState.UNKNOWN
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise BadPeerState(f"state: not ASCII: {raw[:16]!r}") from None
-    else:
-        text = raw
-    if not (1 <= len(text) <= 2 and text.isdigit() and text.isascii()):
-        raise BadPeerState(f"state: not a xenbus state number: {text[:16]!r}")
-    value = int(text)
+    try:
+        value = uint("state", raw, 0, 99, max_digits=2, what="a xenbus state number")
+    except BadEntry as exc:
+        raise BadPeerState(str(exc)) from None
     if value > XenbusState.CLOSED:
         if value in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
             raise BadPeerState(f"state: {XenbusState(value).label} ({value}) is not supported")

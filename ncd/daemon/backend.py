@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Any
 
-from ncd import layout
+from ncd import features, layout, parse
 from ncd import tap as tapmod
 from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role, XenbusState
@@ -22,7 +22,7 @@ from ncd.xenbus import Action, Role, XenbusState
 from . import netlink
 from .datapath import Datapath
 from .service import VifTable
-from .vif import Vif, VifContext, negotiate_with, open_persistent_tap
+from .vif import Vif, VifContext, open_persistent_tap
 
 log = logging.getLogger("ncd.backend")
 
@@ -84,7 +84,7 @@ class BackendVif(Vif):
 
     def _setup(self, tap: tapmod.Tap) -> Datapath:
         self._published = False
-        neg = negotiate_with(self.xs, self.peer_dir)
+        neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         return Datapath.connect(
             self.xs, self.guest, layout.queue_dir(self.guest, self.devid, 0), tap, neg
         )
@@ -94,12 +94,12 @@ class BackendVif(Vif):
         own = layout.read_optional(self.xs, f"{base}/state")
         if own is None and layout.read_optional(self.xs, base) is None:
             return self.machine.device_removed()
-        online = layout.read_optional(self.xs, f"{base}/online") == b"1"
+        online = layout.read_online(self.xs, base)
         acts: list[Action] = []
         if online != self.machine.online:
             acts += self.machine.set_online(online)
         st = self.machine.state
-        if own == b"5" and not self.machine.released and (
+        if layout.state_of(own) is XenbusState.CLOSING and not self.machine.released and (
             st not in (XenbusState.CLOSING, XenbusState.CLOSED)
             or (st == XenbusState.CLOSED and not online)
         ):
@@ -107,7 +107,7 @@ class BackendVif(Vif):
             acts += self.machine.toolstack_close()
         elif st == XenbusState.INIT_WAIT and self._published:
             fe = layout.read_optional(self.xs, f"{self.peer_dir}/state")
-            if fe == b"4":  # Connected with a fresh vchan: set up (again)
+            if layout.state_of(fe) is XenbusState.CONNECTED:  # with a fresh vchan: set up again
                 self._published = False
                 acts += self.machine.peer_changed(fe)
         return acts
@@ -157,7 +157,7 @@ class Backend:
             if (fe, devid) in self.table:
                 continue
             base = layout.backend_dir(self.ctx.domid, fe, devid)
-            if layout.read_optional(xs, f"{base}/online") != b"1":
+            if not layout.read_online(xs, base):
                 continue
             if layout.read_optional(xs, layout.frontend_dir(fe, devid)) is None:
                 continue
@@ -168,8 +168,8 @@ class Backend:
         xs = self.ctx.xs
         for name in layout.list_optional(xs, self.root):
             try:
-                fe = layout.parse_domid(self.root, name)
-            except layout.BadEntry:
+                fe = parse.domid(self.root, name)
+            except parse.BadEntry:
                 continue
             if layout.domain_exists(xs, fe):
                 continue
@@ -188,5 +188,5 @@ def live_ifnames(xs: Any, be: int) -> set[str]:
     return {
         layout.backend_ifname(fe, devid)
         for fe, devid in layout.list_backend_devices(xs, be)
-        if layout.read_optional(xs, f"{layout.backend_dir(be, fe, devid)}/online") == b"1"
+        if layout.read_online(xs, layout.backend_dir(be, fe, devid))
     }

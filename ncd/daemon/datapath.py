@@ -9,33 +9,13 @@ removes the xenstore entry on the server side).
 
 from __future__ import annotations
 
-import fcntl
 from dataclasses import asdict, fields
 from typing import Any
 
 from ncd import tap as tapmod
+from ncd.features import Negotiated, tun_offload_flags
 from ncd.vchan.channel import Vchan, VchanClient, VchanServer
-from ncd.vchan.framing import Features, Negotiated
 from ncd.vchan.pump import FramePump, PumpState, PumpStats
-
-
-def offloads_for(features: Features) -> tapmod.Offloads:
-    """What our TAP may hand us: only what the peer accepts (``tx_features``)."""
-    csum = bool(features & Features.CSUM)
-    return tapmod.Offloads(
-        csum=csum,
-        tso4=csum and bool(features & Features.GSO_TCPV4),
-        tso6=csum and bool(features & Features.GSO_TCPV6),
-    )
-
-
-def set_offloads(tap: tapmod.Tap, offloads: tapmod.Offloads) -> None:
-    """TUNSETOFFLOAD on an open TAP (offloads persist on the device: always set them)."""
-    try:
-        fcntl.ioctl(tap.fileno(), tapmod.TUNSETOFFLOAD, offloads.flags)
-    except OSError as exc:
-        raise tapmod.TapError(exc.errno, f"TUNSETOFFLOAD {tap.name}: {exc.strerror}") from None
-    tap.offloads = offloads
 
 
 def add_stats(a: PumpStats, b: PumpStats) -> PumpStats:
@@ -58,7 +38,7 @@ class Datapath:
     @classmethod
     def _start(cls, vchan: Vchan, tap: tapmod.Tap, neg: Negotiated) -> Datapath:
         try:
-            set_offloads(tap, offloads_for(neg.tx_features))
+            tap.set_offloads(tun_offload_flags(neg.tx_features))  # exactly what was negotiated
             pump = FramePump.start(vchan, tap.fileno(), neg)
         except BaseException:
             vchan.close()

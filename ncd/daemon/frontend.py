@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from ncd import layout
+from ncd import features, layout, parse
 from ncd import tap as tapmod
 from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role
@@ -20,7 +20,7 @@ from ncd.xenbus import Action, Role
 from . import netlink
 from .datapath import Datapath
 from .service import VifTable
-from .vif import Vif, VifContext, negotiate_with, open_persistent_tap
+from .vif import Vif, VifContext, open_persistent_tap
 
 log = logging.getLogger("ncd.frontend")
 
@@ -40,14 +40,14 @@ class FrontendVif(Vif):
         base = self.own_dir
         try:
             raw = layout.read_optional(self.xs, f"{base}/backend-id")
-            be = layout.parse_domid("backend-id", raw)
-            self._backend_dir = layout.parse_path(
+            be = parse.domid("backend-id", raw)
+            self._backend_dir = parse.exact(
                 "backend",
                 layout.read_optional(self.xs, f"{base}/backend"),
                 layout.backend_dir(be, self.guest, self.devid),
             )
             self._backend = be
-        except (layout.BadEntry, OSError):
+        except (parse.BadEntry, OSError):
             self._backend_dir = f"{base}/backend-unknown"
 
     @property
@@ -69,7 +69,7 @@ class FrontendVif(Vif):
     def _load(self) -> None:
         self.view = layout.read_frontend(self.xs, self.guest, self.devid)
         if self.view.backend_path != self._backend_dir:
-            raise layout.BadEntry(f"{self.own_dir}/backend changed under us")
+            raise parse.BadEntry(f"{self.own_dir}/backend changed under us")
 
     def _open_tap(self) -> tapmod.Tap:
         assert self.view is not None
@@ -83,7 +83,7 @@ class FrontendVif(Vif):
         return tap
 
     def _setup(self, tap: tapmod.Tap) -> Datapath:
-        neg = negotiate_with(self.xs, self.peer_dir)
+        neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         ring = self.ctx.config.channel.ring_bytes
         path = layout.queue_dir(self.guest, self.devid, 0)
         return Datapath.serve(self.xs, self._backend, path, ring, tap, neg)

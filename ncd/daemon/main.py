@@ -16,10 +16,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ncd import __version__
+from ncd import __version__, parse
 from ncd.config import Config, ConfigError, add_arguments, from_args
 from ncd.control import ControlError, ControlServer
-from ncd.layout import DOMID_MAX, parse_uint
 from ncd.metrics import Metrics, serve_metrics
 from ncd.sdnotify import SdNotifier
 from ncd.xen.xenstore import XenStore
@@ -79,7 +78,7 @@ class Daemon:
         control = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            domid = parse_uint("domid", xs.read("domid"), 0, DOMID_MAX)
+            domid = parse.domid("domid", xs.read("domid"))
             ctx = VifContext(xs=xs, domid=domid, config=self.config, metrics=metrics)
             role = Backend(ctx, self.table) if self.role_name == "backend" else Frontend(
                 ctx, self.table

@@ -28,18 +28,8 @@ from typing import Any
 from ncd import layout
 from ncd import tap as tapmod
 from ncd.config import Config
+from ncd.features import ETH_MAX, Features, advertise, usable
 from ncd.metrics import Metrics, VifCounters
-from ncd.vchan.framing import (
-    ETH_MAX,
-    FEATURE_KEYS,
-    KEY_MAX_FRAME,
-    KEY_PROTOCOL,
-    KEY_VNET_HDR,
-    Features,
-    Negotiated,
-    advertise,
-    negotiate,
-)
 from ncd.vchan.pump import PumpStats
 from ncd.xen.aio import Watch
 from ncd.xen.xenstore import WatchEvent, XenStore
@@ -60,8 +50,7 @@ from .datapath import Datapath, add_stats
 
 log = logging.getLogger("ncd.vif")
 
-OUR_FEATURES = Features.ALL
-PEER_KEYS = (KEY_PROTOCOL, KEY_VNET_HDR, KEY_MAX_FRAME, *FEATURE_KEYS)
+OUR_FEATURES = Features.ALL  # what we would accept; what this kernel's TAP allows is advertised
 RETRY_KINDS = ("link_lost", "setup_failed")
 
 
@@ -80,23 +69,6 @@ class _Poke:
         self.why = why
 
 
-def read_peer_keys(xs: XenStore, base: str) -> dict[str, str]:
-    """The peer's negotiation keys under ``base`` (untrusted; absent keys left out)."""
-    out: dict[str, str] = {}
-    for key in PEER_KEYS:
-        raw = layout.read_optional(xs, f"{base}/{key}")
-        if raw is None:
-            continue
-        if len(raw) > 16 or not raw.isascii():
-            raise ValueError(f"{base}/{key}: malformed value {raw[:32]!r}")
-        out[key] = raw.decode("ascii")
-    return out
-
-
-def negotiate_with(xs: XenStore, peer_dir: str) -> Negotiated:
-    return negotiate(OUR_FEATURES, ETH_MAX, read_peer_keys(xs, peer_dir))
-
-
 class Vif(abc.ABC):
     """One device of one daemon; subclasses fill in the role."""
 
@@ -111,6 +83,7 @@ class Vif(abc.ABC):
         self.events: asyncio.Queue[object] = asyncio.Queue()
         self.tap: tapmod.Tap | None = None
         self.datapath: Datapath | None = None
+        self.features = Features.NONE  # what we advertised (and so accept)
         self.loaded = False
         self.failures = 0
         self.last_error: str | None = None
@@ -404,7 +377,9 @@ class Vif(abc.ABC):
             log.warning("%s: cannot write state %s: %s", self.name, state.label, exc)
 
     def _publish_features(self) -> None:
-        keys = advertise(OUR_FEATURES, ETH_MAX)
+        assert self.tap is not None
+        self.features = usable(OUR_FEATURES, self.tap.accepts_offloads)
+        keys = advertise(self.features, ETH_MAX)
         base = self.own_dir
 
         def txn(t: Any) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import errno as errno_mod
 from typing import Any
 
+from ncd.parse import DOMID_MAX
 from ncd.xen.errors import XenError
 
 from . import xsentry
@@ -243,7 +244,7 @@ class VchanServer(Vchan):
     def create(cls, xs: Any, peer_domid: int, xs_path: str, read_min: int = DEFAULT_RING,
                write_min: int = DEFAULT_RING) -> VchanServer:
         """Grant, bind and publish; read_min is the ring we read, write_min the one we write."""
-        if not 0 <= peer_domid < 0x7FF0:
+        if not 0 <= peer_domid <= DOMID_MAX:
             raise ValueError(f"bad peer domid {peer_domid}")
         out = ffi.new("struct ncd_vchan **")
         gref = ffi.new("uint32_t *")
@@ -277,7 +278,7 @@ class VchanClient(Vchan):
     @classmethod
     def connect(cls, xs: Any, peer_domid: int, xs_path: str) -> VchanClient:
         """Read and validate ring-ref / event-channel, map, bind, wake the server."""
-        if not 0 <= peer_domid < 0x7FF0:
+        if not 0 <= peer_domid <= DOMID_MAX:
             raise ValueError(f"bad peer domid {peer_domid}")
         gref, port = xsentry.read_entry(xs, xs_path)
         return cls.attach(peer_domid, gref, port)

@@ -5,23 +5,22 @@ the two against each other. A record on the vchan byte stream is::
 
     le32 rec_len | virtio_net_hdr (10 bytes, little-endian) | Ethernet frame
 
-where ``rec_len`` counts the vnet header and the frame. Also here: the feature
-keys both ends write to xenstore and their negotiation.
+where ``rec_len`` counts the vnet header and the frame. What a receiver accepts
+(:class:`~ncd.features.Features`) is negotiated in :mod:`ncd.features`.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+from ncd.features import ETH_MAX, ETH_MIN, Features
+
 REC_LEN_SIZE = 4
 VNET_HDR_SIZE = 10
 REC_HDR_SIZE = REC_LEN_SIZE + VNET_HDR_SIZE
-ETH_MIN = 14
-ETH_MAX = 65664  # 64 KiB GSO payload + Ethernet, 2 VLAN tags and an IPv6 header
 REC_LEN_MIN = VNET_HDR_SIZE + ETH_MIN
 REC_LEN_MAX = VNET_HDR_SIZE + ETH_MAX
 
@@ -49,29 +48,6 @@ class Err(enum.IntEnum):
     BAD_CSUM = 6
     BAD_HDR_LEN = 7
     INCOMPLETE = 8
-
-
-class Features(enum.IntFlag):
-    """What a receiver accepts; the values are the C ``NCD_FEAT_*`` bits."""
-
-    NONE = 0
-    CSUM = 0x01
-    GSO_TCPV4 = 0x02
-    GSO_TCPV6 = 0x04
-    GSO_UDP_L4 = 0x08
-    ALL = 0x0F
-
-
-# xenstore key (written by each end in its own directory) -> feature bit
-FEATURE_KEYS: dict[str, Features] = {
-    "feature-csum": Features.CSUM,
-    "feature-gso-tcpv4": Features.GSO_TCPV4,
-    "feature-gso-tcpv6": Features.GSO_TCPV6,
-    "feature-gso-udp-l4": Features.GSO_UDP_L4,
-}
-KEY_PROTOCOL = "protocol-version"
-KEY_VNET_HDR = "feature-vnet-hdr"
-KEY_MAX_FRAME = "max-frame"
 
 
 class FrameError(ValueError):
@@ -187,80 +163,3 @@ class Decoder:
     @property
     def pending(self) -> int:
         return len(self._buf)
-
-
-# linux/if_tun.h TUNSETOFFLOAD bits
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
-TUN_F_TSO_ECN = 0x08
-TUN_F_USO4 = 0x20
-TUN_F_USO6 = 0x40
-
-
-def tun_offload_flags(tx_features: Features | int) -> int:
-    """TUNSETOFFLOAD argument for our TAP: the kernel may hand us (to send to the peer)
-    only what the peer accepts. GSO needs checksum offload, as in the kernel."""
-    f = Features(tx_features)
-    if not f & Features.CSUM:
-        return 0
-    flags = TUN_F_CSUM
-    if f & Features.GSO_TCPV4:
-        flags |= TUN_F_TSO4
-    if f & Features.GSO_TCPV6:
-        flags |= TUN_F_TSO6
-    if flags & (TUN_F_TSO4 | TUN_F_TSO6):
-        flags |= TUN_F_TSO_ECN
-    if f & Features.GSO_UDP_L4:
-        flags |= TUN_F_USO4 | TUN_F_USO6
-    return flags
-
-
-# ---- negotiation over xenstore -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Negotiated:
-    rx_features: Features  # what the peer may send us (we advertised it)
-    tx_features: Features  # what we may send (the peer advertised it)
-    max_frame: int  # largest Ethernet frame either way
-
-
-def advertise(features: Features, max_frame: int = ETH_MAX) -> dict[str, str]:
-    """The keys one end writes in its own xenstore directory."""
-    if not ETH_MIN <= max_frame <= ETH_MAX:
-        raise ValueError(f"max_frame {max_frame} outside {ETH_MIN}..{ETH_MAX}")
-    keys = {KEY_PROTOCOL: str(PROTOCOL_VERSION), KEY_VNET_HDR: "1",
-            KEY_MAX_FRAME: str(max_frame)}
-    keys.update({k: "1" if features & bit else "0" for k, bit in FEATURE_KEYS.items()})
-    return keys
-
-
-def _flag(value: str | None, key: str) -> bool:
-    if value is None:
-        return False
-    if value not in ("0", "1"):
-        raise ValueError(f"peer's {key} is {value!r}, expected 0 or 1")
-    return value == "1"
-
-
-def negotiate(ours: Features, our_max_frame: int, peer: Mapping[str, str]) -> Negotiated:
-    """Combine our offer with the peer's keys (untrusted strings) -> pump settings.
-
-    A missing feature key means "not supported", as in netif. Raises ValueError for a
-    protocol version we do not speak, a missing vnet header, or a malformed value.
-    """
-    ver = peer.get(KEY_PROTOCOL)
-    if ver is None or not ver.isdigit() or len(ver) > 4 or int(ver) != PROTOCOL_VERSION:
-        raise ValueError(f"peer's {KEY_PROTOCOL} is {ver!r}, we speak {PROTOCOL_VERSION}")
-    if not _flag(peer.get(KEY_VNET_HDR), KEY_VNET_HDR):
-        raise ValueError(f"peer does not set {KEY_VNET_HDR}=1 (required by version 1)")
-    theirs = Features.NONE
-    for key, bit in FEATURE_KEYS.items():
-        if _flag(peer.get(key), key):
-            theirs |= bit
-    raw = peer.get(KEY_MAX_FRAME, str(ETH_MAX))
-    if not raw.isdigit() or len(raw) > 6 or not ETH_MIN <= int(raw) <= ETH_MAX:
-        raise ValueError(f"peer's {KEY_MAX_FRAME} is {raw!r}, expected {ETH_MIN}..{ETH_MAX}")
-    return Negotiated(rx_features=ours, tx_features=theirs,
-                      max_frame=min(our_max_frame, int(raw)))

@@ -18,8 +18,9 @@ import enum
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ncd.features import ETH_MAX, Features, Negotiated
+
 from ._lib import ffi, lib
-from .framing import ETH_MAX, Features, Negotiated
 
 ERRLEN = 256
 

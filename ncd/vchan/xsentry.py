@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ncd.xen.xenstore import Perm
+from ncd import parse
+from ncd.perms import Perm
 
 RING_REF = "ring-ref"
 EVENT_CHANNEL = "event-channel"
-MAX_EVTCHN_PORT = (1 << 17) - 1  # FIFO event-channel ABI limit
-MAX_GREF = (1 << 32) - 1
 
 
 class _Writer(Protocol):
@@ -30,19 +29,9 @@ class Store(Protocol):
     def run_in_transaction(self, fn: object) -> object: ...
 
 
-def parse_uint(raw: str, what: str, lo: int, hi: int) -> int:
-    """A strict decimal in [lo, hi]; anything else raises ValueError naming ``what``."""
-    if not (0 < len(raw) <= 10 and raw.isascii() and raw.isdigit()):
-        raise ValueError(f"{what}: {raw[:32]!r} is not a decimal number")
-    value = int(raw)
-    if not lo <= value <= hi:
-        raise ValueError(f"{what}: {value} outside {lo}..{hi}")
-    return value
-
-
 def own_domid(xs: Store) -> int:
     """Our domid, read from the relative key ``domid`` like libxenvchan does."""
-    return parse_uint(xs.read("domid"), "domid", 0, 0x7FEF)
+    return parse.domid("domid", xs.read("domid"))
 
 
 def publish(xs: Store, path: str, owner: int, peer: int, gref: int, port: int) -> None:
@@ -58,10 +47,8 @@ def publish(xs: Store, path: str, owner: int, peer: int, gref: int, port: int) -
 
 def read_entry(xs: Store, path: str) -> tuple[int, int]:
     """(ring-ref, event-channel) validated; ValueError for values out of range."""
-    gref = parse_uint(xs.read(f"{path}/{RING_REF}"), f"{path}/{RING_REF}", 1, MAX_GREF)
-    port = parse_uint(
-        xs.read(f"{path}/{EVENT_CHANNEL}"), f"{path}/{EVENT_CHANNEL}", 1, MAX_EVTCHN_PORT
-    )
+    gref = parse.gref(f"{path}/{RING_REF}", xs.read(f"{path}/{RING_REF}"))
+    port = parse.evtchn_port(f"{path}/{EVENT_CHANNEL}", xs.read(f"{path}/{EVENT_CHANNEL}"))
     return gref, port
 
 

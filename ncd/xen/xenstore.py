@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
+from ncd.perms import Perm
+
 from ._lib import fail, ffi, lib
 from .errors import TransactionConflict, XenError
 
@@ -29,20 +31,6 @@ _PERM_BITS = {
 }
 _BITS_PERM = {bits: name for name, bits in _PERM_BITS.items()}
 _PERM_MASK = lib.XS_PERM_READ | lib.XS_PERM_WRITE
-
-
-class Perm(NamedTuple):
-    """One xenstore permission entry: ``perm`` is 'n' (none), 'r', 'w' or 'b' (both).
-
-    In a permission list the first entry names the owner, and its ``perm`` applies to every
-    domain not listed after it (as ``xenstore-chmod`` and libxl use it).
-    """
-
-    domid: int
-    perm: str
-
-    def __str__(self) -> str:
-        return f"{self.perm}{self.domid}"
 
 
 class WatchEvent(NamedTuple):

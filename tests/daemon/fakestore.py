@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ncd.layout import Perm
+from ncd.perms import Perm
 
 
 def _err(code: int, call: str) -> OSError:

@@ -6,11 +6,10 @@ import errno
 import sys
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from ncd import layout
-from ncd.layout import AttachError, BadEntry, Perm
+from ncd.layout import AttachError, BadEntry
+from ncd.perms import Perm
 
 from .fakestore import FakeTree
 
@@ -189,21 +188,6 @@ def test_read_backend_missing_key_named(tree):
         layout.read_backend(tree.conn(0), 0, 1, 0)
 
 
-def test_features(tree):
-    d1 = tree.conn(1)
-    d1.write("/local/domain/1/device/ncvif/0/feature-gso-tcpv4", "1")
-    d1.write("/local/domain/1/device/ncvif/0/feature-csum", "0")
-    base = "/local/domain/1/device/ncvif/0"
-    assert layout.read_features(d1, base, ["gso-tcpv4", "csum", "x"]) == {
-        "gso-tcpv4": True,
-        "csum": False,
-        "x": False,
-    }
-    d1.write(f"{base}/feature-x", "yes")
-    with pytest.raises(BadEntry, match="feature-x: expected 0 or 1"):
-        layout.read_features(d1, base, ["x"])
-
-
 def test_hostile_directory_names_are_skipped(tree):
     dom0 = tree.conn(0)
     layout.attach(dom0, backend=0, frontend=1, mac=MAC)
@@ -212,25 +196,6 @@ def test_hostile_directory_names_are_skipped(tree):
     assert layout.list_frontend_devices(dom0, 1) == [0]
     assert layout.list_backend_devices(dom0, 0) == [(1, 0)]
     assert layout.attach(dom0, backend=0, frontend=1, mac=MAC).devid == 1
-
-
-PARSERS = [
-    lambda r: layout.parse_uint("k", r, 0, 100),
-    lambda r: layout.parse_mac("k", r),
-    lambda r: layout.parse_mtu("k", r),
-    lambda r: layout.parse_bool("k", r),
-    lambda r: layout.parse_ifname("k", r),
-    lambda r: layout.parse_path("k", r, "/a/b"),
-    lambda r: layout.parse_domid("k", r),
-]
-
-
-@given(st.one_of(st.binary(max_size=40), st.text(max_size=40)), st.sampled_from(PARSERS))
-def test_parsers_only_raise_badentry_naming_the_key(raw, parser):
-    try:
-        parser(raw)
-    except BadEntry as exc:
-        assert str(exc).startswith("k: ")
 
 
 # ------------------------------------------------------------ with the real XenStore

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from ncd import layout, ncctl
+from ncd import layout, ncctl, parse
 from ncd.control import ControlError, ControlServer
 
 from .fakestore import FakeTree
@@ -49,7 +49,7 @@ def test_attach(tree):
     rc, out, _ = run(["attach", "1"], tree)
     assert rc == 0 and "devid 1 mac 00:16:3e:" in out
     mac = c.read_bytes("/local/domain/1/device/ncvif/1/mac").decode()
-    assert layout.parse_mac("mac", mac).startswith("00:16:3e:")
+    assert parse.mac("mac", mac).startswith("00:16:3e:")
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,22 @@ import pytest
 from pyroute2 import IPRoute
 
 from ncd import tap
-from ncd.tap import NO_OFFLOADS, Offloads, TapError
+from ncd.features import (
+    TUN_F_CSUM,
+    TUN_F_USO4,
+    TUN_F_USO6,
+    Features,
+    tun_offload_flags,
+    usable,
+)
+from ncd.tap import TapError
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="needs root and /dev/net/tun"
 )
 
 FEATS = ("tx-checksum-ip-generic", "tx-tcp-segmentation", "tx-tcp6-segmentation")
+TSO = tun_offload_flags(Features.CSUM | Features.GSO_TCPV4 | Features.GSO_TCPV6)
 
 
 @pytest.fixture
@@ -53,7 +62,7 @@ def test_tap_lives_in_the_namespace_and_goes_with_its_fd(netns):
 
 
 def test_offloads_set_explicitly_every_open(netns):
-    t = tap.open_tap("nctest0", netns=netns)
+    t = tap.open_tap("nctest0", offloads=TSO, netns=netns)
     t.set_persist(True)
     feats = tap.active_features("nctest0", netns=netns)
     assert all(feats[f] for f in FEATS), feats
@@ -61,11 +70,12 @@ def test_offloads_set_explicitly_every_open(netns):
     assert "nctest0" in links(netns)  # persistent: survives its fd, offloads too
     assert all(tap.active_features("nctest0", netns=netns)[f] for f in FEATS)
     # re-open asking for none: what the earlier owner left must not stick
-    t = tap.open_tap("nctest0", offloads=NO_OFFLOADS, netns=netns)
+    t = tap.open_tap("nctest0", netns=netns)  # default: none
     feats = tap.active_features("nctest0", netns=netns)
     assert not any(feats[f] for f in FEATS), feats
     t.close()
-    t = tap.open_tap("nctest0", offloads=Offloads(tso6=False), netns=netns)
+    t = tap.open_tap("nctest0", offloads=tun_offload_flags(Features.CSUM | Features.GSO_TCPV4),
+                     netns=netns)
     feats = tap.active_features("nctest0", netns=netns)
     assert feats["tx-checksum-ip-generic"] and feats["tx-tcp-segmentation"]
     assert not feats["tx-tcp6-segmentation"]
@@ -75,6 +85,23 @@ def test_offloads_set_explicitly_every_open(netns):
     assert tap.delete("nctest0", netns=netns) is False
     with pytest.raises(TapError, match="nctest0: no such interface"):
         tap.delete("nctest0", netns=netns, missing_ok=False)
+
+
+def test_tap_probe_refuses_unknown_offloads_and_restores(netns) -> None:
+    # the probe behind ncd.features.usable: EINVAL for flags this kernel does not know
+    with tap.open_tap("ncprobe0", netns=netns) as t:
+        t.set_offloads(TUN_F_CSUM)
+        assert not t.accepts_offloads(TUN_F_CSUM | 1 << 20)  # no such TUN_F_ bit
+        assert t.offloads == TUN_F_CSUM
+        feats = tap.active_features("ncprobe0", netns=netns)
+        assert feats["tx-checksum-ip-generic"] and not feats["tx-tcp-segmentation"]
+        uso = t.accepts_offloads(TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6)
+        assert tap.active_features("ncprobe0", netns=netns) == feats  # restored
+        got = usable(Features.ALL, t.accepts_offloads)
+        assert got == (Features.ALL if uso else Features.ALL & ~Features.GSO_UDP_L4)
+        if uso:  # Linux >= 6.2: what is negotiated is what the TAP is set to
+            t.set_offloads(tun_offload_flags(got))
+            assert tap.active_features("ncprobe0", netns=netns)["tx-udp-segmentation"]
 
 
 def test_mac_mtu_up_bridge(netns):
@@ -161,9 +188,9 @@ def test_frames_cross_a_bridge_between_two_taps_with_gso(netns):
     with tap.in_netns(netns), IPRoute() as ipr:
         ipr.link("add", ifname="ncbr0", kind="bridge")
         ipr.link("set", index=ipr.link_lookup(ifname="ncbr0")[0], state="up")
-    a = tap.open_tap("nca", netns=netns)
-    b = tap.open_tap("ncb", netns=netns)  # accepts GSO
-    c = tap.open_tap("ncc", offloads=NO_OFFLOADS, netns=netns)  # the kernel must segment
+    a = tap.open_tap("nca", offloads=TSO, netns=netns)
+    b = tap.open_tap("ncb", offloads=TSO, netns=netns)  # accepts GSO
+    c = tap.open_tap("ncc", netns=netns)  # no offloads: the kernel must segment
     try:
         for t, mac in (
             (a, "00:16:3e:00:00:0a"),

@@ -1,5 +1,6 @@
 """Record codec: the Python reference (ncd.vchan.framing) and the C parser agree,
-round-trip, and reject every malformed length or vnet header."""
+round-trip, and reject every malformed length or vnet header (negotiation:
+tests/daemon/test_features.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ncd.features import PROTOCOL_VERSION, Features
 from ncd.vchan import framing as fr
 from ncd.vchan._lib import ffi, lib
 
-ALL = int(fr.Features.ALL)
+ALL = int(Features.ALL)
 
 
 def c_parse(buf: bytes, max_frame: int = fr.ETH_MAX, features: int = ALL,
@@ -37,11 +39,11 @@ def record(rec_len: int, vnet: bytes = bytes(10), body: bytes | None = None) -> 
 
 
 def test_constants_match_c() -> None:
-    assert lib.NCD_PROTOCOL_VERSION == fr.PROTOCOL_VERSION
+    assert lib.NCD_PROTOCOL_VERSION == PROTOCOL_VERSION
     assert lib.NCD_REC_LEN_MIN == fr.REC_LEN_MIN == 24
     assert lib.NCD_ETH_MAX == fr.ETH_MAX
     assert lib.NCD_REC_HDR_SIZE == fr.REC_HDR_SIZE == 14
-    for name, bit in fr.Features.__members__.items():
+    for name, bit in Features.__members__.items():
         if name not in ("NONE",):
             assert getattr(lib, f"NCD_FEAT_{name}") == int(bit)
     for e in fr.Err:
@@ -140,9 +142,9 @@ def test_bad_record_after_good_ones_reports_position() -> None:
     (fr.VnetHdr(flags=1, gso_type=1 | fr.GSO_ECN, gso_size=1448, hdr_len=54, csum_start=34,
                 csum_offset=16), 3000, ALL, fr.Err.OK),
     (fr.VnetHdr(flags=1, gso_type=1, gso_size=1448, hdr_len=54, csum_start=34,
-                csum_offset=16), 3000, int(fr.Features.CSUM), fr.Err.BAD_GSO),
+                csum_offset=16), 3000, int(Features.CSUM), fr.Err.BAD_GSO),
     (fr.VnetHdr(flags=1, gso_type=4, gso_size=1448, hdr_len=74, csum_start=54,
-                csum_offset=16), 3000, int(fr.Features.CSUM | fr.Features.GSO_TCPV4),
+                csum_offset=16), 3000, int(Features.CSUM | Features.GSO_TCPV4),
      fr.Err.BAD_GSO),
     (fr.VnetHdr(flags=1, gso_type=5, gso_size=1000, hdr_len=42, csum_start=34,
                 csum_offset=6), 3000, ALL, fr.Err.OK),
@@ -199,54 +201,3 @@ def test_fuzz_c_parser_structured(parts: list[tuple[int, bytes, bytes]]) -> None
     buf = b"".join(struct.pack("<I", n % 160 if n & 1 else n) + h + b for n, h, b in parts)
     err, recs, used = fr.parse(buf, 1518, ALL, 2048)
     assert c_parse(buf, 1518, ALL, 2048) == (int(err), len(recs), used)
-
-
-# ---- negotiation -------------------------------------------------------------------------------
-
-
-def test_negotiate_intersects_and_takes_smaller_max() -> None:
-    peer = fr.advertise(fr.Features.CSUM | fr.Features.GSO_TCPV4, 9018)
-    assert peer["protocol-version"] == "1" and peer["feature-vnet-hdr"] == "1"
-    assert peer["feature-gso-tcpv4"] == "1" and peer["feature-gso-tcpv6"] == "0"
-    n = fr.negotiate(fr.Features.ALL, fr.ETH_MAX, peer)
-    assert n.tx_features == fr.Features.CSUM | fr.Features.GSO_TCPV4
-    assert n.rx_features == fr.Features.ALL
-    assert n.max_frame == 9018
-
-
-@pytest.mark.parametrize("change", [
-    {"protocol-version": "2"},
-    {"protocol-version": "1x"},
-    {"protocol-version": None},
-    {"feature-vnet-hdr": "0"},
-    {"feature-vnet-hdr": None},
-    {"feature-csum": "yes"},
-    {"max-frame": "13"},
-    {"max-frame": "99999999"},
-    {"max-frame": "-5"},
-])
-def test_negotiate_rejects_malformed_peer_values(change: dict[str, str | None]) -> None:
-    peer: dict[str, str] = fr.advertise(fr.Features.ALL)
-    for k, v in change.items():
-        if v is None:
-            peer.pop(k)
-        else:
-            peer[k] = v
-    with pytest.raises(ValueError):
-        fr.negotiate(fr.Features.ALL, fr.ETH_MAX, peer)
-
-
-def test_negotiate_missing_feature_keys_mean_off() -> None:
-    n = fr.negotiate(fr.Features.ALL, 1518, {"protocol-version": "1", "feature-vnet-hdr": "1"})
-    assert n.tx_features == fr.Features.NONE and n.max_frame == 1518
-
-
-@pytest.mark.parametrize("features,flags", [
-    (fr.Features.NONE, 0),
-    (fr.Features.GSO_TCPV4, 0),  # GSO without checksum offload: nothing
-    (fr.Features.CSUM, fr.TUN_F_CSUM),
-    (fr.Features.CSUM | fr.Features.GSO_TCPV4, 0x01 | 0x02 | 0x08),
-    (fr.Features.ALL, 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40),
-])
-def test_tun_offload_flags_follow_peer_features(features, flags) -> None:
-    assert fr.tun_offload_flags(features) == flags

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ncd.features import Features, Negotiated
 from ncd.vchan import framing as fr
 from ncd.vchan.channel import Vchan, local_pair
 from ncd.vchan.pump import FramePump, PumpState, PumpStats
@@ -42,7 +43,7 @@ class End:
         self.app, self.pump_sock = seqpacket()
         self.pump: FramePump | None = None
 
-    def start(self, negotiated: fr.Negotiated | None = None, **kw: int) -> FramePump:
+    def start(self, negotiated: Negotiated | None = None, **kw: int) -> FramePump:
         self.pump = FramePump.start(self.vchan, self.pump_sock.fileno(), negotiated, **kw)
         return self.pump
 
@@ -225,8 +226,8 @@ def test_small_ring_bounce_path_and_too_big_drop(make_pair) -> None:
 
 def test_tx_drops_unnegotiated_offload_short_and_oversized(make_pair) -> None:
     a, b = make_pair(start=False)
-    a.start(fr.Negotiated(fr.Features.ALL, fr.Features.NONE, 1518))
-    b.start(fr.Negotiated(fr.Features.NONE, fr.Features.ALL, 1518))
+    a.start(Negotiated(Features.ALL, Features.NONE, 1518))
+    b.start(Negotiated(Features.NONE, Features.ALL, 1518))
     a.app.send(fr.VnetHdr(flags=fr.F_DATA_VALID).pack() + frame(100, 1))  # peer lacks csum
     a.app.send(bytes(10) + b"x" * 13)  # shorter than an Ethernet header
     a.app.send(bytes(10) + frame(1519, 2))  # over the negotiated max frame
@@ -279,10 +280,10 @@ def test_fuzz_hostile_stream_matches_reference(make_pair, garbage: list[bytes]) 
     """Whatever the peer writes: the pump delivers exactly the records the reference
     parser accepts, then either keeps waiting (incomplete tail) or closes as BAD_PEER."""
     a, b = make_pair(8 * 1024, start=False)
-    pump = a.start(fr.Negotiated(fr.Features.CSUM, fr.Features.NONE, 1518))
+    pump = a.start(Negotiated(Features.CSUM, Features.NONE, 1518))
     stream = b"".join(garbage)[: 8 * 1024]
     assert b.vchan.write(stream) == len(stream)
-    err, recs, _ = fr.parse(stream, 1518, fr.Features.CSUM, 8 * 1024)
+    err, recs, _ = fr.parse(stream, 1518, Features.CSUM, 8 * 1024)
     for h, body in recs:
         assert a.app.recv(70000) == h.pack() + body
     if err in (fr.Err.OK, fr.Err.INCOMPLETE):
@@ -340,8 +341,8 @@ def test_start_rejects_bad_config(make_pair) -> None:
     with pytest.raises(PumpError):
         FramePump.start(a.vchan, -1)
     with pytest.raises(PumpError):
-        FramePump.start(a.vchan, a.pump_sock.fileno(), fr.Negotiated(fr.Features.ALL,
-                                                                     fr.Features.ALL, 10))
+        FramePump.start(a.vchan, a.pump_sock.fileno(), Negotiated(Features.ALL,
+                                                                     Features.ALL, 10))
 
 
 @pytest.mark.parametrize("ring", [4096, 2048])
@@ -349,7 +350,7 @@ def test_records_straddling_the_ring_end_at_every_offset(make_pair, ring: int) -
     """Put the ring indices k bytes before the end, so that the length field, the vnet
     header and the frame of the next records are split across the wrap at every
     position; both the tx (readv into two iovecs) and rx (writev from two) sides."""
-    neg = fr.Negotiated(fr.Features.ALL, fr.Features.ALL, 1000 if ring == 2048 else 1518)
+    neg = Negotiated(Features.ALL, Features.ALL, 1000 if ring == 2048 else 1518)
     for k in range(0, 40):
         a, b = make_pair(ring, start=False)
         filler = b"f" * (ring - k)

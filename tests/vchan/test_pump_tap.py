@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ncd.vchan import framing as fr
+from ncd.features import ETH_MAX, Features, Negotiated
 from ncd.vchan.channel import local_pair
 from ncd.vchan.pump import FramePump, PumpState
 
@@ -166,9 +166,9 @@ def test_gso_frames_rejected_when_peer_did_not_advertise(taps) -> None:
     a = Side("c", "198.18.0.1", offload)
     b = Side("d", "198.18.0.2", 0)
     srv, cli = local_pair()
-    neg = fr.Negotiated(fr.Features.ALL, fr.Features.CSUM, fr.ETH_MAX)
+    neg = Negotiated(Features.ALL, Features.CSUM, ETH_MAX)
     pa = FramePump.start(srv, a.fd, neg)
-    pb = FramePump.start(cli, b.fd, fr.Negotiated(fr.Features.CSUM, fr.Features.ALL, fr.ETH_MAX))
+    pb = FramePump.start(cli, b.fd, Negotiated(Features.CSUM, Features.ALL, ETH_MAX))
     try:
         a.run("ping", "-c", "1", "-W", "2", b.addr)
         server = b.popen(sys.executable, "-c", SERVER)
