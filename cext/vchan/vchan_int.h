@@ -9,6 +9,7 @@
 #include <xenevtchn.h>
 #include <xengnttab.h>
 
+#include "ncd_util.h"
 #include "vchan.h"
 
 #define NCD_PAGE_SHIFT 12
