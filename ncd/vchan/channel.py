@@ -134,6 +134,7 @@ class Vchan:
             "notify_recv": s.notify_recv,
             "ring_full_waits": s.ring_full_waits,
             "bad_peer": s.bad_peer,
+            "notify_failed": s.notify_failed,
         }
 
     # -- data ----------------------------------------------------------------------
