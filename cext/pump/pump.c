@@ -351,6 +351,14 @@ static int fd_write_frame(struct ncd_pump *p, struct iovec *iov, int cnt, size_t
     }
 }
 
+/* A record from the peer failed validation: count it, record why (once). */
+static void bad_record(struct ncd_pump *p, uint32_t rec_len, int err)
+{
+    CNT_ADD(p, bad_record, 1);
+    set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
+              ncd_frame_err_name(err));
+}
+
 /* *remain: complete-or-not bytes left unread in the ring after this run */
 static int rx_run(struct ncd_pump *p, size_t *remain)
 {
@@ -381,9 +389,7 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         uint32_t rec_len = ncd_le32_get(lenb); /* read once; our copy is the truth */
         int err = ncd_frame_check_len(rec_len, p->max_frame, p->cfg.read_ring_size);
         if (err) {
-            CNT_ADD(p, bad_record, 1);
-            set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
-                      ncd_frame_err_name(err));
+            bad_record(p, rec_len, err);
             ret = DIR_FATAL;
             break;
         }
@@ -395,9 +401,7 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         ncd_vnet_decode(vnet, &h);
         err = ncd_frame_check_vnet(&h, rec_len - NCD_VNET_HDR_SIZE, p->cfg.rx_features);
         if (err) {
-            CNT_ADD(p, bad_record, 1);
-            set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
-                      ncd_frame_err_name(err));
+            bad_record(p, rec_len, err);
             ret = DIR_FATAL;
             break;
         }
