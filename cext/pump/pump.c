@@ -129,7 +129,9 @@ static void set_state(struct ncd_pump *p, int state, const char *fmt, ...)
     vsnprintf(p->reason, sizeof p->reason, fmt, ap);
     va_end(ap);
     /* nothing printed here: Python reads ncd_pump_reason() and logs it once */
-    __atomic_store_n(&p->state, state, __ATOMIC_RELEASE); /* pairs with ncd_pump_reason() */
+    /* reason[] before state: pairs with the acquire loads in ncd_pump_reason() and
+     * ncd_pump_state() */
+    __atomic_store_n(&p->state, state, __ATOMIC_RELEASE);
 }
 
 static void snapshot_vchan_stats(struct ncd_pump *p)
@@ -442,6 +444,7 @@ static void *pump_main(void *arg)
 
     pthread_setname_np(pthread_self(), "ncd-pump"); /* for top -H / ps -L */
 
+    /* pairs with the release store of stop in ncd_pump_stop() */
     while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
         size_t remain = 0;
         int tx = DIR_IDLE, rx;
@@ -624,7 +627,7 @@ void ncd_pump_stop(struct ncd_pump *p)
         return;
     pthread_mutex_lock(&p->lock);
     if (!p->joined) {
-        __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE); /* pairs with pump_main()'s load */
         if (write(p->wake_fd, &one, sizeof one) < 0) {
             /* cannot fail for a fresh eventfd; the flag is set anyway */
         }
@@ -660,12 +663,13 @@ void ncd_pump_get_stats(struct ncd_pump *p, struct ncd_pump_stats *out)
 
 int ncd_pump_state(struct ncd_pump *p)
 {
+    /* pairs with the release store in set_state() */
     return __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
 }
 
 const char *ncd_pump_reason(struct ncd_pump *p)
 {
-    int s = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
+    int s = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE); /* pairs with set_state() */
     return s == NCD_PUMP_RUNNING ? "" : p->reason;
 }
 

@@ -165,13 +165,15 @@ static int peer_live(struct ncd_vchan *v)
     uint8_t live;
     if (is_bad(v))
         return 0;
+    /* pairs with the release store of GONE and the CAS in peer_seen_move() */
     seen = __atomic_load_n(&v->peer_seen, __ATOMIC_ACQUIRE);
     if (seen == NCD_PEER_GONE)
         return 0; /* latched: a closed peer never reopens */
     live = SHR_LOAD(v->is_server ? &v->ring->cli_live : &v->ring->srv_live);
     switch (live) {
     case 0:
-        __atomic_store_n(&v->peer_seen, NCD_PEER_GONE, __ATOMIC_RELEASE); /* final state */
+        /* final: no CAS needed; pairs with the acquire load above / in the CAS */
+        __atomic_store_n(&v->peer_seen, NCD_PEER_GONE, __ATOMIC_RELEASE);
         return 0;
     case 1:
         if (seen == NCD_PEER_NOT_SEEN)
