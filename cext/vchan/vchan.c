@@ -327,17 +327,29 @@ void ncd_vchan_write_commit(struct ncd_vchan *v, size_t n)
 
 /* ---- stream read / write: a window, a copy, a commit ---- */
 
+/* Copy between buf and the window iov[0..cnt): into the ring if to_ring (buf is
+ * only read then), else out of it.  Returns the bytes copied. */
+static size_t window_copy(const struct iovec *iov, int cnt, uint8_t *buf, int to_ring)
+{
+    size_t done = 0;
+    int i;
+    for (i = 0; i < cnt; i++) {
+        if (to_ring)
+            memcpy(iov[i].iov_base, buf + done, iov[i].iov_len);
+        else
+            memcpy(buf + done, iov[i].iov_base, iov[i].iov_len);
+        done += iov[i].iov_len;
+    }
+    return done;
+}
+
 ssize_t ncd_vchan_read(struct ncd_vchan *v, void *buf, size_t n)
 {
     struct iovec iov[2];
-    size_t got = 0;
-    int i, cnt = ncd_vchan_read_iov(v, iov, n);
+    int cnt = ncd_vchan_read_iov(v, iov, n);
+    size_t got = cnt > 0 ? window_copy(iov, cnt, buf, 0) : 0;
     if (cnt < 0)
         return -1;
-    for (i = 0; i < cnt; i++) {
-        memcpy((uint8_t *)buf + got, iov[i].iov_base, iov[i].iov_len);
-        got += iov[i].iov_len;
-    }
     ncd_vchan_read_commit(v, got);
     return (ssize_t)got;
 }
@@ -345,14 +357,10 @@ ssize_t ncd_vchan_read(struct ncd_vchan *v, void *buf, size_t n)
 ssize_t ncd_vchan_write(struct ncd_vchan *v, const void *buf, size_t n)
 {
     struct iovec iov[2];
-    size_t put = 0;
-    int i, cnt = ncd_vchan_write_iov(v, iov, n);
+    int cnt = ncd_vchan_write_iov(v, iov, n);
+    size_t put = cnt > 0 ? window_copy(iov, cnt, (uint8_t *)buf, 1) : 0;
     if (cnt < 0)
         return -1;
-    for (i = 0; i < cnt; i++) {
-        memcpy(iov[i].iov_base, (const uint8_t *)buf + put, iov[i].iov_len);
-        put += iov[i].iov_len;
-    }
     ncd_vchan_write_commit(v, put);
     return (ssize_t)put;
 }
