@@ -95,7 +95,7 @@ void ncd_vchan_request_notify(struct ncd_vchan *v, int on_read, int on_write)
         request_notify(v, bits);
 }
 
-/* Readable bytes, validated: -1 (and the channel closed) on a bad prod. */
+/* Readable bytes, validated: -1 (and the channel marked bad) on a bad prod. */
 int64_t ncd_vchan_peek_data(struct ncd_vchan *v)
 {
     uint32_t prod, ready;
@@ -120,7 +120,7 @@ static int64_t fast_data_ready(struct ncd_vchan *v, size_t request)
     return ncd_vchan_peek_data(v);
 }
 
-/* Writable bytes, validated: -1 (and the channel closed) on a bad cons. */
+/* Writable bytes, validated: -1 (and the channel marked bad) on a bad cons. */
 int64_t ncd_vchan_peek_space(struct ncd_vchan *v)
 {
     uint32_t cons, used;
