@@ -15,6 +15,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "../vchan/ncd_util.h"
 #include "../vchan/vchan.h"
 
 #define DEFAULT_BATCH 64u
@@ -127,8 +128,9 @@ static void set_state(struct ncd_pump *p, int state, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(p->reason, sizeof p->reason, fmt, ap);
     va_end(ap);
-    if (state != NCD_PUMP_STOPPED)
-        fprintf(stderr, "ncd-pump: fd %d: %s\n", p->cfg.fd, p->reason);
+    /* nothing printed here: Python reads ncd_pump_reason() and logs it once */
+    /* reason[] before state: pairs with the acquire loads in ncd_pump_reason() and
+     * ncd_pump_state() */
     __atomic_store_n(&p->state, state, __ATOMIC_RELEASE);
 }
 
@@ -351,6 +353,14 @@ static int fd_write_frame(struct ncd_pump *p, struct iovec *iov, int cnt, size_t
     }
 }
 
+/* A record from the peer failed validation: count it, record why (once). */
+static void bad_record(struct ncd_pump *p, uint32_t rec_len, int err)
+{
+    CNT_ADD(p, bad_record, 1);
+    set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
+              ncd_frame_err_name(err));
+}
+
 /* *remain: complete-or-not bytes left unread in the ring after this run */
 static int rx_run(struct ncd_pump *p, size_t *remain)
 {
@@ -381,9 +391,7 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         uint32_t rec_len = ncd_le32_get(lenb); /* read once; our copy is the truth */
         int err = ncd_frame_check_len(rec_len, p->max_frame, p->cfg.read_ring_size);
         if (err) {
-            CNT_ADD(p, bad_record, 1);
-            set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
-                      ncd_frame_err_name(err));
+            bad_record(p, rec_len, err);
             ret = DIR_FATAL;
             break;
         }
@@ -395,9 +403,7 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         ncd_vnet_decode(vnet, &h);
         err = ncd_frame_check_vnet(&h, rec_len - NCD_VNET_HDR_SIZE, p->cfg.rx_features);
         if (err) {
-            CNT_ADD(p, bad_record, 1);
-            set_state(p, NCD_PUMP_BAD_PEER, "bad record from peer (length %u): %s", rec_len,
-                      ncd_frame_err_name(err));
+            bad_record(p, rec_len, err);
             ret = DIR_FATAL;
             break;
         }
@@ -438,6 +444,7 @@ static void *pump_main(void *arg)
 
     pthread_setname_np(pthread_self(), "ncd-pump"); /* for top -H / ps -L */
 
+    /* pairs with the release store of stop in ncd_pump_stop() */
     while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
         size_t remain = 0;
         int tx = DIR_IDLE, rx;
@@ -536,19 +543,6 @@ static void *pump_main(void *arg)
 
 /* ---- public API ------------------------------------------------------------ */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_pump_config *cfg,
                    char *err, size_t errlen)
 {
@@ -558,26 +552,26 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
 
     *out = NULL;
     if (!v || !cfg)
-        return fail(err, errlen, "ncd_pump_start: no vchan or config");
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: no vchan or config");
     if (cfg->fd < 0 || fstat(cfg->fd, &sb) < 0)
-        return fail(err, errlen, "ncd_pump_start: bad fd %d", cfg->fd);
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: bad fd %d", cfg->fd);
     if (cfg->max_frame && (cfg->max_frame < NCD_ETH_MIN || cfg->max_frame > NCD_ETH_MAX))
-        return fail(err, errlen, "ncd_pump_start: max_frame %u outside %u..%u", cfg->max_frame,
-                    NCD_ETH_MIN, NCD_ETH_MAX);
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: max_frame %u outside %u..%u",
+                        cfg->max_frame, NCD_ETH_MIN, NCD_ETH_MAX);
     size_t rsz = cfg->read_ring_size ? cfg->read_ring_size : ncd_vchan_read_size(v);
     size_t wsz = cfg->write_ring_size ? cfg->write_ring_size : ncd_vchan_write_size(v);
     if (rsz < NCD_REC_LEN_SIZE + NCD_REC_LEN_MIN || wsz < NCD_REC_LEN_SIZE + NCD_REC_LEN_MIN ||
         rsz > UINT32_MAX || wsz > UINT32_MAX)
-        return fail(err, errlen, "ncd_pump_start: ring sizes %zu/%zu unusable for frames", rsz,
-                    wsz);
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: ring sizes %zu/%zu unusable for frames",
+                        rsz, wsz);
     if ((cfg->rx_features | cfg->tx_features) & ~NCD_FEAT_ALL)
-        return fail(err, errlen, "ncd_pump_start: unknown feature bits");
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: unknown feature bits");
     if (ncd_vchan_fd(v) < 0)
-        return fail(err, errlen, "ncd_pump_start: vchan has no event-channel fd");
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: vchan has no event-channel fd");
 
     p = calloc(1, sizeof *p);
     if (!p)
-        return fail(err, errlen, "ncd_pump_start: out of memory");
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: out of memory");
     p->v = v;
     p->cfg = *cfg;
     p->cfg.read_ring_size = (uint32_t)rsz;
@@ -598,7 +592,7 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
         p->bounce = malloc(p->tx_max_rec + 1);
         if (!p->bounce) {
             ncd_pump_free(p);
-            return fail(err, errlen, "ncd_pump_start: out of memory");
+            return ncd_fail(err, errlen, 0, "ncd_pump_start: out of memory");
         }
     }
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -606,18 +600,19 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
     if (p->wake_fd < 0 || p->done_fd < 0) {
         int e = errno;
         ncd_pump_free(p);
-        return fail(err, errlen, "ncd_pump_start: eventfd: %s", strerror(e));
+        return ncd_fail(err, errlen, e, "ncd_pump_start: eventfd: %s", strerror(e));
     }
     fl = fcntl(cfg->fd, F_GETFL);
     if (fl < 0 || fcntl(cfg->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
         int e = errno;
         ncd_pump_free(p);
-        return fail(err, errlen, "ncd_pump_start: O_NONBLOCK on fd %d: %s", cfg->fd, strerror(e));
+        return ncd_fail(err, errlen, e, "ncd_pump_start: O_NONBLOCK on fd %d: %s", cfg->fd,
+                        strerror(e));
     }
     rc = pthread_create(&p->thread, NULL, pump_main, p);
     if (rc) {
         ncd_pump_free(p);
-        return fail(err, errlen, "ncd_pump_start: pthread_create: %s", strerror(rc));
+        return ncd_fail(err, errlen, rc, "ncd_pump_start: pthread_create: %s", strerror(rc));
     }
     p->joined = 0;
     *out = p;
@@ -632,7 +627,7 @@ void ncd_pump_stop(struct ncd_pump *p)
         return;
     pthread_mutex_lock(&p->lock);
     if (!p->joined) {
-        __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE); /* pairs with pump_main()'s load */
         if (write(p->wake_fd, &one, sizeof one) < 0) {
             /* cannot fail for a fresh eventfd; the flag is set anyway */
         }
@@ -668,12 +663,13 @@ void ncd_pump_get_stats(struct ncd_pump *p, struct ncd_pump_stats *out)
 
 int ncd_pump_state(struct ncd_pump *p)
 {
+    /* pairs with the release store in set_state() */
     return __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
 }
 
 const char *ncd_pump_reason(struct ncd_pump *p)
 {
-    int s = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
+    int s = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE); /* pairs with set_state() */
     return s == NCD_PUMP_RUNNING ? "" : p->reason;
 }
 

@@ -9,15 +9,16 @@
  * Offsets are always `index & (size - 1)` with the private size.
  */
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "vchan_int.h"
 
+/* Pairs with the release store of v->bad in ncd_vchan_mark_bad(): a reader that
+ * sees the flag also sees bad_reason. */
 static inline int is_bad(struct ncd_vchan *v)
 {
-    return __atomic_load_n(&v->closed, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&v->bad, __ATOMIC_ACQUIRE);
 }
 
 int ncd_vchan_send_event(struct ncd_vchan *v)
@@ -27,29 +28,38 @@ int ncd_vchan_send_event(struct ncd_vchan *v)
         rc = xenevtchn_notify(v->evt, v->port);
     } else if (v->peer_efd >= 0) {
         uint64_t one = 1;
+        /* EAGAIN: the counter is saturated, the peer has a wakeup pending anyway */
         if (write(v->peer_efd, &one, sizeof one) != (ssize_t)sizeof one && errno != EAGAIN)
             rc = -1;
     }
     if (rc == 0)
         STAT_ADD(v, notify_sent);
+    else
+        STAT_ADD(v, notify_failed); /* the peer may sleep through this: count it */
     return rc;
+}
+
+/* Tell the peer our live flag changed: the flag store is ordered before the
+ * event by the full barrier; the peer reads the flag after it consumed the event
+ * (ncd_vchan_wait(), a syscall and so a full barrier on its side). */
+void ncd_vchan_publish_live(struct ncd_vchan *v, uint8_t live)
+{
+    SHR_STORE(v->is_server ? &v->ring->srv_live : &v->ring->cli_live, live);
+    vchan_mb();
+    ncd_vchan_send_event(v);
 }
 
 void ncd_vchan_mark_bad(struct ncd_vchan *v, const char *reason)
 {
-    int expected = 0;
-    if (!__atomic_compare_exchange_n(&v->closed, &expected, 1, 0, __ATOMIC_ACQ_REL,
+    const char *none = NULL;
+    /* the first reason wins; losers return (their caller fails with EPROTO) */
+    if (!__atomic_compare_exchange_n(&v->bad_reason, &none, reason, 0, __ATOMIC_ACQ_REL,
                                       __ATOMIC_ACQUIRE))
         return;
-    v->bad_reason = reason;
+    __atomic_store_n(&v->bad, 1, __ATOMIC_RELEASE); /* pairs with the acquire in is_bad() */
     STAT_ADD(v, bad_peer);
-    fprintf(stderr, "ncd-vchan: closing channel with dom%u (%s): hostile peer: %s\n",
-            (unsigned)v->peer_domid, v->is_server ? "server" : "client", reason);
-    if (v->ring) {
-        SHR_STORE(v->is_server ? &v->ring->srv_live : &v->ring->cli_live, (uint8_t)0);
-        vchan_mb();
-        ncd_vchan_send_event(v);
-    }
+    if (v->ring)
+        ncd_vchan_publish_live(v, 0);
 }
 
 /* The peer's notify requests for us are in our own byte; we clear and honour them. */
@@ -57,7 +67,10 @@ static int send_notify(struct ncd_vchan *v, uint8_t bit)
 {
     uint8_t *mine = v->is_server ? &v->ring->srv_notify : &v->ring->cli_notify;
     uint8_t prev;
-    vchan_mb(); /* indices are published before we decide to notify */
+    /* Our index store is visible before we read the request bits.  Pairs with the
+     * full barrier in request_notify(): the peer posts its request, then re-reads
+     * our index, so either it sees the new index or we see its request. */
+    vchan_mb();
     prev = __atomic_fetch_and(mine, (uint8_t)~bit, __ATOMIC_SEQ_CST);
     if (prev & bit)
         return ncd_vchan_send_event(v);
@@ -69,7 +82,10 @@ static void request_notify(struct ncd_vchan *v, uint8_t bits)
 {
     uint8_t *theirs = v->is_server ? &v->ring->cli_notify : &v->ring->srv_notify;
     __atomic_fetch_or(theirs, bits, __ATOMIC_SEQ_CST);
-    vchan_mb(); /* post the request before re-reading any index */
+    /* The request is posted before we re-read the peer's index.  Pairs with the
+     * full barrier in send_notify() (the peer publishes its index, then reads our
+     * request). */
+    vchan_mb();
 }
 
 void ncd_vchan_request_notify(struct ncd_vchan *v, int on_read, int on_write)
@@ -79,7 +95,7 @@ void ncd_vchan_request_notify(struct ncd_vchan *v, int on_read, int on_write)
         request_notify(v, bits);
 }
 
-/* Readable bytes, validated: -1 (and the channel closed) on a bad prod. */
+/* Readable bytes, validated: -1 (and the channel marked bad) on a bad prod. */
 int64_t ncd_vchan_peek_data(struct ncd_vchan *v)
 {
     uint32_t prod, ready;
@@ -104,7 +120,7 @@ static int64_t fast_data_ready(struct ncd_vchan *v, size_t request)
     return ncd_vchan_peek_data(v);
 }
 
-/* Writable bytes, validated: -1 (and the channel closed) on a bad cons. */
+/* Writable bytes, validated: -1 (and the channel marked bad) on a bad cons. */
 int64_t ncd_vchan_peek_space(struct ncd_vchan *v)
 {
     uint32_t cons, used;
@@ -131,24 +147,40 @@ static int64_t fast_buffer_space(struct ncd_vchan *v, size_t request)
     return space;
 }
 
+/* Move peer_seen from `from` to `to`; returns the state it is in afterwards.  A
+ * GONE (stored by another thread meanwhile) is never overwritten. */
+static int peer_seen_move(struct ncd_vchan *v, int from, int to)
+{
+    int cur = from;
+    if (__atomic_compare_exchange_n(&v->peer_seen, &cur, to, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE))
+        return to;
+    return cur;
+}
+
+/* 0 closed, 1 open, 2 server waiting for its client; validates the live flag. */
 static int peer_live(struct ncd_vchan *v)
 {
+    int seen;
     uint8_t live;
     if (is_bad(v))
         return 0;
-    if (__atomic_load_n(&v->peer_seen, __ATOMIC_ACQUIRE) == 2)
+    /* pairs with the release store of GONE and the CAS in peer_seen_move() */
+    seen = __atomic_load_n(&v->peer_seen, __ATOMIC_ACQUIRE);
+    if (seen == NCD_PEER_GONE)
         return 0; /* latched: a closed peer never reopens */
     live = SHR_LOAD(v->is_server ? &v->ring->cli_live : &v->ring->srv_live);
     switch (live) {
     case 0:
-        __atomic_store_n(&v->peer_seen, 2, __ATOMIC_RELEASE);
+        /* final: no CAS needed; pairs with the acquire load above / in the CAS */
+        __atomic_store_n(&v->peer_seen, NCD_PEER_GONE, __ATOMIC_RELEASE);
         return 0;
     case 1:
-        if (__atomic_load_n(&v->peer_seen, __ATOMIC_RELAXED) == 0)
-            __atomic_store_n(&v->peer_seen, 1, __ATOMIC_RELEASE);
-        return 1;
+        if (seen == NCD_PEER_NOT_SEEN)
+            seen = peer_seen_move(v, NCD_PEER_NOT_SEEN, NCD_PEER_LIVE);
+        return seen == NCD_PEER_GONE ? 0 : 1;
     case 2:
-        if (v->is_server && __atomic_load_n(&v->peer_seen, __ATOMIC_RELAXED) == 0)
+        if (v->is_server && seen == NCD_PEER_NOT_SEEN)
             return 2;
         ncd_vchan_mark_bad(v, v->is_server ? "cli_live went back to 2 (not connected)"
                                            : "srv_live is 2 (only a client may be 2)");
@@ -192,94 +224,45 @@ ssize_t ncd_vchan_buffer_space(struct ncd_vchan *v)
     return (ssize_t)r;
 }
 
-static void consume(struct ncd_vchan *v, uint32_t n)
-{
-    vchan_mb(); /* data reads complete before we hand the space back */
-    v->rd.own += n;
-    SHR_STORE(&v->rd.shr->cons, v->rd.own);
-    send_notify(v, VCHAN_NOTIFY_READ);
-}
+/* ---- the window: iov + commit (the only place with wrap-around arithmetic) ---- */
 
-static void produce(struct ncd_vchan *v, uint32_t n)
+/* Hand out min(avail, max) bytes of r from our private index on, in one or two
+ * iovecs (two when the window wraps); the commit clamp remembers the amount. */
+static int fill_iov(struct ncd_ring *r, struct iovec iov[2], int64_t avail, size_t max)
 {
-    vchan_wmb(); /* data writes are visible before the index */
-    v->wr.own += n;
-    SHR_STORE(&v->wr.shr->prod, v->wr.own);
-    send_notify(v, VCHAN_NOTIFY_WRITE);
-}
-
-ssize_t ncd_vchan_read(struct ncd_vchan *v, void *buf, size_t n)
-{
-    int64_t ready = fast_data_ready(v, n);
-    uint32_t take, idx, first;
-    if (ready < 0) {
-        errno = EPROTO;
-        return -1;
-    }
-    take = (uint64_t)ready < n ? (uint32_t)ready : (uint32_t)n;
-    if (take == 0)
-        return 0;
-    vchan_rmb(); /* data reads happen after the prod read */
-    idx = v->rd.own & (v->rd.size - 1);
-    first = v->rd.size - idx;
-    if (first > take)
-        first = take;
-    memcpy(buf, v->rd.buf + idx, first);
-    if (first < take)
-        memcpy((uint8_t *)buf + first, v->rd.buf, take - first);
-    consume(v, take);
-    return take;
-}
-
-ssize_t ncd_vchan_write(struct ncd_vchan *v, const void *buf, size_t n)
-{
-    int64_t space;
-    uint32_t take, idx, first;
-    if (is_bad(v)) {
-        errno = EPROTO;
-        return -1;
-    }
-    if (!peer_live(v)) {
-        errno = is_bad(v) ? EPROTO : EPIPE;
-        return -1;
-    }
-    space = fast_buffer_space(v, n);
-    if (space < 0) {
-        errno = EPROTO;
-        return -1;
-    }
-    take = (uint64_t)space < n ? (uint32_t)space : (uint32_t)n;
-    if (take == 0)
-        return 0;
-    vchan_mb(); /* read the indices, then write data */
-    idx = v->wr.own & (v->wr.size - 1);
-    first = v->wr.size - idx;
-    if (first > take)
-        first = take;
-    memcpy(v->wr.buf + idx, buf, first);
-    if (first < take)
-        memcpy(v->wr.buf, (const uint8_t *)buf + first, take - first);
-    produce(v, take);
-    return take;
-}
-
-static int fill_iov(struct ncd_ring *r, struct iovec iov[2], uint32_t take)
-{
+    uint32_t take = (uint64_t)avail < max ? (uint32_t)avail : (uint32_t)max;
     uint32_t idx = r->own & (r->size - 1);
     uint32_t first = r->size - idx;
     r->granted = take;
     if (take == 0)
         return 0;
+    iov[0].iov_base = r->buf + idx;
     if (first >= take) {
-        iov[0].iov_base = r->buf + idx;
         iov[0].iov_len = take;
         return 1;
     }
-    iov[0].iov_base = r->buf + idx;
     iov[0].iov_len = first;
     iov[1].iov_base = r->buf;
     iov[1].iov_len = take - first;
     return 2;
+}
+
+/* Take up to n of the bytes the last *_iov handed out (the rest stays ours). */
+static uint32_t take_granted(struct ncd_ring *r, size_t n)
+{
+    uint32_t take = n < r->granted ? (uint32_t)n : r->granted;
+    r->granted -= take;
+    return take;
+}
+
+/* Move our private index of r on by take, publish it at *shared and honour the
+ * peer's request for `bit` (the caller has put its barrier before). */
+static void publish_index(struct ncd_vchan *v, struct ncd_ring *r, uint32_t *shared,
+                          uint32_t take, uint8_t bit)
+{
+    r->own += take;
+    SHR_STORE(shared, r->own);
+    send_notify(v, bit);
 }
 
 int ncd_vchan_read_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max)
@@ -290,16 +273,22 @@ int ncd_vchan_read_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max)
         errno = EPROTO;
         return -1;
     }
-    vchan_rmb(); /* the caller reads data after the prod read */
-    return fill_iov(&v->rd, iov, (uint64_t)ready < max ? (uint32_t)ready : (uint32_t)max);
+    /* The caller reads data only after our read of prod.  Pairs with the release
+     * barrier in ncd_vchan_write_commit() (data, then prod). */
+    vchan_rmb();
+    return fill_iov(&v->rd, iov, ready, max);
 }
 
 void ncd_vchan_read_commit(struct ncd_vchan *v, size_t n)
 {
-    uint32_t take = n < v->rd.granted ? (uint32_t)n : v->rd.granted;
-    v->rd.granted -= take; /* the rest of the window stays ours */
-    if (take && !is_bad(v))
-        consume(v, take);
+    uint32_t take = take_granted(&v->rd, n);
+    if (!take || is_bad(v))
+        return;
+    /* Our data reads are complete before the space goes back to the peer.  Pairs
+     * with the full barrier in ncd_vchan_write_iov() (the peer reads cons, then
+     * writes data). */
+    vchan_mb();
+    publish_index(v, &v->rd, &v->rd.shr->cons, take, VCHAN_NOTIFY_READ);
 }
 
 int ncd_vchan_write_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max)
@@ -319,16 +308,61 @@ int ncd_vchan_write_iov(struct ncd_vchan *v, struct iovec iov[2], size_t max)
         errno = EPROTO;
         return -1;
     }
-    vchan_mb(); /* read the indices, then the caller writes data */
-    return fill_iov(&v->wr, iov, (uint64_t)space < max ? (uint32_t)space : (uint32_t)max);
+    /* Our read of cons is complete before the caller writes data into the space.
+     * Pairs with the full barrier in ncd_vchan_read_commit() (data read, then cons). */
+    vchan_mb();
+    return fill_iov(&v->wr, iov, space, max);
 }
 
 void ncd_vchan_write_commit(struct ncd_vchan *v, size_t n)
 {
-    uint32_t take = n < v->wr.granted ? (uint32_t)n : v->wr.granted;
-    v->wr.granted -= take; /* the rest of the window stays ours */
-    if (take && !is_bad(v))
-        produce(v, take);
+    uint32_t take = take_granted(&v->wr, n);
+    if (!take || is_bad(v))
+        return;
+    /* The data is visible before the index that hands it over.  Pairs with the
+     * acquire barrier in ncd_vchan_read_iov() (prod read, then data). */
+    vchan_wmb();
+    publish_index(v, &v->wr, &v->wr.shr->prod, take, VCHAN_NOTIFY_WRITE);
+}
+
+/* ---- stream read / write: a window, a copy, a commit ---- */
+
+/* Copy between buf and the window iov[0..cnt): into the ring if to_ring (buf is
+ * only read then), else out of it.  Returns the bytes copied. */
+static size_t window_copy(const struct iovec *iov, int cnt, uint8_t *buf, int to_ring)
+{
+    size_t done = 0;
+    int i;
+    for (i = 0; i < cnt; i++) {
+        if (to_ring)
+            memcpy(iov[i].iov_base, buf + done, iov[i].iov_len);
+        else
+            memcpy(buf + done, iov[i].iov_base, iov[i].iov_len);
+        done += iov[i].iov_len;
+    }
+    return done;
+}
+
+ssize_t ncd_vchan_read(struct ncd_vchan *v, void *buf, size_t n)
+{
+    struct iovec iov[2];
+    int cnt = ncd_vchan_read_iov(v, iov, n);
+    size_t got = cnt > 0 ? window_copy(iov, cnt, buf, 0) : 0;
+    if (cnt < 0)
+        return -1;
+    ncd_vchan_read_commit(v, got);
+    return (ssize_t)got;
+}
+
+ssize_t ncd_vchan_write(struct ncd_vchan *v, const void *buf, size_t n)
+{
+    struct iovec iov[2];
+    int cnt = ncd_vchan_write_iov(v, iov, n);
+    size_t put = cnt > 0 ? window_copy(iov, cnt, (uint8_t *)buf, 1) : 0;
+    if (cnt < 0)
+        return -1;
+    ncd_vchan_write_commit(v, put);
+    return (ssize_t)put;
 }
 
 size_t ncd_vchan_unconsumed(struct ncd_vchan *v)
@@ -348,6 +382,7 @@ void ncd_vchan_get_stats(struct ncd_vchan *v, struct ncd_vchan_stats *out)
     out->notify_recv = __atomic_load_n(&v->stats.notify_recv, __ATOMIC_RELAXED);
     out->ring_full_waits = __atomic_load_n(&v->stats.ring_full_waits, __ATOMIC_RELAXED);
     out->bad_peer = __atomic_load_n(&v->stats.bad_peer, __ATOMIC_RELAXED);
+    out->notify_failed = __atomic_load_n(&v->stats.notify_failed, __ATOMIC_RELAXED);
 }
 
 size_t ncd_vchan_read_size(struct ncd_vchan *v)

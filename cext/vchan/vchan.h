@@ -18,7 +18,8 @@
  * orders and grant refs are read once at connect and validated; live flags are
  * validated on every read.  A bad value closes the channel: is_open() becomes
  * 0, read/write/iov calls fail with errno EPROTO, ncd_vchan_close_reason()
- * says why, stats.bad_peer counts it and one line goes to stderr.
+ * says why and stats.bad_peer counts it.  Nothing is printed: the caller logs
+ * the reason (ncd.vchan, the pump's ncd_pump_reason()).
  *
  * Threads: one thread may run the read side (data_ready, read, read_iov,
  * read_commit) while another runs the write side (buffer_space, write,
@@ -53,6 +54,7 @@ struct ncd_vchan_stats {
     uint64_t notify_recv;     /* events consumed by ncd_vchan_wait() */
     uint64_t ring_full_waits; /* write attempts that found no (or too little) space */
     uint64_t bad_peer;        /* hostile values detected (0 or 1: the first closes) */
+    uint64_t notify_failed;   /* event-channel notifications that failed to go out */
 };
 
 /* Grants a vchan would use for these minimum sizes (see the note above). */

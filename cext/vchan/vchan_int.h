@@ -9,6 +9,7 @@
 #include <xenevtchn.h>
 #include <xengnttab.h>
 
+#include "ncd_util.h"
 #include "vchan.h"
 
 #define NCD_PAGE_SHIFT 12
@@ -51,16 +52,26 @@ struct ncd_ring {
     uint32_t npages;         /* pages granted/mapped separately (order >= 12), else 0 */
 };
 
-struct ncd_local; /* in-memory backing of a local pair */
+struct ncd_local;    /* in-memory backing of a local pair (vchan_init.c) */
+struct ncd_ring_ops; /* share / map / unmap of pages: gntshr, gnttab or local (vchan_init.c) */
+
+/* What this end knows about the peer's live flag; only ever moves forward
+ * (NOT_SEEN -> LIVE -> GONE, or straight to GONE), by compare-and-swap. */
+enum ncd_peer_seen {
+    NCD_PEER_NOT_SEEN = 0, /* server: no client yet (cli_live still 2) */
+    NCD_PEER_LIVE = 1,     /* the peer's live flag was seen at 1 */
+    NCD_PEER_GONE = 2,     /* the peer's live flag was seen at 0: latched for good */
+};
 
 struct ncd_vchan {
     int is_server;
-    int closed;        /* we (or a hostile value) closed it; atomic */
-    int peer_seen;     /* server: the client was seen connected (cli_live 1) */
-    const char *bad_reason;
+    int bad;           /* atomic: the peer was hostile, the channel is poisoned for good */
+    int peer_seen;     /* atomic enum ncd_peer_seen */
+    const char *bad_reason; /* set once (CAS) before bad is set; static string */
     uint16_t peer_domid;
     struct vchan_interface *ring; /* control page */
     struct ncd_ring rd, wr;
+    const struct ncd_ring_ops *ops; /* how the pages were shared / mapped */
     /* Xen */
     xengntshr_handle *gntshr;
     xengnttab_handle *gnttab;
@@ -75,6 +86,8 @@ struct ncd_vchan {
 
 /* Shared ring-I/O helpers (vchan.c) used by setup code. */
 int ncd_vchan_send_event(struct ncd_vchan *v);
+/* Store our live flag (srv_live or cli_live), full barrier, wake the peer. */
+void ncd_vchan_publish_live(struct ncd_vchan *v, uint8_t live);
 void ncd_vchan_mark_bad(struct ncd_vchan *v, const char *reason);
 /* Readable / writable bytes from one validated read of the peer's index, without
  * asking the peer to notify (spinning); -1 when hostile or closed by a bad value. */

@@ -6,21 +6,11 @@
  */
 #include <errno.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/uio.h>
 
 #include "vchan_int.h"
-
-static int relay_fail(char *err, size_t errlen, int e, const char *what)
-{
-    if (err && errlen)
-        snprintf(err, errlen, "%s: %s", what, strerror(e));
-    errno = e;
-    return -1;
-}
 
 /* Write everything left in the read ring to outfd (the peer has closed). */
 static int drain(struct ncd_vchan *v, int outfd, char *err, size_t errlen)
@@ -30,7 +20,7 @@ static int drain(struct ncd_vchan *v, int outfd, char *err, size_t errlen)
         int cnt = ncd_vchan_read_iov(v, iov, SIZE_MAX);
         ssize_t w;
         if (cnt < 0)
-            return relay_fail(err, errlen, errno, "vchan read");
+            return ncd_fail(err, errlen, errno, "vchan read: %s", strerror(errno));
         if (cnt == 0)
             return 0;
         w = writev(outfd, iov, cnt);
@@ -40,7 +30,8 @@ static int drain(struct ncd_vchan *v, int outfd, char *err, size_t errlen)
             struct pollfd p = {.fd = outfd, .events = POLLOUT};
             poll(&p, 1, -1);
         } else {
-            return relay_fail(err, errlen, w < 0 ? errno : EIO, "write to output");
+            int e = w < 0 ? errno : EIO;
+            return ncd_fail(err, errlen, e, "write to output: %s", strerror(e));
         }
     }
 }
@@ -59,7 +50,7 @@ int ncd_vchan_relay(struct ncd_vchan *v, int infd, int outfd, char *err, size_t 
             /* vchan -> out */
             cnt = ncd_vchan_read_iov(v, iov, SIZE_MAX);
             if (cnt < 0)
-                return relay_fail(err, errlen, errno, "vchan read");
+                return ncd_fail(err, errlen, errno, "vchan read: %s", strerror(errno));
             out_blocked = 0;
             if (cnt > 0) {
                 ssize_t w = writev(outfd, iov, cnt);
@@ -70,7 +61,8 @@ int ncd_vchan_relay(struct ncd_vchan *v, int infd, int outfd, char *err, size_t 
                     ncd_vchan_read_commit(v, 0);
                     out_blocked = 1;
                 } else {
-                    return relay_fail(err, errlen, w < 0 ? errno : EIO, "write to output");
+                    int e = w < 0 ? errno : EIO;
+                    return ncd_fail(err, errlen, e, "write to output: %s", strerror(e));
                 }
             }
             /* in -> vchan */
@@ -79,7 +71,7 @@ int ncd_vchan_relay(struct ncd_vchan *v, int infd, int outfd, char *err, size_t 
                 if (cnt < 0) {
                     if (errno == EPIPE)
                         break; /* the peer closed: drained below */
-                    return relay_fail(err, errlen, errno, "vchan write");
+                    return ncd_fail(err, errlen, errno, "vchan write: %s", strerror(errno));
                 }
                 ring_full = cnt == 0;
                 if (cnt > 0) {
@@ -94,14 +86,16 @@ int ncd_vchan_relay(struct ncd_vchan *v, int infd, int outfd, char *err, size_t 
                         else if (errno == EAGAIN || errno == EINTR)
                             in_ready = 0;
                         else
-                            return relay_fail(err, errlen, errno, "read from input");
+                            return ncd_fail(err, errlen, errno, "read from input: %s",
+                                            strerror(errno));
                     }
                 }
             }
         }
         if (!ncd_vchan_is_open(v)) {
             if (ncd_vchan_close_reason(v))
-                return relay_fail(err, errlen, EPROTO, ncd_vchan_close_reason(v));
+                return ncd_fail(err, errlen, EPROTO, "%s: %s", ncd_vchan_close_reason(v),
+                                strerror(EPROTO));
             return drain(v, outfd, err, errlen);
         }
         if (in_eof && !out_blocked) {
@@ -117,17 +111,14 @@ int ncd_vchan_relay(struct ncd_vchan *v, int infd, int outfd, char *err, size_t 
                 p[n++] = (struct pollfd){.fd = infd, .events = POLLIN};
             if (out_blocked)
                 p[n++] = (struct pollfd){.fd = outfd, .events = POLLOUT};
-            if (poll(p, (nfds_t)n, -1) < 0) {
-                if (errno == EINTR)
-                    return relay_fail(err, errlen, EINTR, "poll");
-                return relay_fail(err, errlen, errno, "poll");
-            }
+            if (poll(p, (nfds_t)n, -1) < 0) /* EINTR too: the caller calls again */
+                return ncd_fail(err, errlen, errno, "poll: %s", strerror(errno));
             for (i = 0; i < n; i++) {
                 if (!p[i].revents)
                     continue;
                 if (p[i].fd == vfd && i == 0) {
                     if (ncd_vchan_wait(v) < 0 && errno != EAGAIN)
-                        return relay_fail(err, errlen, errno, "vchan wait");
+                        return ncd_fail(err, errlen, errno, "vchan wait: %s", strerror(errno));
                 } else if (p[i].events & POLLIN) {
                     in_ready = 1;
                 }

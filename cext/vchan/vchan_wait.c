@@ -24,14 +24,6 @@
 #define WAIT_SLICE_MS 100
 #define LIVE_CHECK_EVERY 64u /* spin iterations between checks of the live flag */
 
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ __volatile__("yield" ::: "memory")
-#else
-#define cpu_relax() __atomic_signal_fence(__ATOMIC_SEQ_CST)
-#endif
-
 static int64_t now_ns(void)
 {
     struct timespec ts;
@@ -96,7 +88,7 @@ static ssize_t wait_for(struct ncd_vchan *v, enum wait_dir dir, size_t n, unsign
 
     /* spin: re-read the peer's index only; the live flag now and then */
     for (i = 1; spin_us && now_ns() < spin_end; i++) {
-        cpu_relax();
+        ncd_cpu_relax();
         if (i % LIVE_CHECK_EVERY) {
             got = peek(v, dir);
             if (got < 0) {

@@ -2,9 +2,8 @@
 tracker (cext/tracker) and the frame pump (cext/pump) in one API-mode extension.
 
 * cdef text: ``cext/vchan/vchan.cdef``, ``cext/tracker/tracker.cdef``, then
-  ``cext/pump/pump.cdef`` (when present);
-* sources: every ``cext/vchan/*.c``, every ``cext/tracker/*.c`` and, when ``pump.cdef``
-  exists, every ``cext/pump/*.c``;
+  ``cext/pump/pump.cdef``;
+* sources: every ``cext/vchan/*.c``, ``cext/tracker/*.c`` and ``cext/pump/*.c``;
 * linked by soname against libxengnttab / libxenevtchn, so xensim's shims take over
   through ``LD_LIBRARY_PATH`` and Xen's own libraries are used on real Xen.
 
@@ -15,8 +14,7 @@ Environment:
 * ``NCD_SANITIZE=1``: build with ``-fsanitize=address,undefined`` into
   ``build/sanitize/ncd/`` instead of the package (see ``sanitized_module_path``); run it
   with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` (tests/vchan/test_sanitized.py
-  does this in a subprocess);
-* ``NCD_HOTPATH_VCHAN_ONLY=1``: leave the pump out (while it does not compile).
+  does this in a subprocess).
 """
 
 from __future__ import annotations
@@ -45,13 +43,6 @@ def _sanitize() -> bool:
     return os.environ.get("NCD_SANITIZE", "") not in ("", "0")
 
 
-def _with_pump() -> bool:
-    return (PUMP / "pump.cdef").exists() and os.environ.get("NCD_HOTPATH_VCHAN_ONLY", "") in (
-        "",
-        "0",
-    )
-
-
 def _rel(p: Path) -> str:
     # setuptools wants source paths relative to the project root; the sanitized build
     # compiles in build/sanitize/ and needs them absolute
@@ -74,12 +65,11 @@ def make_ffi() -> FFI:
     sources += sorted(TRACKER.glob("*.c"))
     prelude += '#include "tracker.h"\n'
     include_dirs.append(str(TRACKER))
-    if _with_pump():
-        cdef += "\n" + (PUMP / "pump.cdef").read_text()
-        sources += sorted(PUMP.glob("*.c"))
-        include_dirs.append(str(PUMP))
-        if (PUMP / "pump.h").exists():
-            prelude += '#include "pump.h"\n'
+    # frame pump (cext/pump)
+    cdef += "\n" + (PUMP / "pump.cdef").read_text()
+    sources += sorted(PUMP.glob("*.c"))
+    prelude += '#include "pump.h"\n'
+    include_dirs.append(str(PUMP))
     ffi.cdef(cdef)
     cflags = list(BASE_CFLAGS)
     ldflags: list[str] = []

@@ -71,6 +71,13 @@ class Vchan:
         if lib.ncd_vchan_wait(self._handle()) < 0:
             _raise("ncd_vchan_wait")
 
+    def _raise_io(self, call: str) -> None:
+        """Raise for a failed ring call; EPROTO carries the hostile value the C side
+        recorded (``close_reason``), so the one log line of the caller names it."""
+        code = ffi.errno or errno_mod.EIO  # before another C call replaces it
+        reason = self.close_reason if code == errno_mod.EPROTO and self._h is not None else None
+        raise VchanError(code, call, f"hostile peer: {reason}" if reason else None)
+
     def is_open(self) -> int:
         """0 closed, 1 open, 2 server still waiting for its client."""
         return int(lib.ncd_vchan_is_open(self._handle()))
@@ -78,13 +85,13 @@ class Vchan:
     def data_ready(self) -> int:
         n = lib.ncd_vchan_data_ready(self._handle())
         if n < 0:
-            _raise("ncd_vchan_data_ready")
+            self._raise_io("ncd_vchan_data_ready")
         return int(n)
 
     def buffer_space(self) -> int:
         n = lib.ncd_vchan_buffer_space(self._handle())
         if n < 0:
-            _raise("ncd_vchan_buffer_space")
+            self._raise_io("ncd_vchan_buffer_space")
         return int(n)
 
     def wait_data(self, n: int, *, spin_us: int = 0, timeout: float | None = None) -> int:
@@ -93,14 +100,14 @@ class Vchan:
         timeout; raises EPIPE once the peer closed with fewer than ``n`` bytes left."""
         r = lib.ncd_vchan_wait_data(self._handle(), n, spin_us, _timeout_ms(timeout))
         if r < 0:
-            _raise("ncd_vchan_wait_data")
+            self._raise_io("ncd_vchan_wait_data")
         return int(r)
 
     def wait_space(self, n: int, *, spin_us: int = 0, timeout: float | None = None) -> int:
         """Block (GIL released) until ``n`` bytes are writable; like :meth:`wait_data`."""
         r = lib.ncd_vchan_wait_space(self._handle(), n, spin_us, _timeout_ms(timeout))
         if r < 0:
-            _raise("ncd_vchan_wait_space")
+            self._raise_io("ncd_vchan_wait_space")
         return int(r)
 
     def unconsumed(self) -> int:
@@ -135,6 +142,7 @@ class Vchan:
             "notify_recv": s.notify_recv,
             "ring_full_waits": s.ring_full_waits,
             "bad_peer": s.bad_peer,
+            "notify_failed": s.notify_failed,
         }
 
     # -- data ----------------------------------------------------------------------
@@ -142,7 +150,7 @@ class Vchan:
         """Copy up to len(buf) bytes; 0 when nothing is ready (see is_open for EOF)."""
         n = lib.ncd_vchan_read(self._handle(), ffi.from_buffer(buf), len(buf))
         if n < 0:
-            _raise("ncd_vchan_read")
+            self._raise_io("ncd_vchan_read")
         return int(n)
 
     def read(self, n: int) -> bytes:
@@ -156,7 +164,7 @@ class Vchan:
             return 0
         n = lib.ncd_vchan_write(self._handle(), ffi.from_buffer(data), len(data))
         if n < 0:
-            _raise("ncd_vchan_write")
+            self._raise_io("ncd_vchan_write")
         return int(n)
 
     def shared_page(self) -> Any:

@@ -126,6 +126,25 @@ class Driver:
             self.v = None
         return {}
 
+    def cmd_break_evtchn(self) -> dict[str, Any]:
+        """Close the event channel under the vchan: every eventfd of this process (xensim's
+        notify is one write() on one) becomes /dev/null opened read-only, so the next
+        notify fails (EBADF)."""
+        broken = 0
+        null = os.open("/dev/null", os.O_RDONLY)
+        try:
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    target = os.readlink(f"/proc/self/fd/{name}")
+                except OSError:
+                    continue
+                if target == "anon_inode:[eventfd]":
+                    os.dup2(null, int(name))
+                    broken += 1
+        finally:
+            os.close(null)
+        return {"broken": broken}
+
     def cmd_exists(self, path: str) -> dict[str, Any]:
         return {"exists": self.xs.exists(path)}
 

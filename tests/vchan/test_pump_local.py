@@ -191,13 +191,16 @@ def test_commit_granularity(make_pair, size: int, n: int, commits: int) -> None:
     for i, f in enumerate(frames):  # all queued before the pump starts: one tx run
         a.app.send(vnet(i) + f)
     a.start()
-    _until(lambda: a.stats().tx_frames == n, "tx did not take every frame")
+    # frames are counted as they are moved, the commit follows: wait for both
+    _until(lambda: a.stats().tx_frames == n and a.stats().tx_batches >= commits,
+           "tx did not take and commit every frame")
     assert a.stats().tx_batches == commits
     assert b.vchan.data_ready() == n * (fr.REC_HDR_SIZE + size)
     b.start()  # every record is in its ring already: one rx run
     got = [b.app.recv(fr.ETH_MAX + 100) for _ in frames]
     assert got == [vnet(i) + f for i, f in enumerate(frames)]
-    _until(lambda: b.stats().rx_frames == n, "rx did not deliver every frame")
+    _until(lambda: b.stats().rx_frames == n and b.stats().rx_batches >= commits,
+           "rx did not deliver and commit every frame")
     assert b.stats().rx_batches == commits
 
 
