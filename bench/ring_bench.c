@@ -45,11 +45,7 @@
 #include "frame.h"
 #include "vchan.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#else
-#define cpu_relax() __atomic_signal_fence(__ATOMIC_SEQ_CST)
-#endif
+#include "ncd_util.h" /* ncd_cpu_relax() */
 
 #define CHECK_EVERY 1024u
 #define BATCH 64u
@@ -259,7 +255,7 @@ static ssize_t raw_wait_space(void *c, size_t n)
     struct raw_ring *r = c;
     uint32_t space;
     while ((space = r->size - (r->prod - __atomic_load_n(&r->cons, __ATOMIC_ACQUIRE))) < n)
-        cpu_relax();
+        ncd_cpu_relax();
     return space;
 }
 static int raw_write_iov(void *c, struct iovec iov[2], size_t max)
@@ -278,7 +274,7 @@ static ssize_t raw_wait_data(void *c, size_t n)
     struct raw_ring *r = c;
     uint32_t ready;
     while ((ready = __atomic_load_n(&r->prod, __ATOMIC_ACQUIRE) - r->cons) < n)
-        cpu_relax();
+        ncd_cpu_relax();
     return ready;
 }
 static int raw_read_iov(void *c, struct iovec iov[2], size_t max)

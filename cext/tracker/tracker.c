@@ -20,11 +20,7 @@
 #define LD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#else
-#define cpu_relax() __atomic_thread_fence(__ATOMIC_SEQ_CST)
-#endif
+#include "../vchan/ncd_util.h" /* ncd_cpu_relax() */
 
 struct trk_entry {
     uint64_t page;
@@ -394,7 +390,7 @@ static int find_page(struct ncd_tracker *t, uint64_t p, struct found *f)
         uint32_t lo = 0, hi, slot = NO_SLOT;
         int hit = 0;
         if (s1 & 1u) {
-            cpu_relax();
+            ncd_cpu_relax();
             continue;
         }
         hi = LD(&t->count);
