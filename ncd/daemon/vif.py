@@ -1,8 +1,8 @@
 """One attached interface: xenbus handshake + TAP + datapath, with one cleanup path.
 
 A :class:`Vif` is a task. Everything that can change its situation (a xenstore
-watch under its own or its peer's directory, the pump thread ending, a retry
-timer, a stop request) only *pokes* it; on each poke it re-reads what it needs
+watch under its own or its peer's directory, the pump thread ending, the
+machine's retry timer, a stop request) only *pokes* it; on each poke it re-reads what it needs
 (level-triggered, so lost or coalesced events do not matter) and feeds the
 :class:`~ncd.xenbus.XenbusMachine`, then performs the actions the machine
 returns. Role specifics (which keys, which TAP, map or grant) live in the
@@ -45,8 +45,10 @@ from ncd.xen.aio import Watch
 from ncd.xen.xenstore import WatchEvent, XenStore
 from ncd.xenbus import (
     Action,
+    Backoff,
     Disconnect,
     Fail,
+    FailKind,
     ReleaseDevice,
     Role,
     SetState,
@@ -62,7 +64,6 @@ log = logging.getLogger("ncd.vif")
 
 OUR_FEATURES = Features.ALL
 PEER_KEYS = (KEY_PROTOCOL, KEY_VNET_HDR, KEY_MAX_FRAME, *FEATURE_KEYS)
-RETRY_KINDS = ("link_lost", "setup_failed")
 
 
 @dataclass
@@ -107,7 +108,10 @@ class Vif(abc.ABC):
         self.xs = ctx.xs
         self.guest = guest  # the frontend domain (labels and list on both sides)
         self.devid = devid
-        self.machine = XenbusMachine(self.role)
+        channel = ctx.config.channel
+        self.machine = XenbusMachine(
+            self.role, backoff=Backoff(channel.reconnect_delay, channel.reconnect_delay_max)
+        )
         self.events: asyncio.Queue[object] = asyncio.Queue()
         self.tap: tapmod.Tap | None = None
         self.datapath: Datapath | None = None
@@ -121,9 +125,8 @@ class Vif(abc.ABC):
         self._peer_raw: bytes | None = None
         self._peer_seen = False
         self._stop = False
-        self._retry: asyncio.TimerHandle | None = None
-        self._retry_due = False
-        self._delay = ctx.config.channel.reconnect_delay
+        self._timer: asyncio.TimerHandle | None = None  # a loop timer at _timer_at
+        self._timer_at: float | None = None  # the machine's deadline the timer is set for
         self._done_fd: int | None = None
         self._metrics_added = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -244,6 +247,7 @@ class Vif(abc.ABC):
                     self._internal_error(exc)
                 if self.machine.released:
                     break
+                self._set_timer()
                 await self._next_event()
         finally:
             self._teardown()
@@ -263,6 +267,7 @@ class Vif(abc.ABC):
         del path
 
     def _try_load(self) -> None:
+        self._apply(self._timer_expired())  # an unloaded device retries on every wakeup
         if layout.read_optional(self.xs, self.own_dir) is None:
             self._apply(self.machine.device_removed())
             return
@@ -273,7 +278,7 @@ class Vif(abc.ABC):
             self._publish_features()
         except (layout.BadEntry, OSError, ValueError) as exc:
             self._close_tap()
-            self._failed(f"cannot set the device up: {exc}", "setup_failed")
+            self._fail_locally(f"cannot set the device up: {exc}")
             self._write_state(XenbusState.CLOSED)
             return
         self.loaded = True
@@ -296,26 +301,59 @@ class Vif(abc.ABC):
         if self.datapath is not None:
             why = self.datapath.ended()
             if why is not None:
-                self._apply(self.machine.link_lost(why))
-        if self._retry_due and not self.machine.released:
-            self._retry_due = False
-            if self.machine.state == XenbusState.CLOSED:
-                log.info("%s: retrying the handshake", self.name)
-                self._apply(self.machine.restart())
+                self._apply(self.machine.link_lost(why, self._now()))
+        acts = self._timer_expired()
+        if acts:
+            log.info("%s: retrying the handshake", self.name)
+            self._apply(acts)
 
     def _internal_error(self, exc: Exception) -> None:
         """Drop the channel, count, and let the retry timer start over."""
         self._disconnect()
         acts: list[Action] = []
         if self.machine.state not in (XenbusState.UNKNOWN, XenbusState.CLOSED):
-            acts = self.machine.link_lost(f"internal error: {exc}")
+            acts = self.machine.link_lost(f"internal error: {exc}", self._now())
         if acts:
             self._apply(acts)
         else:
-            self._failed(f"internal error: {exc}", "setup_failed")
+            self._fail_locally(f"internal error: {exc}")
 
     def _read_peer_state(self) -> bytes | None:
         return layout.read_optional(self.xs, f"{self.peer_dir}/state")
+
+    # ---- time: the machine's retry timer on the event loop (aioquic's adapter) ------
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _set_timer(self) -> None:
+        """Keep one loop timer at the machine's next deadline; it pokes the vif."""
+        at = self.machine.get_timer()
+        if at == self._timer_at:
+            return
+        self._cancel_timer()
+        assert self._loop is not None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_at(at, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self.poke("timer")
+
+    def _timer_expired(self) -> list[Action]:
+        """The machine's answer once our loop timer fired (never before its deadline:
+        the loop may run a timer a little early)."""
+        at = self._timer_at
+        if at is None or self._timer is not None:
+            return []
+        self._timer_at = None
+        return self.machine.handle_timer(max(at, self._now()))
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer, self._timer_at = self._timer, None, None
+        if timer is not None:
+            timer.cancel()
 
     # ---- actions ---------------------------------------------------------------------
     def _apply(self, actions: Sequence[Action]) -> None:
@@ -324,7 +362,6 @@ class Vif(abc.ABC):
                 self._write_state(act.state)
                 if act.state == XenbusState.CONNECTED:
                     self.connected_since = time.time()
-                    self._delay = self.ctx.config.channel.reconnect_delay
                     log.info("%s: connected (%s <-> dom%d)", self.name, self.ifname, self.peer)
                 elif act.state in (XenbusState.CLOSING, XenbusState.CLOSED):
                     self.connected_since = None
@@ -335,14 +372,14 @@ class Vif(abc.ABC):
             elif isinstance(act, ReleaseDevice):
                 self._release()
             elif isinstance(act, Fail):
-                self._failed(act.reason, act.kind)
+                self._failed(act)
 
     def _do_setup(self) -> list[Action]:
         assert self.tap is not None
         try:
             dp = self._setup(self.tap)
         except (OSError, ValueError) as exc:
-            return self.machine.setup_failed(str(exc))
+            return self.machine.setup_failed(str(exc), self._now())
         self.datapath = dp
         self._done_fd = dp.done_fd()
         asyncio.get_running_loop().add_reader(self._done_fd, self.poke, "pump")
@@ -368,26 +405,17 @@ class Vif(abc.ABC):
         if had_tap:
             log.info("%s: released (%s removed)", self.name, self.ifname)
 
-    def _failed(self, reason: str, kind: str) -> None:
+    def _failed(self, fail: Fail) -> None:
         self.failures += 1
-        self.last_error = reason
-        log.warning("%s: failed (%s): %s", self.name, kind, reason)
-        self.ctx.metrics.handshake_failed(kind)
-        if kind in RETRY_KINDS:
-            self._schedule_retry()
+        self.last_error = fail.reason
+        at = self.machine.get_timer()
+        retry = f"; retry in {at - self._now():.3g}s" if fail.kind.retry and at is not None else ""
+        log.warning("%s: failed (%s): %s%s", self.name, fail.kind.label, fail.reason, retry)
+        self.ctx.metrics.handshake_failed(fail.kind.label)
 
-    def _schedule_retry(self) -> None:
-        if self._retry is not None or self._stop or self._loop is None:
-            return
-        delay = self._delay
-        self._delay = min(self._delay * 2, self.ctx.config.channel.reconnect_delay_max)
-
-        def due() -> None:
-            self._retry = None
-            self._retry_due = True
-            self.poke("retry")
-
-        self._retry = self._loop.call_later(delay, due)
+    def _fail_locally(self, reason: str) -> None:
+        """A failure of our own setup (entries, TAP, internal error): retried."""
+        self._apply(self.machine.local_failure(reason, FailKind.SETUP_FAILED, self._now()))
 
     # ---- xenstore / TAP helpers ------------------------------------------------------
     def _write_state(self, state: XenbusState) -> None:
@@ -431,9 +459,7 @@ class Vif(abc.ABC):
             log.warning("%s: removing %s: %s", self.name, name, exc)
 
     def _teardown(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        self._cancel_timer()
         self._release()
         for w in self._watches:
             w.close()
