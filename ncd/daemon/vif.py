@@ -66,6 +66,7 @@ from ncd.xenbus import (
 
 from . import netlink
 from .datapath import Datapath, add_stats
+from .deadline import DeadlineTimer
 from .undo import UndoStack
 
 log = logging.getLogger("ncd.vif")
@@ -141,8 +142,7 @@ class Vif(abc.ABC):
         self._peer_raw: bytes | None = None
         self._peer_seen = False
         self._stop = False
-        self._timer: asyncio.TimerHandle | None = None  # a loop timer at _timer_at
-        self._timer_at: float | None = None  # the machine's deadline the timer is set for
+        self._timer = DeadlineTimer(lambda: self.poke("timer"))  # at machine.get_timer()
         self._life = UndoStack(self.name)
         self._device = UndoStack(self.name)
         self._channel = UndoStack(self.name)
@@ -260,7 +260,7 @@ class Vif(abc.ABC):
                     await self._internal_error(exc)
                 if self.machine.released:
                     break
-                self._set_timer()
+                self._timer.set(self.machine.get_timer())
                 await self._next_event()
         finally:
             await self._teardown()
@@ -273,7 +273,7 @@ class Vif(abc.ABC):
             self._life.push(f"watch on {path}", w.close)
         self.ctx.metrics.add_vif(self.guest, self.devid, self.counters, lambda: self.state)
         self._life.push("metrics", lambda: self.ctx.metrics.remove_vif(self.guest, self.devid))
-        self._life.push("retry timer", self._cancel_timer)
+        self._life.push("retry timer", self._timer.cancel)
         self._life.push("device", self._device.close)
 
     async def _teardown(self) -> None:
@@ -349,39 +349,15 @@ class Vif(abc.ABC):
     def _read_peer_state(self) -> bytes | None:
         return layout.read_optional(self.xs, f"{self.peer_dir}/state")
 
-    # ---- time: the machine's retry timer on the event loop (aioquic's adapter) ------
+    # ---- time: the machine's clock is the loop's -----------------------------------
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
 
-    def _set_timer(self) -> None:
-        """Keep one loop timer at the machine's next deadline; it pokes the vif."""
-        at = self.machine.get_timer()
-        if at == self._timer_at:
-            return
-        self._cancel_timer()
-        assert self._loop is not None
-        self._timer_at = at
-        if at is not None:
-            self._timer = self._loop.call_at(at, self._timer_fired)
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        self.poke("timer")
-
     def _timer_expired(self) -> list[Action]:
-        """The machine's answer once our loop timer fired (never before its deadline:
-        the loop may run a timer a little early)."""
-        at = self._timer_at
-        if at is None or self._timer is not None:
-            return []
-        self._timer_at = None
-        return self.machine.handle_timer(max(at, self._now()))
-
-    def _cancel_timer(self) -> None:
-        timer, self._timer, self._timer_at = self._timer, None, None
-        if timer is not None:
-            timer.cancel()
+        """The machine's answer once our loop timer fired (now: never before the deadline)."""
+        at = self._timer.expired()
+        return [] if at is None else self.machine.handle_timer(max(at, self._now()))
 
     # ---- actions ---------------------------------------------------------------------
     async def _apply(self, actions: Sequence[Action]) -> None:
