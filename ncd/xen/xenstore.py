@@ -6,6 +6,7 @@ Every failure raises :class:`~ncd.xen.errors.XenError` naming the call and errno
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import threading
@@ -322,7 +323,9 @@ class XenStore(_Ops):
         """Run ``fn(t)`` in a transaction and commit, retrying on EAGAIN up to ``attempts``.
 
         Sleeps between attempts: for code without an event loop (ncctl, tools). On an
-        event loop use :func:`ncd.xen.aio.run_in_transaction`, which awaits instead.
+        event loop use :func:`ncd.xen.aio.run_in_transaction`, which awaits instead;
+        called on a loop's thread anyway (a vchan server publishing its entry), this
+        retries at once rather than stall every task, as Linux's xenbus drivers do.
         """
         retry = TransactionRetry(attempts, backoff)
         while True:
@@ -330,7 +333,9 @@ class XenStore(_Ops):
                 with self.transaction() as t:
                     return fn(t)
             except XenError as exc:
-                time.sleep(retry.pause(exc))
+                pause = retry.pause(exc)
+                if not _on_event_loop():
+                    time.sleep(pause)
 
     # -- watches ----------------------------------------------------------------------
     def new_token(self, prefix: str = "ncd") -> str:
@@ -374,6 +379,14 @@ class XenStore(_Ops):
         if ev == ffi.NULL:
             fail(call)
         return _watch_event(ev, call)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _watch_event(ev: Any, call: str) -> WatchEvent:

@@ -176,6 +176,37 @@ def test_async_transaction_retries_without_blocking_the_loop(peer):
     assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False)), seen
 
 
+def test_blocking_transaction_does_not_sleep_on_an_event_loop(peer):
+    """Code on the loop that still calls the blocking runner (a vchan server publishing
+    its entry) retries at once: no time.sleep stalls the loop's other tasks."""
+    a = peer(0)
+    base = "/local/domain/0/xentest/looptx"
+    elapsed, value = a.run(f"""
+        import time
+        xs = XenStore()
+        xs.write({base!r} + '/n', '0')
+        tries = []
+
+        def bump(t):
+            v = int(t.read({base!r} + '/n'))
+            tries.append(v)
+            if len(tries) <= 5:
+                other = XenStore(); other.write({base!r} + '/n', str(v + 10)); other.close()
+            t.write({base!r} + '/n', str(v + 1))
+            return v + 1
+
+        async def main():
+            t0 = time.monotonic()
+            value = xs.run_in_transaction(bump, backoff=0.1)  # off the loop: 1.5 s of sleeps
+            return time.monotonic() - t0, value
+
+        result = asyncio.run(main())
+        xs.rm({base!r})
+    """)
+    assert value == 51
+    assert elapsed < 0.5, elapsed
+
+
 def test_blocking_watch_api(peer):
     d0 = peer(0)
     base = "/local/domain/0/xentest/watch"
