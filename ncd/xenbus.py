@@ -33,17 +33,21 @@ Frontend::
 
 A peer state that is out of range, unused by the peer's role, or impossible in
 the current local state is rejected: the device fails into Closed and a
-:class:`Fail` action carries the reason, for the caller to log and count.
-The daemon then calls :meth:`XenbusMachine.restart` after a backoff
-(``[channel] reconnect_delay``); with that, any interleaving of watch events
-and setup completions converges to Connected on both sides (property-tested
-in tests/daemon/test_xenbus.py).
+:class:`Fail` action carries the reason and a :class:`FailKind`, for the caller
+to log and count. Time is an input too, as in aioquic: a failure whose kind
+retries arms a timer (:class:`Backoff`: ``[channel] reconnect_delay`` doubling
+up to ``reconnect_delay_max``, back to the start once Connected); the caller
+asks :meth:`XenbusMachine.get_timer` for the deadline and calls
+:meth:`XenbusMachine.handle_timer` once it passed, which restarts a Closed
+device. With that, any interleaving of watch events and setup completions
+converges to Connected on both sides (property-tested in
+tests/daemon/test_xenbus.py).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ncd.parse import BadEntry, uint
 
@@ -134,19 +138,31 @@ class ReleaseDevice:
     """The device is finished: remove the TAP, forget the device."""
 
 
-FAIL_KINDS = ("bad_state", "ill_timed", "setup_failed", "link_lost")
+class FailKind(enum.Enum):
+    """Why a device failed: ``label`` is its metrics label, ``retry`` whether the
+    machine arms its retry timer (a peer that wrote nonsense is not retried: its
+    next state change is)."""
+
+    BAD_STATE = ("bad_state", False)  # the peer's state key is not a state
+    ILL_TIMED = ("ill_timed", False)  # a peer state impossible in ours
+    SETUP_FAILED = ("setup_failed", True)  # mapping/granting, or the device's own setup
+    LINK_LOST = ("link_lost", True)  # the channel died under us
+
+    def __init__(self, label: str, retry: bool) -> None:
+        self.label = label
+        self.retry = retry
+
+
+FAIL_KINDS = tuple(kind.label for kind in FailKind)  # the bounded metrics labels
 
 
 @dataclass(frozen=True)
 class Fail:
-    """The handshake failed: log ``reason``, count ``kind``. State is already Closed.
-
-    ``kind`` is one of :data:`FAIL_KINDS` (a bounded metrics label); ``reason``
-    is the human-readable line.
-    """
+    """The device failed: log ``reason``, count ``kind``. State is already Closed
+    (or was never more than Initialising)."""
 
     reason: str
-    kind: str = "ill_timed"
+    kind: FailKind = FailKind.ILL_TIMED
 
 
 Action = SetState | Setup | Disconnect | ReleaseDevice | Fail
@@ -155,10 +171,33 @@ Action = SetState | Setup | Disconnect | ReleaseDevice | Fail
 # ---------------------------------------------------------------- machine
 
 
+@dataclass
+class Backoff:
+    """Delays between retries: ``first``, doubling up to ``cap``; :meth:`reset` once
+    the device connected."""
+
+    first: float = 1.0
+    cap: float = 30.0
+    upcoming: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upcoming = self.first
+
+    def take(self) -> float:
+        delay = self.upcoming
+        self.upcoming = min(delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.upcoming = self.first
+
+
 class XenbusMachine:
     """One device's handshake, for one role."""
 
-    def __init__(self, role: Role, *, online: bool = True) -> None:
+    def __init__(
+        self, role: Role, *, online: bool = True, backoff: Backoff | None = None
+    ) -> None:
         self.role = role
         self.state = XenbusState.UNKNOWN  # our state as last written (UNKNOWN: not started)
         self.peer_state = XenbusState.UNKNOWN  # last peer state accepted
@@ -167,6 +206,8 @@ class XenbusMachine:
         self.channel_up = False  # Setup succeeded and no Disconnect since
         self.released = False
         self.failures: list[str] = []
+        self.backoff = backoff if backoff is not None else Backoff()
+        self._retry_at: float | None = None  # deadline of the retry timer
 
     # -- helpers ---------------------------------------------------------
 
@@ -174,6 +215,8 @@ class XenbusMachine:
         if self.state == state:
             return []
         self.state = state
+        if state == XenbusState.CONNECTED:
+            self.backoff.reset()
         return [SetState(state)]
 
     def _disconnect(self) -> list[Action]:
@@ -192,12 +235,22 @@ class XenbusMachine:
         if self.released:
             return []
         self.released = True
+        self._retry_at = None
         return [ReleaseDevice()]
 
-    def _fail(self, reason: str, kind: str) -> list[Action]:
+    def _arm_retry(self, kind: FailKind, now: float | None) -> None:
+        """A retrying failure arms the timer, unless it is armed already."""
+        if not kind.retry or self._retry_at is not None or self.released:
+            return
+        if now is None:
+            raise TypeError(f"xenbus: a {kind.label} failure needs the time (now=)")
+        self._retry_at = now + self.backoff.take()
+
+    def _fail(self, reason: str, kind: FailKind, now: float | None = None) -> list[Action]:
         self.failures.append(reason)
         acts: list[Action] = [*self._disconnect(), *self._set(XenbusState.CLOSED)]
         acts.append(Fail(reason, kind))
+        self._arm_retry(kind, now)
         return acts
 
     def _check_live(self) -> None:
@@ -207,7 +260,8 @@ class XenbusMachine:
     def _ill_timed(self, peer: XenbusState) -> list[Action]:
         other = "frontend" if self.role is Role.BACKEND else "backend"
         return self._fail(
-            f"{other} state {peer.label} ({int(peer)}) while {self.state.label}", "ill_timed"
+            f"{other} state {peer.label} ({int(peer)}) while {self.state.label}",
+            FailKind.ILL_TIMED,
         )
 
     # -- events ----------------------------------------------------------
@@ -242,8 +296,8 @@ class XenbusMachine:
             if self.state == XenbusState.UNKNOWN:
                 self.state = XenbusState.CLOSED
                 self.failures.append(str(exc))
-                return [SetState(XenbusState.CLOSED), Fail(str(exc), "bad_state")]
-            return self._fail(str(exc), "bad_state")
+                return [SetState(XenbusState.CLOSED), Fail(str(exc), FailKind.BAD_STATE)]
+            return self._fail(str(exc), FailKind.BAD_STATE)
         if self.state == XenbusState.UNKNOWN:
             self.peer_state = peer
             return []
@@ -261,19 +315,46 @@ class XenbusMachine:
         self.channel_up = True
         return self._set(XenbusState.CONNECTED)
 
-    def setup_failed(self, reason: str) -> list[Action]:
+    def setup_failed(self, reason: str, now: float) -> list[Action]:
         """The Setup action failed (e.g. the peer published bad ring refs)."""
         self._check_live()
         if not self.setting_up:
             return []
-        return self._fail(f"setup failed: {reason}", "setup_failed")
+        return self._fail(f"setup failed: {reason}", FailKind.SETUP_FAILED, now)
 
-    def link_lost(self, reason: str) -> list[Action]:
+    def link_lost(self, reason: str, now: float) -> list[Action]:
         """The channel died under us (peer crashed, bad ring data): close the device."""
         self._check_live()
         if not (self.channel_up or self.setting_up):
             return []
-        return self._fail(f"link lost: {reason}", "link_lost")
+        return self._fail(f"link lost: {reason}", FailKind.LINK_LOST, now)
+
+    def local_failure(self, reason: str, kind: FailKind, now: float) -> list[Action]:
+        """Something outside the handshake failed (the device's entries, its TAP, an
+        internal error): report it and, if ``kind`` retries, arm the timer. The
+        state is left alone (the caller closed what it opened)."""
+        if self.released:
+            return []
+        self.failures.append(reason)
+        self._arm_retry(kind, now)
+        return [Fail(reason, kind)]
+
+    # -- time ------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due next (same clock as ``now``), or None."""
+        return self._retry_at
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """The clock reads ``now``: once the retry deadline passed, a Closed device
+        starts the handshake again (:meth:`restart`). A device not started yet has
+        nothing to restart: its owner retries loading it whenever it wakes."""
+        if self._retry_at is None or now < self._retry_at:
+            return []
+        self._retry_at = None
+        if self.state == XenbusState.UNKNOWN:
+            return []
+        return self.restart()
 
     def restart(self) -> list[Action]:
         """From Closed, with the device still there, try the handshake again."""

@@ -1,28 +1,26 @@
 """The backend role (dom0 or a driver domain): one TAP ``ncvif<domid>.<devid>`` per device.
 
-Watches ``backend/ncvif`` under its home and ``@releaseDomain``. A device is
-picked up when its backend entries say ``online`` 1 and the frontend's
-directory exists (so a device the toolstack is removing is not re-created). For
-a frontend domain that is gone, the backend entries are removed (libxl's job on
-a real host), which releases its vifs.
+Discovery (:func:`devices`) watches ``backend/ncvif`` under its home and
+``@releaseDomain``. A device is picked up when its backend entries say ``online``
+1 and the frontend's directory exists (so a device the toolstack is removing is
+not re-created). For a frontend domain that is gone, the backend entries are
+removed (libxl's job on a real host), which releases its vifs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
 
 from ncd import features, layout, parse
 from ncd import tap as tapmod
-from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role, XenbusState
 
-from . import netlink
 from .datapath import Datapath
+from .discovery import DeviceKey, Devices
 from .service import VifTable
-from .vif import Vif, VifContext, open_persistent_tap
+from .vif import TapSettings, Vif, VifContext
 
 log = logging.getLogger("ncd.backend")
 
@@ -67,16 +65,9 @@ class BackendVif(Vif):
         self.view = layout.read_backend(self.xs, self.ctx.domid, self.guest, self.devid)
         self.machine.online = self.view.online
 
-    def _open_tap(self) -> tapmod.Tap:
+    def _tap_settings(self) -> TapSettings:
         assert self.view is not None
-        tap = open_persistent_tap(self.ifname)
-        try:
-            netlink.configure(self.ifname, mtu=self.view.mtu, bridge=self.bridge)
-        except BaseException:
-            tap.close()
-            netlink.delete(self.ifname)
-            raise
-        return tap
+        return TapSettings(mtu=self.view.mtu, bridge=self.bridge)
 
     def _on_watch(self, path: str) -> None:
         if path == self._ring_ref_path:
@@ -121,66 +112,47 @@ class BackendVif(Vif):
         }
 
 
-class Backend:
-    """Discovers devices under ``backend/ncvif`` and keeps one BackendVif per device."""
+def devices(ctx: VifContext) -> Devices:
+    """Discovery for the backend: devices under ``backend/ncvif``, dead domains swept."""
+    xs, be = ctx.xs, ctx.domid
 
-    role = "backend"
+    def ready(key: DeviceKey) -> bool:
+        fe, devid = key
+        if layout.read_optional(xs, f"{layout.backend_dir(be, fe, devid)}/online") != b"1":
+            return False
+        return layout.read_optional(xs, layout.frontend_dir(fe, devid)) is not None
 
-    def __init__(self, ctx: VifContext, table: VifTable) -> None:
-        self.ctx = ctx
-        self.table = table
-        self.root = layout.backend_root(ctx.domid)
-        self._events: asyncio.Queue[object] = asyncio.Queue()
-        table.on_vif_gone = lambda vif: self._events.put_nowait("vif-gone")
+    return Devices(
+        role="backend",
+        watch=(layout.backend_root(be), "@releaseDomain"),
+        tap_pattern=_TAP_RE,
+        live_ifnames=lambda: live_ifnames(xs, be),
+        listed=lambda: layout.list_backend_devices(xs, be),
+        ready=ready,
+        make_vif=lambda key: BackendVif(ctx, *key),
+        sweep=lambda table: reap_dead_domains(ctx, table),
+    )
 
-    async def run(self) -> None:
-        live = live_ifnames(self.ctx.xs, self.ctx.domid)
-        for name in netlink.remove_stale_taps(_TAP_RE, live):
-            log.info("removed stale %s (its device is gone)", name)
-        watches = [Watch(self.ctx.xs, p, self._events) for p in (self.root, "@releaseDomain")]
+
+def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
+    """Remove the backend entries of frontend domains that are gone; poke their vifs."""
+    xs = ctx.xs
+    root = layout.backend_root(ctx.domid)
+    for name in layout.list_optional(xs, root):
         try:
-            for w in watches:
-                w.start()  # type: ignore[arg-type]
-            while True:
-                await self._events.get()
-                while not self._events.empty():
-                    self._events.get_nowait()
-                self._reap_dead_domains()
-                self._scan()
-        finally:
-            for w in watches:
-                w.close()
-
-    def _scan(self) -> None:
-        xs = self.ctx.xs
-        for fe, devid in layout.list_backend_devices(xs, self.ctx.domid):
-            if (fe, devid) in self.table:
-                continue
-            base = layout.backend_dir(self.ctx.domid, fe, devid)
-            if not layout.read_online(xs, base):
-                continue
-            if layout.read_optional(xs, layout.frontend_dir(fe, devid)) is None:
-                continue
-            log.info("new device: domain %d devid %d", fe, devid)
-            self.table.spawn(BackendVif(self.ctx, fe, devid))
-
-    def _reap_dead_domains(self) -> None:
-        xs = self.ctx.xs
-        for name in layout.list_optional(xs, self.root):
-            try:
-                fe = parse.domid(self.root, name)
-            except parse.BadEntry:
-                continue
-            if layout.domain_exists(xs, fe):
-                continue
-            log.info("domain %d is gone: removing its ncvif backend entries", fe)
-            try:
-                xs.rm(f"{self.root}/{fe}", missing_ok=True)
-            except OSError as exc:
-                log.warning("removing %s/%d: %s", self.root, fe, exc)
-            for vif in self.table.vifs():
-                if vif.guest == fe:
-                    vif.poke("domain gone")
+            fe = parse.domid(root, name)
+        except parse.BadEntry:
+            continue
+        if layout.domain_exists(xs, fe):
+            continue
+        log.info("domain %d is gone: removing its ncvif backend entries", fe)
+        try:
+            xs.rm(f"{root}/{fe}", missing_ok=True)
+        except OSError as exc:
+            log.warning("removing %s/%d: %s", root, fe, exc)
+        for vif in table.vifs():
+            if vif.guest == fe:
+                vif.poke("domain gone")
 
 
 def live_ifnames(xs: Any, be: int) -> set[str]:

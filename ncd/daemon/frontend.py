@@ -1,28 +1,22 @@
 """The frontend role (a guest): one TAP (``nc<devid>`` by default) per device.
 
-Watches ``device/ncvif`` under its home; each device gets a :class:`FrontendVif`
-that serves the vchan (grants, publishes ``queue-0``) once the backend is in
-InitWait, as netfront does.
+Discovery (:func:`devices`) watches ``device/ncvif`` under its home; each device
+gets a :class:`FrontendVif` that serves the vchan (grants, publishes ``queue-0``)
+once the backend is in InitWait, as netfront does.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
 from typing import Any
 
 from ncd import features, layout, parse
 from ncd import tap as tapmod
-from ncd.xen.aio import Watch
 from ncd.xenbus import Action, Role
 
-from . import netlink
 from .datapath import Datapath
-from .service import VifTable
-from .vif import Vif, VifContext, open_persistent_tap
-
-log = logging.getLogger("ncd.frontend")
+from .discovery import DeviceKey, Devices
+from .vif import TapSettings, Vif, VifContext
 
 
 class FrontendVif(Vif):
@@ -71,16 +65,9 @@ class FrontendVif(Vif):
         if self.view.backend_path != self._backend_dir:
             raise parse.BadEntry(f"{self.own_dir}/backend changed under us")
 
-    def _open_tap(self) -> tapmod.Tap:
+    def _tap_settings(self) -> TapSettings:
         assert self.view is not None
-        tap = open_persistent_tap(self.ifname)
-        try:
-            netlink.configure(self.ifname, mac=self.view.mac, mtu=self.view.mtu)
-        except BaseException:
-            tap.close()
-            netlink.delete(self.ifname)
-            raise
-        return tap
+        return TapSettings(mac=self.view.mac, mtu=self.view.mtu)
 
     def _setup(self, tap: tapmod.Tap) -> Datapath:
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
@@ -98,47 +85,24 @@ class FrontendVif(Vif):
         return {"mac": v.mac if v else None, "mtu": v.mtu if v else None, "bridge": None}
 
 
-class Frontend:
-    """Discovers devices under ``device/ncvif`` and keeps one FrontendVif per device."""
+def devices(ctx: VifContext) -> Devices:
+    """Discovery for the frontend: devices under ``device/ncvif`` that name their backend."""
+    xs, me = ctx.xs, ctx.domid
 
-    role = "frontend"
+    def ready(key: DeviceKey) -> bool:  # not (yet) a complete device without backend-id
+        return layout.read_optional(xs, f"{layout.frontend_dir(*key)}/backend-id") is not None
 
-    def __init__(self, ctx: VifContext, table: VifTable) -> None:
-        self.ctx = ctx
-        self.table = table
-        self.root = layout.frontend_root(ctx.domid)
-        self._events: asyncio.Queue[object] = asyncio.Queue()
-        table.on_vif_gone = lambda vif: self._events.put_nowait("vif-gone")
-
-    async def run(self) -> None:
-        live = {
-            self.ctx.config.frontend_ifname(d)
-            for d in layout.list_frontend_devices(self.ctx.xs, self.ctx.domid)
-        }
-        pattern = template_regex(self.ctx.config.frontend.ifname)
-        for name in netlink.remove_stale_taps(pattern, live):
-            log.info("removed stale %s (its device is gone)", name)
-        watch = Watch(self.ctx.xs, self.root, self._events)  # type: ignore[arg-type]
-        try:
-            watch.start()
-            while True:
-                await self._events.get()
-                while not self._events.empty():
-                    self._events.get_nowait()
-                self._scan()
-        finally:
-            watch.close()
-
-    def _scan(self) -> None:
-        xs = self.ctx.xs
-        for devid in layout.list_frontend_devices(xs, self.ctx.domid):
-            if (self.ctx.domid, devid) in self.table:
-                continue
-            base = layout.frontend_dir(self.ctx.domid, devid)
-            if layout.read_optional(xs, f"{base}/backend-id") is None:
-                continue  # not (yet) a complete device
-            log.info("new device: devid %d", devid)
-            self.table.spawn(FrontendVif(self.ctx, devid))
+    return Devices(
+        role="frontend",
+        watch=(layout.frontend_root(me),),
+        tap_pattern=template_regex(ctx.config.frontend.ifname),
+        live_ifnames=lambda: {
+            ctx.config.frontend_ifname(d) for d in layout.list_frontend_devices(xs, me)
+        },
+        listed=lambda: ((me, d) for d in layout.list_frontend_devices(xs, me)),
+        ready=ready,
+        make_vif=lambda key: FrontendVif(ctx, key[1]),
+    )
 
 
 def template_regex(template: str) -> re.Pattern[str]:

@@ -23,8 +23,8 @@ from ncd.metrics import Metrics, serve_metrics
 from ncd.sdnotify import SdNotifier
 from ncd.xen.xenstore import XenStore
 
-from .backend import Backend
-from .frontend import Frontend
+from . import backend, frontend
+from .discovery import Discovery
 from .service import ControlHandler, VifTable
 from .vif import VifContext
 
@@ -80,9 +80,8 @@ class Daemon:
         try:
             domid = parse.domid("domid", xs.read("domid"))
             ctx = VifContext(xs=xs, domid=domid, config=self.config, metrics=metrics)
-            role = Backend(ctx, self.table) if self.role_name == "backend" else Frontend(
-                ctx, self.table
-            )
+            devices = (backend if self.role_name == "backend" else frontend).devices(ctx)
+            role = Discovery(ctx, self.table, devices)
             m = self.config.metrics
             server = serve_metrics(metrics, m.enabled, m.address, m.port)
             handler = ControlHandler(self.role_name, self.table, metrics.snapshot)

@@ -3,9 +3,10 @@
 pyroute2's synchronous ``IPRoute`` drives an asyncio loop of its own, which
 cannot run on a thread whose loop is already running, and every new ``IPRoute``
 costs a few KB of native memory that is never returned. So the daemon keeps one
-``IPRoute`` on one dedicated worker thread and runs every link operation there,
-waiting for the result (they take milliseconds). The namespace is the process's:
-the daemon runs inside its domain's namespace.
+``IPRoute`` on one dedicated worker thread and runs every link operation there;
+the coroutines here await the result, so the event loop keeps serving other vifs
+meanwhile. The namespace is the process's: the daemon runs inside its domain's
+namespace.
 
 pyroute2 (0.9) files every reply whose sequence number no request is waiting
 for (a late ACK: one per TAP configured) in its socket's root queue, which
@@ -64,22 +65,26 @@ def _run(fn: Callable[[IPRoute], R]) -> R:
         drop_stray_replies(ipr)
 
 
-def call(fn: Callable[[IPRoute], R]) -> R:
-    """``fn(ipr)`` on the netlink thread with its long-lived IPRoute; exceptions propagate."""
-    return _executor.submit(_run, fn).result()
+async def call(fn: Callable[[IPRoute], R]) -> R:
+    """``fn(ipr)`` on the netlink thread with its long-lived IPRoute; exceptions propagate.
+
+    Operations run one at a time in submission order (one worker thread)."""
+    return await asyncio.get_running_loop().run_in_executor(_executor, _run, fn)
 
 
-def configure(name: str, *, mac: str | None = None, mtu: int | None = None,
-              bridge: str | None = None) -> None:
+async def configure(name: str, *, mac: str | None = None, mtu: int | None = None,
+                    bridge: str | None = None) -> None:
     """MAC / MTU / bridge, and up (see :func:`ncd.tap.configure`)."""
-    call(lambda ipr: tapmod.configure(name, mac=mac, mtu=mtu, bridge=bridge, up=True, ipr=ipr))
+    await call(
+        lambda ipr: tapmod.configure(name, mac=mac, mtu=mtu, bridge=bridge, up=True, ipr=ipr)
+    )
 
 
-def delete(name: str) -> bool:
-    return call(lambda ipr: tapmod.delete(name, ipr=ipr))
+async def delete(name: str) -> bool:
+    return await call(lambda ipr: tapmod.delete(name, ipr=ipr))
 
 
-def remove_stale_taps(pattern: re.Pattern[str], live: set[str]) -> list[str]:
+async def remove_stale_taps(pattern: re.Pattern[str], live: set[str]) -> list[str]:
     """Delete TAPs named like ``pattern`` that are not in ``live``: persistent TAPs left by
     a crashed daemon whose device is gone. Returns the names removed."""
 
@@ -95,4 +100,4 @@ def remove_stale_taps(pattern: re.Pattern[str], live: set[str]) -> list[str]:
             tapmod.delete(name, ipr=ipr)
         return stale
 
-    return call(work)
+    return await call(work)

@@ -1,17 +1,24 @@
 """One attached interface: xenbus handshake + TAP + datapath, with one cleanup path.
 
-A :class:`Vif` is a task. Everything that can change its situation (a xenstore
-watch under its own or its peer's directory, the pump thread ending, a retry
-timer, a stop request) only *pokes* it; on each poke it re-reads what it needs
-(level-triggered, so lost or coalesced events do not matter) and feeds the
-:class:`~ncd.xenbus.XenbusMachine`, then performs the actions the machine
-returns. Role specifics (which keys, which TAP, map or grant) live in the
-subclasses in :mod:`.backend` and :mod:`.frontend`.
+A :class:`Vif` is a task and a thin adapter (aioquic style) around the
+:class:`~ncd.xenbus.XenbusMachine`, which decides everything, retries and their
+backoff included. Everything that can change the vif's situation (a xenstore
+watch under its own or its peer's directory, the pump thread ending, the
+machine's timer, a stop request) only *pokes* it; on each poke it re-reads what
+it needs (level-triggered, so lost or coalesced events do not matter), feeds the
+machine, performs the actions it returns, and sets one loop timer at the
+machine's next deadline. Role specifics (which keys, which TAP settings, map or
+grant) live in the subclasses in :mod:`.backend` and :mod:`.frontend`.
 
 Lifecycle: load entries (validated) -> TAP -> publish features -> handshake ->
-Connected (datapath up) ... -> Disconnect / ReleaseDevice. :meth:`_teardown`
-is the single place that releases the datapath, the TAP, the watches, the
-metrics registration and timers; it runs whatever way the task ends.
+Connected (datapath up) ... -> Disconnect / ReleaseDevice. Every acquisition
+pushes its undo onto an :class:`~.undo.UndoStack` (mirage-net-xen's Cleanup):
+the channel's (pump reader, datapath) on ``_channel``, closed by Disconnect;
+the device's (TAP, then the channel) on ``_device``, closed by ReleaseDevice or
+a failed setup; the task's (watches, metrics, timer, then the device) on
+``_life``. :meth:`_teardown` closes ``_life``: one call, idempotent, the same
+whether the task ends normally, on an error or cancelled (as xen-netback's
+single teardown doubles as its error unwind).
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from ncd.config import Config
 from ncd.features import ETH_MAX, Features, advertise, usable
 from ncd.metrics import Metrics, VifCounters
 from ncd.vchan.pump import PumpStats
-from ncd.xen.aio import Watch
+from ncd.xen.aio import Watch, run_in_transaction
 from ncd.xen.xenstore import WatchEvent, XenStore
 from ncd.xenbus import (
     Action,
+    Backoff,
     Disconnect,
     Fail,
+    FailKind,
     ReleaseDevice,
     Role,
     SetState,
@@ -47,11 +56,12 @@ from ncd.xenbus import (
 
 from . import netlink
 from .datapath import Datapath, add_stats
+from .deadline import DeadlineTimer
+from .undo import UndoStack
 
 log = logging.getLogger("ncd.vif")
 
 OUR_FEATURES = Features.ALL  # what we would accept; what this kernel's TAP allows is advertised
-RETRY_KINDS = ("link_lost", "setup_failed")
 
 
 @dataclass
@@ -62,6 +72,15 @@ class VifContext:
     domid: int  # this daemon's domain
     config: Config
     metrics: Metrics
+
+
+@dataclass(frozen=True)
+class TapSettings:
+    """How a role configures its TAP (see :func:`ncd.tap.configure`)."""
+
+    mac: str | None = None
+    mtu: int | None = None
+    bridge: str | None = None
 
 
 class _Poke:
@@ -79,7 +98,10 @@ class Vif(abc.ABC):
         self.xs = ctx.xs
         self.guest = guest  # the frontend domain (labels and list on both sides)
         self.devid = devid
-        self.machine = XenbusMachine(self.role)
+        channel = ctx.config.channel
+        self.machine = XenbusMachine(
+            self.role, backoff=Backoff(channel.reconnect_delay, channel.reconnect_delay_max)
+        )
         self.events: asyncio.Queue[object] = asyncio.Queue()
         self.tap: tapmod.Tap | None = None
         self.datapath: Datapath | None = None
@@ -90,15 +112,13 @@ class Vif(abc.ABC):
         self.created = time.time()
         self.connected_since: float | None = None
         self._acc = PumpStats()
-        self._watches: list[Watch] = []
         self._peer_raw: bytes | None = None
         self._peer_seen = False
         self._stop = False
-        self._retry: asyncio.TimerHandle | None = None
-        self._retry_due = False
-        self._delay = ctx.config.channel.reconnect_delay
-        self._done_fd: int | None = None
-        self._metrics_added = False
+        self._timer = DeadlineTimer(lambda: self.poke("timer"))  # at machine.get_timer()
+        self._life = UndoStack(self.name)
+        self._device = UndoStack(self.name)
+        self._channel = UndoStack(self.name)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- role hooks ------------------------------------------------------------------
@@ -124,7 +144,8 @@ class Vif(abc.ABC):
         """Read and validate this device's entries (raise layout.BadEntry)."""
 
     @abc.abstractmethod
-    def _open_tap(self) -> tapmod.Tap: ...
+    def _tap_settings(self) -> TapSettings:
+        """MAC / MTU / bridge of our TAP, from the entries :meth:`_load` read."""
 
     @abc.abstractmethod
     def _setup(self, tap: tapmod.Tap) -> Datapath: ...
@@ -197,29 +218,40 @@ class Vif(abc.ABC):
         """The vif's whole life; returns once the device is released or stopped."""
         self._loop = asyncio.get_running_loop()
         try:
-            for path in (self.own_dir, self.peer_dir):
-                w = Watch(self.xs, path, self.events)  # type: ignore[arg-type]
-                self._watches.append(w)
-                w.start()
-            self.ctx.metrics.add_vif(self.guest, self.devid, self.counters, lambda: self.state)
-            self._metrics_added = True
+            self._acquire()
             while not self.machine.released:
                 if self._stop:
-                    self._apply(self.machine.close())
+                    await self._apply(self.machine.close())
                     break
                 try:
                     if not self.loaded:
-                        self._try_load()
+                        await self._try_load()
                     else:
-                        self._reconcile()
+                        await self._reconcile()
                 except Exception as exc:  # keep the daemon and the device going
                     log.exception("%s: internal error", self.name)
-                    self._internal_error(exc)
+                    await self._internal_error(exc)
                 if self.machine.released:
                     break
+                self._timer.set(self.machine.get_timer())
                 await self._next_event()
         finally:
-            self._teardown()
+            await self._teardown()
+
+    def _acquire(self) -> None:
+        """What the task holds for its whole life, each with its undo on ``_life``."""
+        for path in (self.own_dir, self.peer_dir):
+            w = Watch(self.xs, path, self.events)  # type: ignore[arg-type]
+            w.start()
+            self._life.push(f"watch on {path}", w.close)
+        self.ctx.metrics.add_vif(self.guest, self.devid, self.counters, lambda: self.state)
+        self._life.push("metrics", lambda: self.ctx.metrics.remove_vif(self.guest, self.devid))
+        self._life.push("retry timer", self._timer.cancel)
+        self._life.push("device", self._device.close)
+
+    async def _teardown(self) -> None:
+        """Release everything the vif holds (channel, TAP, timer, metrics, watches)."""
+        await self._life.close()
 
     # ---- the loop --------------------------------------------------------------------
     async def _next_event(self) -> None:
@@ -235,19 +267,20 @@ class Vif(abc.ABC):
         """A watch fired for ``path`` (the level is re-read anyway; roles may note edges)."""
         del path
 
-    def _try_load(self) -> None:
+    async def _try_load(self) -> None:
+        await self._apply(self._timer_expired())  # an unloaded device retries on any wakeup
         if layout.read_optional(self.xs, self.own_dir) is None:
-            self._apply(self.machine.device_removed())
+            await self._apply(self.machine.device_removed())
             return
         try:
             self._load()
             if self.tap is None:
-                self.tap = self._open_tap()
-            self._publish_features()
+                await self._open_tap()
+            await self._publish_features()
         except (layout.BadEntry, OSError, ValueError) as exc:
-            self._close_tap()
-            self._failed(f"cannot set the device up: {exc}", "setup_failed")
-            self._write_state(XenbusState.CLOSED)
+            await self._device.close()
+            await self._fail_locally(f"cannot set the device up: {exc}")
+            await self._write_state(XenbusState.CLOSED)
             return
         self.loaded = True
         log.info("%s: %s ready, starting the handshake", self.name, self.ifname)
@@ -256,114 +289,110 @@ class Vif(abc.ABC):
         acts = self.machine.peer_changed(raw)  # before start: only remembered (or a Fail)
         if self.machine.state == XenbusState.UNKNOWN:
             acts += self.machine.start()
-        self._apply(acts)
+        await self._apply(acts)
 
-    def _reconcile(self) -> None:
-        self._apply(self._observe())
+    async def _reconcile(self) -> None:
+        await self._apply(self._observe())
         if self.machine.released:
             return
         raw = self._read_peer_state()
         if not self._peer_seen or raw != self._peer_raw:
             self._peer_raw, self._peer_seen = raw, True
-            self._apply(self.machine.peer_changed(raw))
+            await self._apply(self.machine.peer_changed(raw))
         if self.datapath is not None:
             why = self.datapath.ended()
             if why is not None:
-                self._apply(self.machine.link_lost(why))
-        if self._retry_due and not self.machine.released:
-            self._retry_due = False
-            if self.machine.state == XenbusState.CLOSED:
-                log.info("%s: retrying the handshake", self.name)
-                self._apply(self.machine.restart())
+                await self._apply(self.machine.link_lost(why, self._now()))
+        acts = self._timer_expired()
+        if acts:
+            log.info("%s: retrying the handshake", self.name)
+            await self._apply(acts)
 
-    def _internal_error(self, exc: Exception) -> None:
+    async def _internal_error(self, exc: Exception) -> None:
         """Drop the channel, count, and let the retry timer start over."""
-        self._disconnect()
+        await self._channel.close()
         acts: list[Action] = []
         if self.machine.state not in (XenbusState.UNKNOWN, XenbusState.CLOSED):
-            acts = self.machine.link_lost(f"internal error: {exc}")
+            acts = self.machine.link_lost(f"internal error: {exc}", self._now())
         if acts:
-            self._apply(acts)
+            await self._apply(acts)
         else:
-            self._failed(f"internal error: {exc}", "setup_failed")
+            await self._fail_locally(f"internal error: {exc}")
 
     def _read_peer_state(self) -> bytes | None:
         return layout.read_optional(self.xs, f"{self.peer_dir}/state")
 
+    # ---- time: the machine's clock is the loop's -----------------------------------
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _timer_expired(self) -> list[Action]:
+        """The machine's answer once our loop timer fired (now: never before the deadline)."""
+        at = self._timer.expired()
+        return [] if at is None else self.machine.handle_timer(max(at, self._now()))
+
     # ---- actions ---------------------------------------------------------------------
-    def _apply(self, actions: Sequence[Action]) -> None:
+    async def _apply(self, actions: Sequence[Action]) -> None:
         for act in actions:
             if isinstance(act, SetState):
-                self._write_state(act.state)
+                await self._write_state(act.state)
                 if act.state == XenbusState.CONNECTED:
                     self.connected_since = time.time()
-                    self._delay = self.ctx.config.channel.reconnect_delay
                     log.info("%s: connected (%s <-> dom%d)", self.name, self.ifname, self.peer)
                 elif act.state in (XenbusState.CLOSING, XenbusState.CLOSED):
                     self.connected_since = None
             elif isinstance(act, Setup):
-                self._apply(self._do_setup())
+                await self._apply(await self._do_setup())
             elif isinstance(act, Disconnect):
-                self._disconnect()
+                await self._channel.close()
             elif isinstance(act, ReleaseDevice):
-                self._release()
+                await self._release()
             elif isinstance(act, Fail):
-                self._failed(act.reason, act.kind)
+                self._failed(act)
 
-    def _do_setup(self) -> list[Action]:
-        assert self.tap is not None
+    async def _do_setup(self) -> list[Action]:
+        assert self.tap is not None and self._loop is not None
         try:
             dp = self._setup(self.tap)
         except (OSError, ValueError) as exc:
-            return self.machine.setup_failed(str(exc))
+            return self.machine.setup_failed(str(exc), self._now())
         self.datapath = dp
-        self._done_fd = dp.done_fd()
-        asyncio.get_running_loop().add_reader(self._done_fd, self.poke, "pump")
+        self._channel.push("datapath", lambda: self._close_datapath(dp))
+        fd, loop = dp.done_fd(), self._loop
+        loop.add_reader(fd, self.poke, "pump")
+        self._channel.push("pump reader", lambda: loop.remove_reader(fd))
         acts = self.machine.setup_done()
         if not self.machine.channel_up:  # overtaken by a Disconnect
-            self._disconnect()
+            await self._channel.close()
         return acts
 
-    def _disconnect(self) -> None:
-        dp, self.datapath = self.datapath, None
-        if self._done_fd is not None and self._loop is not None:
-            self._loop.remove_reader(self._done_fd)
-            self._done_fd = None
-        if dp is not None:
-            why = dp.ended()
-            self._acc = add_stats(self._acc, dp.close())
-            log.info("%s: channel down%s", self.name, f" ({why})" if why else "")
+    def _close_datapath(self, dp: Datapath) -> None:
+        self.datapath = None
+        why = dp.ended()
+        self._acc = add_stats(self._acc, dp.close())
+        log.info("%s: channel down%s", self.name, f" ({why})" if why else "")
 
-    def _release(self) -> None:
+    async def _release(self) -> None:
         had_tap = self.tap is not None
-        self._disconnect()
-        self._close_tap()
+        await self._device.close()
         if had_tap:
             log.info("%s: released (%s removed)", self.name, self.ifname)
 
-    def _failed(self, reason: str, kind: str) -> None:
+    def _failed(self, fail: Fail) -> None:
         self.failures += 1
-        self.last_error = reason
-        log.warning("%s: failed (%s): %s", self.name, kind, reason)
-        self.ctx.metrics.handshake_failed(kind)
-        if kind in RETRY_KINDS:
-            self._schedule_retry()
+        self.last_error = fail.reason
+        at = self.machine.get_timer()
+        retry = f"; retry in {at - self._now():.3g}s" if fail.kind.retry and at is not None else ""
+        log.warning("%s: failed (%s): %s%s", self.name, fail.kind.label, fail.reason, retry)
+        self.ctx.metrics.handshake_failed(fail.kind.label)
 
-    def _schedule_retry(self) -> None:
-        if self._retry is not None or self._stop or self._loop is None:
-            return
-        delay = self._delay
-        self._delay = min(self._delay * 2, self.ctx.config.channel.reconnect_delay_max)
-
-        def due() -> None:
-            self._retry = None
-            self._retry_due = True
-            self.poke("retry")
-
-        self._retry = self._loop.call_later(delay, due)
+    async def _fail_locally(self, reason: str) -> None:
+        """A failure of our own setup (entries, TAP, internal error): retried."""
+        await self._apply(self.machine.local_failure(reason, FailKind.SETUP_FAILED, self._now()))
 
     # ---- xenstore / TAP helpers ------------------------------------------------------
-    def _write_state(self, state: XenbusState) -> None:
+    async def _write_state(self, state: XenbusState) -> None:
         """Write our ``state`` key, unless our directory is gone (never resurrect it)."""
         base = self.own_dir
 
@@ -372,11 +401,11 @@ class Vif(abc.ABC):
                 t.write(f"{base}/state", str(int(state)))
 
         try:
-            self.xs.run_in_transaction(txn)
+            await run_in_transaction(self.xs, txn)
         except OSError as exc:
             log.warning("%s: cannot write state %s: %s", self.name, state.label, exc)
 
-    def _publish_features(self) -> None:
+    async def _publish_features(self) -> None:
         assert self.tap is not None
         self.features = usable(OUR_FEATURES, self.tap.accepts_offloads)
         keys = advertise(self.features, ETH_MAX)
@@ -388,34 +417,32 @@ class Vif(abc.ABC):
             for k, v in keys.items():
                 t.write(f"{base}/{k}", v)
 
-        self.xs.run_in_transaction(txn)
+        await run_in_transaction(self.xs, txn)
 
-    def _close_tap(self) -> None:
-        tap, self.tap = self.tap, None
-        if tap is None:
-            return
-        name = tap.name
+    async def _open_tap(self) -> None:
+        """Our persistent TAP, configured as the role says; its undo (on ``_device``)
+        removes it, and closes the channel first."""
+        settings = self._tap_settings()
+        tap = open_persistent_tap(self.ifname)
+        self.tap = tap
+        self._device.push(f"TAP {tap.name}", lambda: self._close_tap(tap))
+        self._device.push("channel", self._channel.close)
+        try:
+            await netlink.configure(
+                tap.name, mac=settings.mac, mtu=settings.mtu, bridge=settings.bridge
+            )
+        except BaseException:
+            await self._device.close()  # the error unwind is the teardown: TAP removed
+            raise
+
+    async def _close_tap(self, tap: tapmod.Tap) -> None:
+        self.tap = None
         try:
             tap.set_persist(False)
         except OSError as exc:
-            log.debug("%s: TUNSETPERSIST 0 on %s: %s", self.name, name, exc)
+            log.debug("%s: TUNSETPERSIST 0 on %s: %s", self.name, tap.name, exc)
         tap.close()
-        try:
-            netlink.delete(name)
-        except OSError as exc:
-            log.warning("%s: removing %s: %s", self.name, name, exc)
-
-    def _teardown(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        self._release()
-        for w in self._watches:
-            w.close()
-        self._watches.clear()
-        if self._metrics_added:
-            self.ctx.metrics.remove_vif(self.guest, self.devid)
-            self._metrics_added = False
+        await netlink.delete(tap.name)
 
 
 def open_persistent_tap(name: str) -> tapmod.Tap:

@@ -79,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.mode == "server":
                 v = VchanServer.create(xs, args.domid, args.xs_path, args.read_size,
                                        args.write_size)
-                wait_connected(v)
             else:
                 v = connect_client(xs, args.domid, args.xs_path, args.timeout)
             try:
+                if isinstance(v, VchanServer):
+                    wait_connected(v)
                 relay(v)
             finally:
-                v.close()
+                v.close()  # before the store closes: a server removes its entry
     except (OSError, ValueError) as exc:
         print(f"ncd-vchan: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as errno_mod
+import warnings
 from typing import Any
 
 from ncd.parse import DOMID_MAX
@@ -233,8 +234,18 @@ class Vchan:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_h", None) is not None:
-            self.close()
+        # No I/O from a finalizer: owners call close() (or use ``with``). A forgotten
+        # vchan only gets its C handle freed here (memory, grants, port) and a
+        # ResourceWarning; a server's xenstore entry is left alone.
+        h = getattr(self, "_h", None)
+        if h is not None:
+            self._h = None
+            warnings.warn(
+                f"{type(self).__name__} to dom{self.peer_domid} was not closed",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            lib.ncd_vchan_close(h)
 
 
 class VchanServer(Vchan):
@@ -271,6 +282,7 @@ class VchanServer(Vchan):
         return srv
 
     def close(self) -> None:
+        """Release the channel and remove its xenstore entry (the owner's explicit call)."""
         xs, self._xs = getattr(self, "_xs", None), None
         super().close()
         if xs is not None and self.xs_path:

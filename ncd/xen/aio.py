@@ -4,6 +4,8 @@
   from ``xs_fileno`` via ``loop.add_reader`` and the non-blocking ``xs_check_watch``;
 * ``await wait_until(xs, paths, predicate, timeout)``: re-evaluate ``predicate`` on every
   watch event under ``paths`` until it returns something truthy (mirage-net-xen style);
+* ``await run_in_transaction(xs, fn)``: a transaction retried on conflict, the loop running
+  other tasks between attempts;
 * :class:`AsyncEvtchn`: ``await ev.wait(port)`` for the next event on a port.
 """
 
@@ -17,7 +19,7 @@ from typing import TypeVar
 
 from .errors import XenError
 from .evtchn import Evtchn
-from .xenstore import WatchEvent, XenStore
+from .xenstore import Transaction, TransactionRetry, WatchEvent, XenStore
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -187,6 +189,21 @@ async def wait_until(
         f"wait_until: {name} did not hold within {timeout:g}s "
         f"(watching {', '.join(path_list)}; last result {result!r})"
     )
+
+
+async def run_in_transaction(
+    xs: XenStore, fn: Callable[[Transaction], R], attempts: int = 16, backoff: float = 0.001
+) -> R:
+    """:meth:`XenStore.run_in_transaction` for the event loop: run ``fn(t)`` in a
+    transaction and commit; after a conflict (EAGAIN), await the backoff (other tasks
+    run meanwhile) and try again, up to ``attempts`` in all."""
+    retry = TransactionRetry(attempts, backoff)
+    while True:
+        try:
+            with xs.transaction() as t:
+                return fn(t)
+        except XenError as exc:
+            await asyncio.sleep(retry.pause(exc))
 
 
 class AsyncEvtchn:

@@ -6,6 +6,7 @@ Every failure raises :class:`~ncd.xen.errors.XenError` naming the call and errno
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import threading
@@ -160,6 +161,33 @@ class _Ops:
             fail(call)
 
 
+class TransactionRetry:
+    """When to try a conflicting transaction again: after ``backoff`` times the number
+    of conflicts so far, at most ``attempts`` attempts in all. Shared by the blocking
+    :meth:`XenStore.run_in_transaction` and :func:`ncd.xen.aio.run_in_transaction`."""
+
+    def __init__(self, attempts: int, backoff: float) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.attempts = attempts
+        self.backoff = backoff
+        self.conflicts = 0
+
+    def pause(self, exc: XenError) -> float:
+        """Seconds to wait after ``exc`` before the next attempt. Re-raises an error that
+        is not a conflict; raises :class:`TransactionConflict` after the last attempt."""
+        if exc.errno != errno.EAGAIN:
+            raise exc
+        self.conflicts += 1
+        if self.conflicts >= self.attempts:
+            raise TransactionConflict(
+                errno.EAGAIN,
+                "xs_transaction_end",
+                f"gave up after {self.attempts} attempts; last: {exc}",
+            )
+        return self.backoff * self.conflicts
+
+
 class Transaction(_Ops):
     """An open xenstore transaction: the store operations, isolated until :meth:`commit`."""
 
@@ -280,23 +308,22 @@ class XenStore(_Ops):
     def run_in_transaction(
         self, fn: Callable[[Transaction], R], attempts: int = 16, backoff: float = 0.001
     ) -> R:
-        """Run ``fn(t)`` in a transaction and commit, retrying on EAGAIN up to ``attempts``."""
-        if attempts < 1:
-            raise ValueError("attempts must be >= 1")
-        last: XenError | None = None
-        for attempt in range(attempts):
+        """Run ``fn(t)`` in a transaction and commit, retrying on EAGAIN up to ``attempts``.
+
+        Sleeps between attempts: for code without an event loop (ncctl, tools). On an
+        event loop use :func:`ncd.xen.aio.run_in_transaction`, which awaits instead;
+        called on a loop's thread anyway (a vchan server publishing its entry), this
+        retries at once rather than stall every task, as Linux's xenbus drivers do.
+        """
+        retry = TransactionRetry(attempts, backoff)
+        while True:
             try:
                 with self.transaction() as t:
-                    result = fn(t)
-                return result
+                    return fn(t)
             except XenError as exc:
-                if exc.errno != errno.EAGAIN:
-                    raise
-                last = exc
-                time.sleep(backoff * (attempt + 1))
-        raise TransactionConflict(
-            errno.EAGAIN, "xs_transaction_end", f"gave up after {attempts} attempts; last: {last}"
-        )
+                pause = retry.pause(exc)
+                if not _on_event_loop():
+                    time.sleep(pause)
 
     # -- watches ----------------------------------------------------------------------
     def new_token(self, prefix: str = "ncd") -> str:
@@ -340,6 +367,14 @@ class XenStore(_Ops):
         if ev == ffi.NULL:
             fail(call)
         return _watch_event(ev, call)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _watch_event(ev: Any, call: str) -> WatchEvent:

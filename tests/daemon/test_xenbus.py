@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from ncd.xenbus import (
     FAIL_KINDS,
+    Backoff,
     BadPeerState,
     Disconnect,
     Fail,
+    FailKind,
     ReleaseDevice,
     Role,
     SetState,
@@ -23,6 +25,7 @@ from ncd.xenbus import (
 )
 
 S = XenbusState
+T0 = 100.0  # the clock when a failure happens (time is an input of the machine)
 
 
 class Link:
@@ -70,7 +73,7 @@ class Link:
                         self.channel[side] = True
                     self.feed(side, acts)
                 else:
-                    self.feed(side, m.setup_failed("bad ring-ref"))
+                    self.feed(side, m.setup_failed("bad ring-ref", now=T0))
 
     def start(self) -> None:
         self.feed("be", self.be.start())
@@ -196,7 +199,7 @@ def test_backend_restart_makes_frontend_reconnect():
     link.start()
     # backend daemon dies (no clean close): its mapping goes, the frontend's
     # channel reports the peer gone; then the backend starts again: a fresh machine
-    link.feed("fe", link.fe.link_lost("client unmapped"))
+    link.feed("fe", link.fe.link_lost("client unmapped", now=T0))
     link.queue.clear()  # nobody reads the frontend's Closed: the backend is dead
     link.be = XenbusMachine(Role.BACKEND)
     link.be.peer_changed(str(int(link.fe.state)))
@@ -219,10 +222,10 @@ def test_frontend_ignores_initwait_while_connected():
 def test_link_lost_then_restart_recovers():
     link = Link()
     link.start()
-    link.feed("be", link.be.link_lost("peer unmapped"))
+    link.feed("be", link.be.link_lost("peer unmapped", now=T0))
     link.pump()
     assert states(link) == (S.CLOSED, S.CLOSED)
-    assert Fail("link lost: peer unmapped", "link_lost") in link.log["be"]
+    assert Fail("link lost: peer unmapped", FailKind.LINK_LOST) in link.log["be"]
     # the frontend daemon retries after its backoff
     link.feed("fe", link.fe.restart())
     link.pump()
@@ -232,7 +235,7 @@ def test_link_lost_then_restart_recovers():
 def test_backend_restart_from_closed_reconnects_frontend():
     link = Link()
     link.start()
-    link.feed("fe", link.fe.link_lost("bad index"))
+    link.feed("fe", link.fe.link_lost("bad index", now=T0))
     link.pump()
     assert states(link) == (S.CLOSED, S.CLOSED)
     link.feed("be", link.be.restart())
@@ -247,7 +250,7 @@ def test_setup_failure_fails_into_closed():
     assert link.fe.state == S.CLOSED
     assert link.be.state == S.INIT_WAIT  # nothing was up: it waits for the frontend
     fails = [a for a in link.log["fe"] if isinstance(a, Fail)]
-    assert fails == [Fail("setup failed: bad ring-ref", "setup_failed")]
+    assert fails == [Fail("setup failed: bad ring-ref", FailKind.SETUP_FAILED)]
     link.setup_ok = True
     link.feed("fe", link.fe.restart())  # the daemon's retry after its backoff
     link.pump()
@@ -258,12 +261,12 @@ def test_backend_setup_failure_closes():
     be = XenbusMachine(Role.BACKEND)
     be.start()
     assert be.peer_changed(b"4") == [Setup()]
-    assert be.setup_failed("ring-ref 99999 not mappable") == [
+    assert be.setup_failed("ring-ref 99999 not mappable", now=T0) == [
         Disconnect(),
         SetState(S.CLOSED),
-        Fail("setup failed: ring-ref 99999 not mappable", "setup_failed"),
+        Fail("setup failed: ring-ref 99999 not mappable", FailKind.SETUP_FAILED),
     ]
-    assert be.setup_failed("again") == []  # nothing outstanding any more
+    assert be.setup_failed("again", now=T0) == []  # nothing outstanding any more
 
 
 def test_frontend_vanishing_releases_backend():
@@ -331,7 +334,7 @@ def test_frontend_initialised_while_connected_is_rejected():
 def test_bad_value_before_start_closes():
     be = XenbusMachine(Role.BACKEND)
     acts = be.peer_changed(b"12")
-    assert acts == [SetState(S.CLOSED), Fail("state: 12 is out of range 0..6", "bad_state")]
+    assert acts == [SetState(S.CLOSED), Fail("state: 12 is out of range 0..6", FailKind.BAD_STATE)]
 
 
 def test_events_before_start_are_misuse():
@@ -384,9 +387,9 @@ def test_random_event_sequences_keep_invariants(events):
         elif ev == "done":
             acts = m.setup_done()
         elif ev == "failed":
-            acts = m.setup_failed("x")
+            acts = m.setup_failed("x", now=T0)
         elif ev == "lost":
-            acts = m.link_lost("x")
+            acts = m.link_lost("x", now=T0)
         elif ev == "restart":
             acts = m.restart()
         elif ev == "close":
@@ -399,7 +402,7 @@ def test_random_event_sequences_keep_invariants(events):
         assert m.state in (S.INITIALISING, S.INIT_WAIT, S.CONNECTED, S.CLOSING, S.CLOSED)
         # a failure always leaves the device Closed with nothing running
         if any(isinstance(a, Fail) for a in acts):
-            assert all(a.kind in FAIL_KINDS for a in acts if isinstance(a, Fail))
+            assert all(isinstance(a.kind, FailKind) for a in acts if isinstance(a, Fail))
             assert m.state == S.CLOSED and not m.channel_up and not m.setting_up
         # Connected only with the channel up
         if m.state == S.CONNECTED:
@@ -497,7 +500,7 @@ def test_handshake_converges_under_any_delivery_order(rnd, scenario):
         link.feed("fe", link.fe.start())
         link.queue.append(("fe", "watch", None))
     elif scenario == "be_crash":
-        link.feed("fe", link.fe.link_lost("client gone"))
+        link.feed("fe", link.fe.link_lost("client gone", now=T0))
         link.queue.clear()
         link.be = XenbusMachine(Role.BACKEND)
         link.be.peer_changed(str(int(link.fe.state)))
@@ -505,7 +508,7 @@ def test_handshake_converges_under_any_delivery_order(rnd, scenario):
         link.queue.append(("be", "watch", None))
     elif scenario in ("be_lost", "fe_lost"):
         side = scenario[:2]
-        link.feed(side, link.machine(side).link_lost("x"))
+        link.feed(side, link.machine(side).link_lost("x", now=T0))
         link.pump()
         link.feed(side, link.machine(side).restart())
     link.pump()
@@ -514,3 +517,145 @@ def test_handshake_converges_under_any_delivery_order(rnd, scenario):
     expected = {"be_crash": ["link lost: client gone"], "fe_lost": ["link lost: x"]}
     assert link.fe.failures == expected.get(scenario, [])
     assert link.be.failures == (["link lost: x"] if scenario == "be_lost" else [])
+
+
+# ------------------------------------------------------------ time: retry timer and backoff
+
+
+def connected_frontend(backoff: Backoff | None = None) -> XenbusMachine:
+    fe = XenbusMachine(Role.FRONTEND, backoff=backoff)
+    fe.start()
+    fe.peer_changed(b"2")
+    fe.setup_done()
+    assert fe.state == S.CONNECTED
+    return fe
+
+
+def test_fail_kinds_say_whether_they_retry():
+    assert {k for k in FailKind if k.retry} == {FailKind.SETUP_FAILED, FailKind.LINK_LOST}
+    assert FAIL_KINDS == ("bad_state", "ill_timed", "setup_failed", "link_lost")
+
+
+def test_no_timer_until_a_retrying_failure():
+    fe = connected_frontend()
+    assert fe.get_timer() is None
+    assert fe.handle_timer(T0 + 1e6) == []
+
+
+def test_lost_link_restarts_once_the_backoff_passed():
+    fe = connected_frontend(Backoff(first=1.0, cap=30.0))
+    fe.link_lost("peer gone", now=T0)
+    assert fe.state == S.CLOSED and fe.get_timer() == T0 + 1.0
+    assert fe.handle_timer(T0 + 0.999) == []  # not yet: nothing happens, still armed
+    assert fe.get_timer() == T0 + 1.0
+    # the backend still says InitWait: restarting grants and publishes again
+    assert fe.handle_timer(T0 + 1.0) == [SetState(S.INITIALISING), Setup()]
+    assert fe.get_timer() is None
+    assert fe.handle_timer(T0 + 2.0) == []  # fires once
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets_once_connected():
+    be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=1.0, cap=4.0))
+    be.start()
+    now, delays = T0, []
+    for _ in range(4):
+        assert be.peer_changed(b"4") == [Setup()]  # the frontend's published channel
+        be.setup_failed("not mappable", now=now)
+        deadline = be.get_timer()
+        assert deadline is not None
+        delays.append(deadline - now)
+        now = deadline
+        assert be.handle_timer(now) == [SetState(S.INIT_WAIT)]
+        be.peer_changed(b"1")  # the frontend re-initialises, then publishes again
+    assert delays == [1.0, 2.0, 4.0, 4.0]
+    be.peer_changed(b"4")
+    assert be.setup_done() == [SetState(S.CONNECTED)]
+    be.link_lost("again", now=now)
+    assert be.get_timer() == now + 1.0  # back to the first delay
+
+
+def test_a_failure_while_armed_keeps_the_first_deadline():
+    be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=2.0, cap=8.0))
+    be.start()
+    be.peer_changed(b"4")
+    be.setup_failed("unmappable", now=T0)
+    assert be.get_timer() == T0 + 2.0
+    assert be.local_failure("internal error: x", FailKind.SETUP_FAILED, now=T0 + 1) == [
+        Fail("internal error: x", FailKind.SETUP_FAILED)
+    ]
+    assert be.get_timer() == T0 + 2.0
+    assert be.backoff.upcoming == 4.0  # one delay taken, not two
+
+
+@pytest.mark.parametrize("raw", [b"x", b"2"])  # bad_state, ill_timed (InitWait from a frontend)
+def test_peer_nonsense_is_not_retried(raw):
+    be = XenbusMachine(Role.BACKEND)
+    be.start()
+    acts = be.peer_changed(raw)
+    assert isinstance(acts[-1], Fail) and not acts[-1].kind.retry
+    assert be.get_timer() is None
+
+
+def test_local_failure_before_start_arms_the_timer_without_starting():
+    fe = XenbusMachine(Role.FRONTEND)
+    assert fe.local_failure("cannot set up: ENOENT", FailKind.SETUP_FAILED, now=T0) == [
+        Fail("cannot set up: ENOENT", FailKind.SETUP_FAILED)
+    ]
+    assert fe.state == S.UNKNOWN and fe.get_timer() == T0 + 1.0
+    assert fe.handle_timer(T0 + 1.0) == []  # its owner loads the device again, then start()
+    assert fe.get_timer() is None and fe.state == S.UNKNOWN
+    assert fe.start() == [SetState(S.INITIALISING)]
+
+
+def test_release_disarms_the_timer():
+    be = XenbusMachine(Role.BACKEND)
+    be.start()
+    be.peer_changed(b"4")
+    be.setup_failed("x", now=T0)
+    assert be.get_timer() is not None
+    assert ReleaseDevice() in be.close()
+    assert be.get_timer() is None
+    assert be.local_failure("late", FailKind.SETUP_FAILED, now=T0) == []
+
+
+def test_offline_backend_does_not_restart_on_its_timer():
+    be = XenbusMachine(Role.BACKEND)
+    be.start()
+    be.peer_changed(b"4")
+    be.setup_failed("x", now=T0)
+    be.online = False  # the toolstack wrote online=0 but the frontend is not Closed yet
+    assert be.handle_timer(T0 + 1.0) == []
+    assert be.state == S.CLOSED
+
+
+def test_retrying_failure_needs_the_time():
+    fe = connected_frontend()
+    with pytest.raises(TypeError):
+        fe._fail("x", FailKind.LINK_LOST)  # a retrying kind without now= is a bug
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["lost", "failed", "restart", "timer", "peer"]),
+                          st.floats(0, 50)), max_size=30))
+def test_timer_is_never_due_before_a_failure_plus_its_delay(steps):
+    fe = XenbusMachine(Role.FRONTEND, backoff=Backoff(first=1.0, cap=8.0))
+    fe.start()
+    now = 0.0
+    for ev, dt in steps:
+        now += dt
+        armed = fe.get_timer()
+        if ev == "lost":
+            fe.link_lost("x", now=now)
+        elif ev == "failed":
+            fe.setup_failed("x", now=now)
+        elif ev == "restart":
+            fe.restart()
+        elif ev == "peer":
+            fe.peer_changed(b"2")
+        else:
+            fe.handle_timer(now)
+        t = fe.get_timer()
+        if armed is not None and ev != "timer":
+            assert t == armed  # a later failure never moves an armed deadline
+        if t is not None and t != armed:
+            assert now + 1.0 <= t <= now + 8.0

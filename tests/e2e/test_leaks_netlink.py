@@ -19,7 +19,7 @@ CYCLES = 600
 
 DRIVER = textwrap.dedent(
     """
-    import json, sys
+    import asyncio, json, sys
     from ncd.daemon import netlink
     from ncd.daemon.vif import open_persistent_tap
 
@@ -28,22 +28,25 @@ DRIVER = textwrap.dedent(
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
 
-    def cycle():  # what a vif does with its TAP from attach to detach
+    async def cycle():  # what a vif does with its TAP from attach to detach
         tap = open_persistent_tap("nclk0")
-        netlink.configure("nclk0", mac="00:16:3e:00:01:00", mtu=1500)
+        await netlink.configure("nclk0", mac="00:16:3e:00:01:00", mtu=1500)
         tap.set_persist(False)
         tap.close()
-        netlink.delete("nclk0")  # gone already unless persistent, as in Vif._close_tap
+        await netlink.delete("nclk0")  # gone already unless persistent, as in Vif._close_tap
 
-    queued = lambda: netlink.call(lambda ipr: ipr.asyncore.msg_queue.root.qsize())
-    n = int(sys.argv[1])
-    for _ in range(100):  # warm-up: caches, allocator arenas
-        cycle()
-    r0 = rss_kb()
-    for _ in range(n):
-        cycle()
-    r1 = rss_kb()
-    print(json.dumps({"queued": queued(), "rss_kb_per_cycle": (r1 - r0) / n}))
+    async def main():
+        n = int(sys.argv[1])
+        for _ in range(100):  # warm-up: caches, allocator arenas
+            await cycle()
+        r0 = rss_kb()
+        for _ in range(n):
+            await cycle()
+        r1 = rss_kb()
+        queued = await netlink.call(lambda ipr: ipr.asyncore.msg_queue.root.qsize())
+        print(json.dumps({"queued": queued, "rss_kb_per_cycle": (r1 - r0) / n}))
+
+    asyncio.run(main())
     """
 )
 

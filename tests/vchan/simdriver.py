@@ -38,6 +38,7 @@ class Driver:
 
     def cmd_server(self, peer: str, path: str, rd: str, wr: str) -> dict[str, Any]:
         srv = VchanServer.create(self.xs, int(peer), path, int(rd), int(wr))
+        self.cmd_close()  # the driver owns its vchan: the one it replaces is closed
         self.v = srv
         return {"gref": srv.gref, "port": srv.port, "rd": srv.read_size, "wr": srv.write_size}
 
@@ -54,7 +55,9 @@ class Driver:
         return {"closed": n}
 
     def cmd_connect(self, peer: str, path: str) -> dict[str, Any]:
-        self.v = VchanClient.connect(self.xs, int(peer), path)
+        cli = VchanClient.connect(self.xs, int(peer), path)
+        self.cmd_close()
+        self.v = cli
         return {"rd": self.v.read_size, "wr": self.v.write_size}
 
     def cmd_wait_open(self, timeout: str = "10") -> dict[str, Any]:

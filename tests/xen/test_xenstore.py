@@ -134,6 +134,79 @@ def test_transaction_commit_abort_and_conflict(peer):
     a.run(f"xs.rm({base!r})")
 
 
+def test_async_transaction_retries_without_blocking_the_loop(peer):
+    """aio.run_in_transaction awaits its backoff: another coroutine keeps ticking while
+    a transaction is spoiled by a concurrent writer, retried, and finally commits."""
+    a = peer(0)
+    base = "/local/domain/0/xentest/aiotx"
+    result = a.run(f"""
+        xs = XenStore()
+        xs.write({base!r} + '/n', '0')
+        ticks, seen = [0], []
+
+        async def ticker():
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+
+        def bump(t):
+            v = int(t.read({base!r} + '/n'))
+            seen.append(ticks[0])
+            if len(seen) <= 5:  # a concurrent writer spoils the first five attempts
+                other = XenStore(); other.write({base!r} + '/n', str(v + 10)); other.close()
+            t.write({base!r} + '/n', str(v + 1))
+            return v + 1
+
+        async def main():
+            tick = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0)
+            try:
+                return await aio.run_in_transaction(xs, bump, backoff=0.01)
+            finally:
+                tick.cancel()
+
+        value = asyncio.run(main())
+        result = [value, xs.read({base!r} + '/n'), seen]
+        xs.rm({base!r})
+    """)
+    value, stored, seen = result
+    assert value == 51 and stored == "51"  # five spoiled attempts (+10 each), then +1
+    assert len(seen) == 6
+    # between every two attempts the ticker ran: the backoff awaited, it did not sleep
+    assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False)), seen
+
+
+def test_blocking_transaction_does_not_sleep_on_an_event_loop(peer):
+    """Code on the loop that still calls the blocking runner (a vchan server publishing
+    its entry) retries at once: no time.sleep stalls the loop's other tasks."""
+    a = peer(0)
+    base = "/local/domain/0/xentest/looptx"
+    elapsed, value = a.run(f"""
+        import time
+        xs = XenStore()
+        xs.write({base!r} + '/n', '0')
+        tries = []
+
+        def bump(t):
+            v = int(t.read({base!r} + '/n'))
+            tries.append(v)
+            if len(tries) <= 5:
+                other = XenStore(); other.write({base!r} + '/n', str(v + 10)); other.close()
+            t.write({base!r} + '/n', str(v + 1))
+            return v + 1
+
+        async def main():
+            t0 = time.monotonic()
+            value = xs.run_in_transaction(bump, backoff=0.1)  # off the loop: 1.5 s of sleeps
+            return time.monotonic() - t0, value
+
+        result = asyncio.run(main())
+        xs.rm({base!r})
+    """)
+    assert value == 51
+    assert elapsed < 0.5, elapsed
+
+
 def test_blocking_watch_api(peer):
     d0 = peer(0)
     base = "/local/domain/0/xentest/watch"
