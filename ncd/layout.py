@@ -4,7 +4,8 @@ Contract (the design notes' "xenstore layout"; the negotiation keys each end add
 its own directory are in docs/protocol.md, "Negotiation")::
 
     /local/domain/<be>/backend/ncvif/<fe>/<devid>/   frontend, frontend-id, online, state,
-                                                      mac, mtu, bridge (optional), handle
+                                                      mac, mtu, handle; optional: bridge or
+                                                      switch, trunk, ip
     /local/domain/<fe>/device/ncvif/<devid>/         backend, backend-id, state, mac, mtu,
                                                       handle
 
@@ -151,6 +152,9 @@ class VifSpec:
     mac: str
     mtu: int = MTU_DEFAULT
     bridge: str | None = None
+    switch: str | None = None  # a port of the backend daemon's switch, not a TAP
+    trunk: bool = False  # carries other domains' frames: no anti-spoofing lock
+    ips: tuple[str, ...] = ()  # the guest's own addresses (anti-spoofing)
 
     def __post_init__(self) -> None:
         parse.domid("backend-id", str(self.backend))
@@ -160,6 +164,12 @@ class VifSpec:
         parse.mtu("mtu", str(self.mtu))
         if self.bridge is not None:
             parse.ifname("bridge", self.bridge)
+        if self.switch is not None:
+            parse.switch_name("switch", self.switch)
+            if self.bridge is not None:
+                raise BadEntry("switch: a vif is a switch port or a TAP in a bridge, not both")
+        if self.ips:
+            object.__setattr__(self, "ips", parse.ip_list("ip", " ".join(self.ips)))
         if self.backend == self.frontend:
             raise BadEntry("frontend-id: a domain cannot be its own backend")
         name = backend_ifname(self.frontend, self.devid)
@@ -190,6 +200,12 @@ def backend_entries(spec: VifSpec) -> dict[str, str]:
     }
     if spec.bridge is not None:
         entries["bridge"] = spec.bridge
+    if spec.switch is not None:
+        entries["switch"] = spec.switch
+    if spec.trunk:
+        entries["trunk"] = "1"
+    if spec.ips:
+        entries["ip"] = " ".join(spec.ips)  # space-separated, as libxl writes it
     return entries
 
 
@@ -241,6 +257,9 @@ def attach(
     devid: int | None = None,
     mtu: int = MTU_DEFAULT,
     bridge: str | None = None,
+    switch: str | None = None,
+    trunk: bool = False,
+    ips: tuple[str, ...] = (),
 ) -> VifSpec:
     """Write both directories of a new ncvif in one transaction (as libxl does).
 
@@ -251,7 +270,8 @@ def attach(
     if devid is not None:
         parse.devid("devid", str(devid))
     if devid is None:
-        VifSpec(backend, frontend, 0, mac, mtu, bridge)  # validate before touching xenstore
+        # validate before touching xenstore
+        VifSpec(backend, frontend, 0, mac, mtu, bridge, switch, trunk, ips)
 
     def txn(t: StoreOps) -> VifSpec:
         if not domain_exists(t, frontend):
@@ -262,7 +282,7 @@ def attach(
         chosen = devid if devid is not None else (max(used) + 1 if used else 0)
         if chosen in used:
             raise AttachError(f"domain {frontend} already has {DEVICE_KIND} devid {chosen}")
-        spec = VifSpec(backend, frontend, chosen, mac, mtu, bridge)
+        spec = VifSpec(backend, frontend, chosen, mac, mtu, bridge, switch, trunk, ips)
         _write_dir(t, spec.frontend_dir, frontend_perms(spec), frontend_entries(spec))
         _write_dir(t, spec.backend_dir, backend_perms(spec), backend_entries(spec))
         return spec
@@ -311,6 +331,9 @@ class BackendView:
     mtu: int
     bridge: str | None
     handle: int
+    switch: str | None = None
+    trunk: bool = False
+    ips: tuple[str, ...] = ()
 
 
 def read_backend(store: StoreOps, be: int, fe: int, devid: int) -> BackendView:
@@ -324,7 +347,7 @@ def read_backend(store: StoreOps, be: int, fe: int, devid: int) -> BackendView:
     fe_id = parse.domid(f"{base}/frontend-id", get("frontend-id"))
     if fe_id != fe:
         raise BadEntry(f"{base}/frontend-id: {fe_id} does not match the directory ({fe})")
-    bridge_raw = get("bridge")
+    bridge_raw, switch_raw, ip_raw = get("bridge"), get("switch"), get("ip")
     handle = parse.devid(f"{base}/handle", get("handle"))
     if handle != devid:
         raise BadEntry(f"{base}/handle: {handle} does not match the directory ({devid})")
@@ -337,6 +360,10 @@ def read_backend(store: StoreOps, be: int, fe: int, devid: int) -> BackendView:
         mtu=parse.mtu(f"{base}/mtu", get("mtu")),
         bridge=None if bridge_raw in (None, b"") else parse.ifname(f"{base}/bridge", bridge_raw),
         handle=handle,
+        switch=None if switch_raw in (None, b"") else parse.switch_name(f"{base}/switch",
+                                                                        switch_raw),
+        trunk=parse.optional_flag(f"{base}/trunk", get("trunk")),
+        ips=() if ip_raw in (None, b"") else parse.ip_list(f"{base}/ip", ip_raw),
     )
 
 

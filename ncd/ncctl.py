@@ -2,7 +2,8 @@
 
 ::
 
-    ncctl attach DOMID [--devid N] [--mac MAC] [--mtu N] [--bridge BR] [--backend DOMID]
+    ncctl attach DOMID [--devid N] [--mac MAC] [--mtu N] [--bridge BR | --switch NAME]
+                 [--trunk] [--ip ADDRS] [--backend DOMID]
     ncctl detach DOMID DEVID [--force] [--timeout S] [--backend DOMID]
     ncctl list [--json]
     ncctl stats [--json]
@@ -66,30 +67,64 @@ def _devid(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _switch(text: str) -> str:
+    try:
+        return parse.switch_name("switch", text)
+    except BadEntry as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ips(text: str) -> tuple[str, ...]:
+    try:
+        return parse.ip_list("ip", text)
+    except BadEntry as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ncctl", description="Manage ncd virtual interfaces.")
     p.add_argument("--socket", help="daemon control socket")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("attach", help="attach a new ncvif to a domain")
-    a.add_argument("domid", type=_domid)
-    a.add_argument("--devid", type=_devid)
-    a.add_argument("--mac")
-    a.add_argument("--mtu", type=int, default=layout.MTU_DEFAULT)
-    a.add_argument("--bridge")
-    a.add_argument("--backend", type=_domid, default=0, help="backend domain (default 0)")
+    a.add_argument("domid", type=_domid, help="the guest (frontend) domain")
+    a.add_argument("--devid", type=_devid, help="device number (default: the next free one)")
+    a.add_argument("--mac", help="the guest's MAC (default: a random 00:16:3e:xx:xx:xx)")
+    a.add_argument(
+        "--mtu", type=int, default=layout.MTU_DEFAULT, help=f"MTU (default {layout.MTU_DEFAULT})"
+    )
+    where = a.add_mutually_exclusive_group()
+    where.add_argument("--bridge", help="put the backend's TAP into this bridge")
+    where.add_argument(
+        "--switch", type=_switch,
+        help="make the vif a port of the backend daemon's in-daemon switch NAME (no TAP)",
+    )
+    a.add_argument(
+        "--trunk", action="store_true",
+        help="the vif carries other domains' frames (a driver domain's uplink): no "
+        "anti-spoofing lock on its source MAC/IP",
+    )
+    a.add_argument(
+        "--ip", type=_ips, default=(), metavar="ADDRS",
+        help="the guest's own IPv4/IPv6 addresses, comma-separated: its frames must come "
+        "from them (ARP, IPv4, IPv6 and neighbour discovery)",
+    )
+    a.add_argument(
+        "--backend", type=_domid, default=0,
+        help="backend domain, as libxl's backend= (default 0: dom0)",
+    )
     d = sub.add_parser("detach", help="close and remove an ncvif")
-    d.add_argument("domid", type=_domid)
-    d.add_argument("devid", type=_devid)
+    d.add_argument("domid", type=_domid, help="the guest (frontend) domain")
+    d.add_argument("devid", type=_devid, help="device number")
     d.add_argument(
         "--force",
         action="store_true",
         help="remove the entries even if the backend does not close in time",
     )
     d.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for Closed")
-    d.add_argument("--backend", type=_domid, default=0)
+    d.add_argument("--backend", type=_domid, default=0, help="backend domain (default 0)")
     for name in ("list", "stats"):
         s = sub.add_parser(name, help=f"{name} from the daemon")
-        s.add_argument("--json", action="store_true")
+        s.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
@@ -106,11 +141,23 @@ def cmd_attach(args: argparse.Namespace, store: Store, out: TextIO) -> None:
         devid=args.devid,
         mtu=args.mtu,
         bridge=args.bridge,
+        switch=args.switch,
+        trunk=args.trunk,
+        ips=args.ip,
     )
-    bridge = f" bridge {spec.bridge}" if spec.bridge else ""
+    extra = f" bridge {spec.bridge}" if spec.bridge else ""
+    if spec.trunk:
+        extra += " trunk"
+    if spec.ips:
+        extra += f" ip {','.join(spec.ips)}"
+    port = (
+        f"port of switch {spec.switch}" if spec.switch
+        else layout.backend_ifname(spec.frontend, spec.devid)
+    )
+    backend = f" backend {spec.backend}" if spec.backend else ""
     out.write(
         f"attached domain {spec.frontend} devid {spec.devid} mac {spec.mac} "
-        f"mtu {spec.mtu}{bridge} ({layout.backend_ifname(spec.frontend, spec.devid)})\n"
+        f"mtu {spec.mtu}{extra}{backend} ({port})\n"
     )
 
 

@@ -11,6 +11,7 @@ number of digits; leading zeros are allowed, as Xen's own parsers (strtoul) acce
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 DOMID_FIRST_RESERVED = 0x7FF0  # xen/include/public/xen.h: DOMID_SELF and up
@@ -21,6 +22,7 @@ MTU_MAX = 65521  # tun: MAX_MTU - ETH_HLEN
 IFNAMSIZ = 16
 GREF_MAX = (1 << 32) - 1  # grant_ref_t is uint32_t
 EVTCHN_PORT_MAX = (1 << 17) - 1  # FIFO event-channel ABI limit
+IPS_MAX = 16  # addresses one vif may be locked to (anti-spoofing)
 VALUE_MAX = 4096  # XENSTORE_PAYLOAD_MAX: nothing legitimate is longer
 UINT_DIGITS = 10  # enough for any uint32
 
@@ -125,6 +127,39 @@ def ifname(key: str, raw: Raw) -> str:
     if not 0 < len(value) < IFNAMSIZ or not _IFNAME_RE.fullmatch(value) or value in (".", ".."):
         raise BadEntry(f"{key}: not an interface name: {value[:32]!r}")
     return value
+
+
+_SWITCH_RE = re.compile(r"[A-Za-z0-9_-]{1,15}")
+
+
+def switch_name(key: str, raw: Raw) -> str:
+    """An in-daemon switch's name: 1..15 chars of [A-Za-z0-9_-] (it names metrics labels
+    and config sections, so no dots or spaces)."""
+    value = text(key, raw)
+    if not _SWITCH_RE.fullmatch(value):
+        raise BadEntry(f"{key}: not a switch name: {value[:32]!r}")
+    return value
+
+
+def ip_list(key: str, raw: Raw) -> tuple[str, ...]:
+    """libxl's ``ip`` value: IPv4/IPv6 host addresses separated by spaces (``ncctl`` also
+    takes commas), at most IPS_MAX; returned normalised (``ipaddress`` compressed form)."""
+    value = text(key, raw)
+    words = value.replace(",", " ").split()
+    if not words:
+        raise BadEntry(f"{key}: no address in {value[:32]!r}")
+    if len(words) > IPS_MAX:
+        raise BadEntry(f"{key}: {len(words)} addresses (at most {IPS_MAX})")
+    out = []
+    for w in words:
+        try:
+            addr = ipaddress.ip_address(w)
+        except ValueError:
+            raise BadEntry(f"{key}: not an IPv4 or IPv6 address: {w[:48]!r}") from None
+        if addr.is_multicast or addr.is_unspecified:
+            raise BadEntry(f"{key}: {addr} cannot be a vif's own address")
+        out.append(str(addr))
+    return tuple(dict.fromkeys(out))
 
 
 def exact(key: str, raw: Raw, expected: str) -> str:

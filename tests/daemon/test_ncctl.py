@@ -310,3 +310,74 @@ def test_xenstore_unreachable_is_one_line(tmp_path):
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("ncctl: error: cannot connect to xenstore: ")
     assert r.stderr.count("\n") == 1
+
+
+def test_attach_switch_trunk_ip(tree):
+    rc, out, err = run(
+        ["attach", "1", "--mac", "00:16:3e:00:00:01", "--switch", "sw0", "--trunk",
+         "--ip", "198.18.0.2,2001:db8::0:2"], tree,
+    )
+    assert (rc, err) == (0, "")
+    assert out == ("attached domain 1 devid 0 mac 00:16:3e:00:00:01 mtu 1500 trunk "
+                   "ip 198.18.0.2,2001:db8::2 (port of switch sw0)\n")
+    base = "/local/domain/0/backend/ncvif/1/0"
+    c = tree.conn(0)
+    assert c.read_bytes(f"{base}/switch") == b"sw0"
+    assert c.read_bytes(f"{base}/trunk") == b"1"
+    assert c.read_bytes(f"{base}/ip") == b"198.18.0.2 2001:db8::2"  # libxl: space-separated
+    view = layout.read_backend(c, 0, 1, 0)
+    assert (view.switch, view.trunk, view.ips, view.bridge) == (
+        "sw0", True, ("198.18.0.2", "2001:db8::2"), None)
+    # a plain vif has none of them
+    assert run(["attach", "2", "--mac", "00:16:3e:00:00:02"], tree)[0] == 0
+    view = layout.read_backend(c, 0, 2, 0)
+    assert (view.switch, view.trunk, view.ips) == (None, False, ())
+
+
+def test_attach_with_another_backend_domain(tree):
+    rc, out, _ = run(["attach", "2", "--backend", "1", "--switch", "up"], tree)
+    assert rc == 0 and out.endswith(" backend 1 (port of switch up)\n")
+    c = tree.conn(0)
+    assert c.read_bytes("/local/domain/1/backend/ncvif/2/0/switch") == b"up"
+    assert c.read_bytes("/local/domain/2/device/ncvif/0/backend-id") == b"1"
+    assert c.read_bytes("/local/domain/2/device/ncvif/0/backend") == (
+        b"/local/domain/1/backend/ncvif/2/0")
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--switch", "sw.0"], "not a switch name: 'sw.0'"),
+        (["--switch", "a" * 16], "not a switch name"),
+        (["--ip", "198.18.0.300"], "not an IPv4 or IPv6 address: '198.18.0.300'"),
+        (["--ip", "224.0.0.1"], "224.0.0.1 cannot be a vif's own address"),
+        (["--ip", ",".join(f"198.18.0.{i}" for i in range(1, 18))], "17 addresses (at most 16)"),
+        (["--bridge", "br0", "--switch", "sw0"], "not allowed with argument"),
+    ],
+)
+def test_attach_forwarding_usage_errors(tree, capsys, argv, msg):
+    before = dict(tree.nodes)
+    with pytest.raises(SystemExit) as e:
+        ncctl.main(["attach", "1", *argv], store_factory=lambda: tree.conn(0))
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
+    assert tree.nodes == before
+
+
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("switch", "../x", "switch: not a switch name"),
+        ("trunk", "yes", "trunk: expected 0 or 1"),
+        ("ip", "198.18.0.1 ::g", "ip: not an IPv4 or IPv6 address: '::g'"),
+        ("ip", "0.0.0.0", "ip: 0.0.0.0 cannot be a vif's own address"),
+    ],
+)
+def test_backend_reads_hostile_forwarding_keys(tree, key, value, msg):
+    # the backend entry is dom0's, but a driver domain backs vifs from entries the
+    # toolstack wrote: every value is parsed, a bad one names its key
+    assert run(["attach", "1", "--switch", "sw0"], tree)[0] == 0
+    c = tree.conn(0)
+    c.write(f"/local/domain/0/backend/ncvif/1/0/{key}", value)
+    with pytest.raises(parse.BadEntry, match=msg.replace("(", r"\(")):
+        layout.read_backend(c, 0, 1, 0)
