@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from ncd import layout
 from ncd.layout import AttachError, BadEntry, Perm
 
-from .fakestore import FakeTree
+from .memstore import MemStore
 
 MAC = "00:16:3e:01:02:03"
 
 
 @pytest.fixture
 def tree():
-    t = FakeTree()
+    t = MemStore()
     for d in (0, 1, 2):
         t.add_domain(d)
     return t
@@ -190,6 +190,7 @@ def test_read_backend_missing_key_named(tree):
 
 
 def test_features(tree):
+    layout.attach(tree.conn(0), backend=0, frontend=1, mac=MAC)  # the guest owns its dir
     d1 = tree.conn(1)
     d1.write("/local/domain/1/device/ncvif/0/feature-gso-tcpv4", "1")
     d1.write("/local/domain/1/device/ncvif/0/feature-csum", "0")
@@ -207,7 +208,7 @@ def test_features(tree):
 def test_hostile_directory_names_are_skipped(tree):
     dom0 = tree.conn(0)
     layout.attach(dom0, backend=0, frontend=1, mac=MAC)
-    tree.conn(1).mkdir("/local/domain/1/device/ncvif/junk")
+    dom0.mkdir("/local/domain/1/device/ncvif/junk")  # device/ is the toolstack's (libxl)
     dom0.mkdir("/local/domain/0/backend/ncvif/x9")
     assert layout.list_frontend_devices(dom0, 1) == [0]
     assert layout.list_backend_devices(dom0, 0) == [(1, 0)]
