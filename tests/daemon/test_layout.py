@@ -12,17 +12,7 @@ from hypothesis import strategies as st
 from ncd import layout
 from ncd.layout import AttachError, BadEntry, Perm
 
-from .memstore import MemStore
-
 MAC = "00:16:3e:01:02:03"
-
-
-@pytest.fixture
-def tree():
-    t = MemStore()
-    for d in (0, 1, 2):
-        t.add_domain(d)
-    return t
 
 
 def test_paths():

@@ -17,16 +17,6 @@ import pytest
 from ncd import layout, ncctl
 from ncd.control import ControlError, ControlServer
 
-from .memstore import MemStore
-
-
-@pytest.fixture
-def tree():
-    t = MemStore()
-    for d in (0, 1, 2):
-        t.add_domain(d)
-    return t
-
 
 def run(argv, tree=None, socket=None):
     out, err = io.StringIO(), io.StringIO()

@@ -45,30 +45,20 @@ def hv_shims() -> Path:
     return paths.shim_lib_dir()
 
 
-@pytest.fixture(scope="session")
-def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
-    out = tmp_path_factory.mktemp("hvbin") / "xsim_helper"
+def build_c(src: Path, out: Path, *flags: str) -> Path:
+    """Compile one C test program (warnings are errors); ``flags`` go last (libraries)."""
     subprocess.run(
-        [
-            "gcc",
-            "-O1",
-            "-g",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-std=gnu11",
-            "-o",
-            str(out),
-            str(HELPER_SRC),
-            "-pthread",
-            "-lxengnttab",
-            "-lxenevtchn",
-            "-lxenctrl",
-            "-ldl",
-        ],
+        ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(out),
+         str(src), *flags],
         check=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
+    return build_c(HELPER_SRC, tmp_path_factory.mktemp("hvbin") / "xsim_helper",
+                   "-pthread", "-lxengnttab", "-lxenevtchn", "-lxenctrl", "-ldl")
 
 
 class HvBroker:
