@@ -13,7 +13,7 @@ def _connect(d0, d1):
 
 WAIT = """
 async def main():
-    aev = AsyncEvtchn(ev)
+    aev = aio.AsyncEvtchn(ev)
     try:
         return await aev.wait(port, timeout={timeout})
     finally:

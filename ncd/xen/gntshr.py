@@ -6,9 +6,8 @@ import errno
 import weakref
 from typing import Any
 
-from ncd.xen.errors import XenError
-
 from ._lib import address, fail, ffi, lib
+from .errors import XenError
 from .mapping import PAGE_SIZE, Mapping
 
 _NO_NOTIFY = 0xFFFFFFFF
