@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import select
@@ -36,13 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.domproc import DomProc  # noqa: E402
 from xensim.world import World  # noqa: E402
 
 VSP = "/usr/lib/xen-4.17/bin/vchan-socket-proxy"
@@ -53,11 +52,6 @@ REPLY_TIMEOUT = 60.0
 DEFAULT_FRAMES = "64:1000000,1500:300000,65536:30000"
 
 # ---- inside a domain ---------------------------------------------------------------------------
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def _pump_cpu() -> float:
@@ -130,141 +124,140 @@ def _tune(s: socket.socket) -> socket.socket:
     return s
 
 
-def helper(argv: list[str]) -> int:
-    """Run in a domain: ``ncd-server PEER PATH RING``, ``ncd-client PEER PATH``,
-    ``stream-listen SOCK`` or ``stream-connect SOCK``; then serve stdin commands."""
-    role = argv[0]
-    pump: Any = None
-    vchan: Any = None
-    framed = role.startswith("ncd-")
-    if framed:
-        from ncd.vchan.channel import VchanClient, VchanServer
-        from ncd.vchan.pump import FramePump
+class FrameEnd:
+    """Command set (tests/domproc.py) run in a domain: one end of an ncd vchan pumped
+    into a SOCK_SEQPACKET socketpair (``serve PEER PATH RING`` or ``connect PEER PATH``,
+    then ``pump``), or one end of a Unix stream socket (``listen SOCK`` then ``accept``,
+    or ``dial SOCK``); then ``send SIZE N``, ``recv SIZE N``, ``stats``."""
+
+    def __init__(self) -> None:
+        self.xs: Any = None
+        self.vchan: Any = None
+        self.pump: Any = None
+        self.sock: socket.socket | None = None
+        self.end: socket.socket | None = None
+        self.lsock: socket.socket | None = None
+
+    def _xs(self) -> Any:
         from ncd.xen.xenstore import XenStore
 
-        xs = XenStore()
-        peer, path = int(argv[1]), argv[2]
-        if role == "ncd-server":
-            vchan = VchanServer.create(xs, peer, path, int(argv[3]), int(argv[3]))
-            _emit({"ready": True, "rd": vchan.read_size, "wr": vchan.write_size})
-            deadline = time.monotonic() + REPLY_TIMEOUT
-            while vchan.is_open() == 2 and time.monotonic() < deadline:
-                if select.select([vchan.fileno()], [], [], 0.1)[0]:
-                    vchan.wait()
-        else:
-            vchan = VchanClient.connect(xs, peer, path)
-        app, end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        _tune(app)
-        _tune(end)
-        pump = FramePump.start(vchan, end.fileno())
-        sock = app
-        _emit({"ready": True, "rd": vchan.read_size, "wr": vchan.write_size,
-               "open": vchan.is_open()})
-    elif role == "stream-listen":
-        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        lsock.bind(argv[1])
-        lsock.listen(1)
-        _emit({"ready": True})
-        lsock.settimeout(REPLY_TIMEOUT)
-        sock = _tune(lsock.accept()[0])
-        lsock.close()
-        _emit({"connected": True})
-    else:  # stream-connect
-        sock = _tune(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
-        sock.connect(argv[1])
-        _emit({"ready": True})
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "send":
-            _emit(_send_frames(sock, int(args[0]), int(args[1]), bytes(VNET) if framed else b""))
-        elif cmd == "recv":
-            fn = _recv_frames if framed else _recv_stream
-            _emit(fn(sock, int(args[0]), int(args[1])))
-        elif cmd == "stats":
-            stats: dict[str, Any] = {"cpu": _proc_cpu()}
-            if pump is not None:
-                from dataclasses import asdict
-                stats.update(asdict(pump.stats()), pump_cpu=_pump_cpu(), state=pump.state.name)
-            _emit(stats)
-        elif cmd == "quit":
-            break
-    if pump is not None:
-        pump.stop()
-        pump.close()
-    if vchan is not None:
-        vchan.close()
-    sock.close()
-    return 0
+        if self.xs is None:
+            self.xs = XenStore()
+        return self.xs
+
+    def _rings(self) -> dict[str, Any]:
+        return {"rd": self.vchan.read_size, "wr": self.vchan.write_size}
+
+    def cmd_serve(self, peer: str, path: str, ring: str) -> dict[str, Any]:
+        from ncd.vchan.channel import VchanServer
+
+        self.vchan = VchanServer.create(self._xs(), int(peer), path, int(ring), int(ring))
+        return self._rings()
+
+    def cmd_connect(self, peer: str, path: str) -> dict[str, Any]:
+        from ncd.vchan.channel import VchanClient
+
+        self.vchan = VchanClient.connect(self._xs(), int(peer), path)
+        return self._rings()
+
+    def cmd_pump(self) -> dict[str, Any]:
+        """Wait for the peer (a server), then pump between the vchan and a socketpair."""
+        from ncd.vchan.pump import FramePump
+
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while self.vchan.is_open() == 2 and time.monotonic() < deadline:
+            if select.select([self.vchan.fileno()], [], [], 0.1)[0]:
+                self.vchan.wait()
+        app, self.end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = _tune(app)
+        _tune(self.end)
+        self.pump = FramePump.start(self.vchan, self.end.fileno())
+        return {**self._rings(), "open": self.vchan.is_open()}
+
+    def cmd_listen(self, path: str) -> dict[str, Any]:
+        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lsock.bind(path)
+        self.lsock.listen(1)
+        return {}
+
+    def cmd_accept(self) -> dict[str, Any]:
+        assert self.lsock is not None
+        self.lsock.settimeout(REPLY_TIMEOUT)
+        self.sock = _tune(self.lsock.accept()[0])
+        self.lsock.close()
+        return {"connected": True}
+
+    def cmd_dial(self, path: str) -> dict[str, Any]:
+        self.sock = _tune(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        self.sock.connect(path)
+        return {}
+
+    def cmd_send(self, size: str, n: str) -> dict[str, Any]:
+        assert self.sock is not None
+        header = bytes(VNET) if self.pump is not None else b""
+        return _send_frames(self.sock, int(size), int(n), header)
+
+    def cmd_recv(self, size: str, n: str) -> dict[str, Any]:
+        assert self.sock is not None
+        fn = _recv_frames if self.pump is not None else _recv_stream
+        return fn(self.sock, int(size), int(n))
+
+    def cmd_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"cpu": _proc_cpu()}
+        if self.pump is not None:
+            from dataclasses import asdict
+
+            stats.update(asdict(self.pump.stats()), pump_cpu=_pump_cpu(),
+                         state=self.pump.state.name)
+        return stats
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump.close()
+        if self.vchan is not None:
+            self.vchan.close()
+        for s in (self.sock, self.end):
+            if s is not None:
+                s.close()
 
 
 # ---- the orchestrator ----------------------------------------------------------------------------
 
-
-class Dom:
-    """A process running as a xensim domain (its netns and environment)."""
-
-    def __init__(self, world: World, domid: int, argv: list[str], text: bool = True,
-                 **kw: Any) -> None:
-        self.domid = domid
-        self.proc = subprocess.Popen(world.exec_argv(domid, argv), env=world.exec_env(domid),
-                                     cwd=ROOT, text=text, **kw)
-
-    def line(self, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        out = self.proc.stdout.readline() if r else ""
-        if not out:
-            raise RuntimeError(f"dom{self.domid} {self.proc.args[3:5]} gave no answer "
-                               f"(rc {self.proc.poll()})")
-        return json.loads(out)
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def call(self, cmd: str) -> dict[str, Any]:
-        self.send(cmd)
-        return self.line()
-
-    def cpu(self) -> float:
-        """CPU seconds of this process (``ip netns exec`` execs the command in place)."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        if self.proc.stdin is not None and self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=5)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.close()
+END = "bench.bench_frames:FrameEnd"
 
 
-def helper_argv(*args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--helper", *args]
+def frame_end(world: World, domid: int) -> DomProc:
+    return DomProc.python(world, domid, END, timeout=REPLY_TIMEOUT)
 
 
-def pipes() -> dict[str, Any]:
-    return {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+def proc_cpu(proc: subprocess.Popen[bytes]) -> float:
+    """CPU seconds of a process (``ip netns exec`` execs the command in place)."""
+    stat = Path(f"/proc/{proc.pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def transfer(tx: Dom, rx: Dom, size: int, n: int) -> dict[str, Any]:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def transfer(tx: DomProc, rx: DomProc, size: int, n: int) -> dict[str, Any]:
     """n records of `size` bytes tx -> rx; rates, plus the helpers' stats deltas."""
     s0, r0 = tx.call("stats"), rx.call("stats")
     rx.send(f"recv {size} {n}")
     sent = tx.call(f"send {size} {n}")
-    got = rx.line()
+    got = rx.reply()
     s1, r1 = tx.call("stats"), rx.call("stats")
+    # the receiving pump counts a frame just after handing it over: let it catch up
+    deadline = time.monotonic() + 2
+    while "rx_frames" in r1 and r1["rx_frames"] - r0["rx_frames"] < n \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+        r1 = rx.call("stats")
     if got["frames"] != n or got["bad_len"] or not got["last_ok"]:
         raise RuntimeError(f"{size} B x {n}: receiver got {got}")
     dt = (got["t1"] - sent["t0"]) / 1e9
@@ -288,28 +281,19 @@ def transfer(tx: Dom, rx: Dom, size: int, n: int) -> dict[str, Any]:
     return res
 
 
-@contextlib.contextmanager
-def closing_all() -> Iterator[list[Dom]]:
-    procs: list[Dom] = []
-    try:
-        yield procs
-    finally:
-        for p in reversed(procs):
-            p.close()
-
-
 def run_ncd(world: World, ring: int, counts: dict[int, int]) -> dict[int, dict[str, Any]]:
     path = f"/local/domain/1/data/bf{ring}"
-    with closing_all() as procs:
-        srv = Dom(world, 1, helper_argv("ncd-server", "2", path, str(ring)), **pipes())
-        procs.append(srv)
-        hello = srv.line()
+    with contextlib.ExitStack() as procs:
+        srv = frame_end(world, 1)
+        procs.callback(srv.close)
+        hello = srv.call(f"serve 2 {path} {ring}")
         if hello["rd"] < ring or hello["wr"] < ring:
             raise RuntimeError(f"server rings {hello}")
-        cli = Dom(world, 2, helper_argv("ncd-client", "1", path), **pipes())
-        procs.append(cli)
-        cli.line()
-        srv.line()
+        cli = frame_end(world, 2)
+        procs.callback(cli.close)
+        cli.call(f"connect 1 {path}")
+        cli.call("pump")
+        srv.call("pump")
         return {size: transfer(srv, cli, size, n) for size, n in counts.items()}
 
 
@@ -335,29 +319,28 @@ def wait_path(p: Path) -> None:
 def run_vsp(world: World, tmp: Path, counts: dict[int, int]) -> dict[int, dict[str, Any]]:
     node = "/local/domain/1/data/bfvsp"
     s1, s2 = tmp / "vsp-dom1.sock", tmp / "vsp-dom2.sock"
-    with closing_all() as procs:
-        sender = Dom(world, 1, helper_argv("stream-listen", str(s1)), **pipes())
-        procs.append(sender)
-        sender.line()
-        log = open(tmp / "vsp.log", "wb")  # noqa: SIM115 - handed to the children
-        vsrv = Dom(world, 1, [VSP, "-m", "server", "2", node, str(s1)], text=False,
-                   stdout=log, stderr=log)
-        procs.append(vsrv)
-        wait_xenstore(world, node)
-        vcli = Dom(world, 2, [VSP, "-m", "client", "1", node, str(s2)], text=False,
-                   stdout=log, stderr=log)
-        procs.append(vcli)
-        log.close()
+    with contextlib.ExitStack() as procs:
+        sender = frame_end(world, 1)
+        procs.callback(sender.close)
+        sender.call(f"listen {s1}")
+        with open(tmp / "vsp.log", "wb") as log:
+            vsrv = subprocess.Popen(world.exec_argv(1, [VSP, "-m", "server", "2", node, str(s1)]),
+                                    env=world.exec_env(1), stdout=log, stderr=log)
+            procs.callback(stop, vsrv)
+            wait_xenstore(world, node)
+            vcli = subprocess.Popen(world.exec_argv(2, [VSP, "-m", "client", "1", node, str(s2)]),
+                                    env=world.exec_env(2), stdout=log, stderr=log)
+            procs.callback(stop, vcli)
         wait_path(s2)
-        recv = Dom(world, 2, helper_argv("stream-connect", str(s2)), **pipes())
-        procs.append(recv)
-        recv.line()
-        sender.line()  # the proxy server connected to the sender: the vchan is up
+        recv = frame_end(world, 2)
+        procs.callback(recv.close)
+        recv.call(f"dial {s2}")
+        sender.call("accept")  # the proxy server connected to the sender: the vchan is up
         out = {}
         for size, n in counts.items():
-            c0 = (vsrv.cpu(), vcli.cpu())
+            c0 = (proc_cpu(vsrv), proc_cpu(vcli))
             res = transfer(sender, recv, size, n)
-            c1 = (vsrv.cpu(), vcli.cpu())
+            c1 = (proc_cpu(vsrv), proc_cpu(vcli))
             res["proxy_cpu"] = (c1[0] - c0[0], c1[1] - c0[1])
             out[size] = res
         return out
@@ -536,8 +519,6 @@ def parse_counts(spec: str) -> dict[int, int]:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--helper":
-        return helper(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--frames", default=DEFAULT_FRAMES,
                     help="SIZE:COUNT,... frames per size (default %(default)s)")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import require_writable
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +51,7 @@ def test_ncd_imports_no_simulator() -> None:
 
 @pytest.mark.slow
 def test_ncd_wheel_has_no_simulator(tmp_path: Path) -> None:
+    require_writable()  # setuptools builds in the checkout (build/, *.egg-info)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
         check=True, capture_output=True, timeout=600,

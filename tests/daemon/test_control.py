@@ -19,6 +19,8 @@ from ncd.control import ControlClient, ControlError, ControlServer, DaemonNotRun
 
 NOBODY = 65534
 SYSTEM_PY = "/usr/bin/python3"  # runnable by nobody, unlike a venv under /root
+# the uid the servers below let in: the test's own (root's, the default, when run as root)
+SELF = (os.geteuid(),)
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ def test_round_trips(run, sockdir):
     path = sockdir / "run" / "ncd.sock"
 
     async def main():
-        async with ControlServer(path, handler):
+        async with ControlServer(path, handler, SELF):
             st = path.stat()
             assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
 
@@ -113,9 +115,9 @@ def test_stale_socket_replaced_live_one_refused(run, sockdir):
     s.close()
 
     async def main():
-        async with ControlServer(path, handler):
+        async with ControlServer(path, handler, SELF):
             with pytest.raises(ControlError, match="another daemon is listening"):
-                await ControlServer(path, handler).start()
+                await ControlServer(path, handler, SELF).start()
             assert (await asyncio.to_thread(ControlClient(path).call, "echo", n=1)) == {"n": 1}
         (sockdir / "file").write_text("x")
         with pytest.raises(ControlError, match="exists and is not a socket"):

@@ -8,11 +8,9 @@ import errno
 
 import pytest
 
-from ncd import features
+from ncd import features, layout
 from ncd import tap as tapmod
 from ncd.features import ETH_MAX, Features
-
-from .fakestore import FakeTree
 
 
 def test_negotiate_intersects_and_takes_smaller_max() -> None:
@@ -108,12 +106,10 @@ def test_usable_keeps_everything_a_tap_accepts_and_nothing_without_csum() -> Non
     assert features.usable(Features.ALL, _probe(features.TUN_F_CSUM)[0]) == Features.NONE
 
 
-def test_read_peer_validates_values() -> None:
-    tree = FakeTree()
-    tree.add_domain(1)
-    d1 = tree.conn(1)
+def test_read_peer_validates_values(tree) -> None:
+    layout.attach(tree.conn(0), backend=0, frontend=1, mac="00:16:3e:01:02:03")
+    d1 = tree.conn(1)  # the guest owns its device directory
     base = "/local/domain/1/device/ncvif/0"
-    d1.mkdir(base)
     for k, v in features.advertise(Features.CSUM).items():
         d1.write(f"{base}/{k}", v)
     n = features.negotiate_with(d1, base, Features.ALL)

@@ -17,16 +17,6 @@ import pytest
 from ncd import layout, ncctl, parse
 from ncd.control import ControlError, ControlServer
 
-from .fakestore import FakeTree
-
-
-@pytest.fixture
-def tree():
-    t = FakeTree()
-    for d in (0, 1, 2):
-        t.add_domain(d)
-    return t
-
 
 def run(argv, tree=None, socket=None):
     out, err = io.StringIO(), io.StringIO()
@@ -110,7 +100,8 @@ class Daemon:
     def __enter__(self):
         self.thread.start()
         self.server = asyncio.run_coroutine_threadsafe(
-            ControlServer(self.path, self.handler).start(), self.loop
+            # lets in the test's own uid (root's, the default, when run as root)
+            ControlServer(self.path, self.handler, (os.geteuid(),)).start(), self.loop
         ).result(5)
         return self
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ncd.control import ControlClient, ControlError
+from tests.domproc import DomProc
 from tests.simworld import SimWorld
 from xensim import paths
 
@@ -50,7 +50,7 @@ class Net:
         self.logdir = logdir
         self.metrics_port = metrics_port
         self.daemons: list[Daemon] = []
-        self._helpers: list[subprocess.Popen[str]] = []
+        self._helpers: list[DomProc] = []
         for d in self.domids():
             self.quiet_ipv6(d)
 
@@ -107,9 +107,8 @@ class Net:
 
     def close(self) -> None:
         for p in self._helpers:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+            p.kill()
+            p.close()
         for d in self.daemons:
             if d.alive():
                 d.proc.send_signal(signal.SIGTERM)
@@ -218,29 +217,28 @@ class Net:
     def ping_ok(self, src: int, dst_ip: str, count: int = 3) -> bool:
         return self.ping(src, dst_ip, count).returncode == 0
 
-    def receiver(self, domid: int, host: str, port: int) -> subprocess.Popen[str]:
-        p = self.sim.popen(domid, [PY, "-m", "tests.e2e.xfer", "recv", host, str(port)],
-                           stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
-        self._helpers.append(p)  # type: ignore[arg-type]
-        assert p.stdout is not None
-        line = p.stdout.readline().strip()
-        assert line == "ready", f"receiver did not start: {line!r}"
-        return p  # type: ignore[return-value]
+    def _xfer(self, domid: int) -> DomProc:
+        p = DomProc.python(self.sim, domid, "tests.e2e.xfer:Xfer")
+        self._helpers.append(p)
+        return p
 
-    def sender(self, domid: int, host: str, port: int, nbytes: int,
-               mbps: float = 0) -> subprocess.Popen[str]:
-        cmd = [PY, "-m", "tests.e2e.xfer", "send", host, str(port), str(nbytes)]
-        if mbps:
-            cmd.append(str(mbps))
-        p = self.sim.popen(domid, cmd, stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
-        self._helpers.append(p)  # type: ignore[arg-type]
-        return p  # type: ignore[return-value]
+    def receiver(self, domid: int, host: str, port: int) -> DomProc:
+        """A receiver listening in ``domid``, reading one connection (see :meth:`result`)."""
+        p = self._xfer(domid)
+        p.call(f"listen {host} {port}")
+        p.send("recv")
+        return p
+
+    def sender(self, domid: int, host: str, port: int, nbytes: int, mbps: float = 0) -> DomProc:
+        p = self._xfer(domid)
+        p.send(f"send {host} {port} {nbytes} {mbps}")
+        return p
 
     @staticmethod
-    def result(p: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
-        out, _ = p.communicate(timeout=timeout)
-        assert p.returncode == 0, f"transfer helper failed ({p.returncode}): {out}"
-        return dict(json.loads(out.strip().splitlines()[-1]))
+    def result(p: DomProc, timeout: float = 120) -> dict[str, Any]:
+        r = p.reply(timeout, "the transfer")
+        assert r["ok"], f"transfer helper failed: {r}"
+        return dict(r)
 
     def transfer(self, src: int, dst: int, dst_ip: str, nbytes: int, port: int = 5301,
                  timeout: float = 120) -> tuple[dict[str, Any], dict[str, Any]]:

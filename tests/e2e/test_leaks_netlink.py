@@ -53,7 +53,7 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_tap_cycles_leave_no_stray_netlink_replies() -> None:
+def test_tap_cycles_leave_no_stray_netlink_replies(netns_root: None) -> None:
     ns = f"ncdt{os.getpid()}-nl"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:

@@ -1,37 +1,48 @@
-"""TCP transfer helper run inside a domain: ``python -m tests.e2e.xfer recv|send ...``.
+"""Command set (tests/domproc.py) for TCP transfers inside a domain.
 
-recv HOST PORT            prints "ready", then one JSON line {bytes, sha256, seconds}
-send HOST PORT BYTES [MBPS]
-                          sends BYTES random bytes (paced to MBPS megabytes/s if given),
-                          prints {bytes, sha256, seconds}
+``listen HOST PORT`` then ``recv``: accepts one connection and reads it to the end, answers
+{bytes, sha256, seconds}. ``send HOST PORT BYTES [MBPS]``: sends BYTES random bytes (paced
+to MBPS megabytes/s if given, not 0), answers {bytes, sha256, seconds}.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
-import sys
 import time
+from typing import Any
 
 CHUNK = 1 << 20
 
 
-def recv(host: str, port: int) -> None:
-    with socket.create_server((host, port)) as srv:
-        print("ready", flush=True)
-        conn, _ = srv.accept()
+class Xfer:
+    def __init__(self) -> None:
+        self.srv: socket.socket | None = None
+
+    def cmd_listen(self, host: str, port: str) -> dict[str, Any]:
+        self.srv = socket.create_server((host, int(port)))
+        return {}
+
+    def cmd_recv(self) -> dict[str, Any]:
+        assert self.srv is not None, "listen first"
+        conn, _ = self.srv.accept()
         h, n, t0 = hashlib.sha256(), 0, time.monotonic()
         with conn:
             while chunk := conn.recv(CHUNK):
                 h.update(chunk)
                 n += len(chunk)
-    print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "seconds": time.monotonic() - t0}),
-          flush=True)
+        return {"bytes": n, "sha256": h.hexdigest(), "seconds": time.monotonic() - t0}
+
+    def cmd_send(self, host: str, port: str, total: str, mbps: str = "0") -> dict[str, Any]:
+        return send(host, int(port), int(total), float(mbps))
+
+    def close(self) -> None:
+        if self.srv is not None:
+            self.srv.close()
 
 
-def send(host: str, port: int, total: int, mbps: float = 0.0) -> None:
+def send(host: str, port: int, total: int, mbps: float = 0.0) -> dict[str, Any]:
     view = memoryview(os.urandom(4 * CHUNK))
     h, sent, t0 = hashlib.sha256(), 0, time.monotonic()
     deadline = time.monotonic() + 10
@@ -58,20 +69,5 @@ def send(host: str, port: int, total: int, mbps: float = 0.0) -> None:
                 ahead = sent / (mbps * 1e6) - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
-    print(json.dumps({"bytes": sent, "sha256": h.hexdigest(), "seconds": time.monotonic() - t0}),
-          flush=True)
+    return {"bytes": sent, "sha256": h.hexdigest(), "seconds": time.monotonic() - t0}
 
-
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["recv"]:
-        recv(argv[1], int(argv[2]))
-    elif argv[:1] == ["send"]:
-        send(argv[1], int(argv[2]), int(argv[3]), float(argv[4]) if len(argv) > 4 else 0.0)
-    else:
-        print(__doc__, file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

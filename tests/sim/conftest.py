@@ -3,7 +3,7 @@
 ``hv_world``: a broker (only; no xenstored, no netns) on a temp world with
 dom0, dom1, dom2.  ``hv_dom(domid)``: a helper process (cext/xensim/tests/
 xsim_helper.c, linked against Debian's libs, run on the shims) acting as that
-domain, driven one command line at a time.
+domain, driven one command line at a time (a :class:`tests.domproc.DomProc`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import select
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.domproc import DomProc
 from xensim import paths, shimlibs
 from xensim.broker.control import BrokerControl, wait_for_broker
 
@@ -45,30 +45,20 @@ def hv_shims() -> Path:
     return paths.shim_lib_dir()
 
 
-@pytest.fixture(scope="session")
-def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
-    out = tmp_path_factory.mktemp("hvbin") / "xsim_helper"
+def build_c(src: Path, out: Path, *flags: str) -> Path:
+    """Compile one C test program (warnings are errors); ``flags`` go last (libraries)."""
     subprocess.run(
-        [
-            "gcc",
-            "-O1",
-            "-g",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-std=gnu11",
-            "-o",
-            str(out),
-            str(HELPER_SRC),
-            "-pthread",
-            "-lxengnttab",
-            "-lxenevtchn",
-            "-lxenctrl",
-            "-ldl",
-        ],
+        ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(out),
+         str(src), *flags],
         check=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
+    return build_c(HELPER_SRC, tmp_path_factory.mktemp("hvbin") / "xsim_helper",
+                   "-pthread", "-lxengnttab", "-lxenevtchn", "-lxenctrl", "-ldl")
 
 
 class HvBroker:
@@ -107,82 +97,27 @@ class HvBroker:
         return self.log.read_text(errors="replace")
 
 
-class HvDom:
-    """A helper process acting as one domain; `cmd` sends a line, returns the reply words."""
+class HvDom(DomProc):
+    """The C helper acting as one domain (replies of words: ``ok ...`` / ``err ...``)."""
 
     def __init__(
         self, helper: Path, world: Path, domid: int, errlog: Path, nofile: int | None = None
     ) -> None:
         self.domid = domid
-        env = {**os.environ, **paths.domain_env(world, domid)}
-        self.errlog = errlog
-        self._err = open(errlog, "wb")  # noqa: SIM115
 
         def limit_fds() -> None:  # e.g. Linux's default soft RLIMIT_NOFILE of 1024
-            if nofile is not None:
-                _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
-        self.proc = subprocess.Popen(
+        super().__init__(
             [str(helper)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            env=env,
+            {**os.environ, **paths.domain_env(world, domid)},
+            name=f"d{domid}",
+            words=True,
+            errlog=errlog,
+            timeout=10.0,
             preexec_fn=limit_fds if nofile is not None else None,
         )
-        self._buf = b""
-        self.pid = self.proc.pid
-
-    def cmd(self, line: str, timeout: float = 10.0) -> list[str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"d{self.domid}: no reply to {line!r}")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise EOFError(f"d{self.domid}: helper exited on {line!r}: {self.stderr()}")
-            self._buf += chunk
-        reply, self._buf = self._buf.split(b"\n", 1)
-        return reply.decode().split()
-
-    def ok(self, line: str, timeout: float = 10.0) -> list[str]:
-        r = self.cmd(line, timeout)
-        assert r and r[0] == "ok", f"d{self.domid}: {line!r} -> {r}; stderr: {self.stderr()}"
-        return r[1:]
-
-    def err(self, line: str) -> str:
-        r = self.cmd(line)
-        assert r and r[0] == "err", f"d{self.domid}: {line!r} should fail, got {r}"
-        return r[1]
-
-    def stderr(self) -> str:
-        self._err.flush()
-        return self.errlog.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._err.close()
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sim.conftest import ROOT, wait_for
-from tests.vchan.simhelp import MiB, Peer, Sink, Source
+from tests.sim.conftest import ROOT, build_c, wait_for
+from tests.vchan.simhelp import MiB, Sink, Source, peer
 
 PROXY = Path("/usr/lib/xen-4.17/bin/vchan-socket-proxy")
 NODE = "/local/domain/1/data/vchan-test"
@@ -31,23 +31,8 @@ pytestmark = pytest.mark.skipif(not PROXY.exists(), reason="xen-utils-4.17 not i
 
 @pytest.fixture(scope="module")
 def vchan_client(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vbin") / "vchan_client"
-    subprocess.run(
-        [
-            "gcc",
-            "-O1",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-std=gnu11",
-            "-o",
-            str(out),
-            str(ROOT / "cext/xensim/tests/vchan_client.c"),
-            "-lxenvchan",
-        ],
-        check=True,
-    )
-    return out
+    return build_c(ROOT / "cext/xensim/tests/vchan_client.c",
+                   tmp_path_factory.mktemp("vbin") / "vchan_client", "-lxenvchan")
 
 
 class Echo:
@@ -336,7 +321,7 @@ def test_vchan_with_1mib_rings_each_way(sim):
     """256-page rings (share_pages(256) used to abort in free(fds)): ncd's VchanServer in
     dom1, its client in dom2, data both ways, the broker sees every page."""
     path = "/local/domain/1/data/big"
-    a, b = Peer(sim, 1), Peer(sim, 2)
+    a, b = peer(sim, 1), peer(sim, 2)
     try:
         r = a.call(f"server 2 {path} {MiB} {MiB}")
         assert r["rd"] == MiB and r["wr"] == MiB
@@ -360,5 +345,5 @@ def test_vchan_with_1mib_rings_each_way(sim):
             st = ctl.stats()
         assert st[1]["shared_pages"] == 0 and st[2]["mapped_pages"] == 0
     finally:
-        a.stop()
-        b.stop()
+        a.close()
+        b.close()

@@ -37,7 +37,7 @@ def leftovers(world: Path, prefix: str) -> list[str]:
     return found
 
 
-def test_up_exec_env_down(tmp_path: Path) -> None:
+def test_up_exec_env_down(tmp_path: Path, netns_root: None) -> None:
     world = tmp_path / "w"
     prefix = f"ncdt{os.getpid()}-x"
     out = ncd_sim("up", "--dir", str(world), "--domains", "2", "--netns-prefix", prefix).stdout
@@ -75,7 +75,7 @@ def test_exec_unknown_domain_and_no_world(tmp_path: Path) -> None:
     assert r.returncode == 1 and "no running world" in r.stderr
 
 
-def test_up_down_cycles_leave_nothing(tmp_path: Path) -> None:
+def test_up_down_cycles_leave_nothing(tmp_path: Path, netns_root: None) -> None:
     world = tmp_path / "cycle"
     prefix = f"ncdt{os.getpid()}-c"
     for i in range(20):
@@ -118,7 +118,7 @@ def test_domains_cannot_read_each_other(sim, domid: int) -> None:
     assert sim.run(0, ["xenstore-read", f"/local/domain/{domid}/data/x"]).stdout == "mine\n"
 
 
-def test_two_worlds_side_by_side(tmp_path: Path) -> None:
+def test_two_worlds_side_by_side(tmp_path: Path, netns_root: None) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     pa, pb = f"ncdt{os.getpid()}-a", f"ncdt{os.getpid()}-b"
     ncd_sim("up", "--dir", str(a), "--domains", "1", "--netns-prefix", pa)

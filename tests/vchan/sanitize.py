@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import require_writable
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILDER = ROOT / "ncd" / "_build" / "hotpath_build.py"
 
@@ -41,6 +43,7 @@ def sanitized_env() -> dict[str, str]:
     asan = libasan()
     if asan is None:
         pytest.skip("libasan not installed")
+    require_writable()  # the sanitized build goes to build/sanitize in the checkout
     return {
         "NCD_HOTPATH_SO": _build(),
         "LD_PRELOAD": asan,

@@ -1,17 +1,18 @@
-"""A vchan end run as a xensim domain, driven line by line from a test.
+"""Command sets (tests/domproc.py) for vchan ends run as xensim domains.
 
-``python -m tests.vchan.simdriver`` reads commands on stdin and answers each with one
-JSON line on stdout ({"ok": true, ...} or {"ok": false, "error": ..., "errno": ...}).
+:class:`Driver`: one ncd vchan end (``server``/``connect``, ``write``/``read``, ``poke``
+the shared page...). :class:`PumpDriver` adds a frame pump between the vchan and a
+SOCK_SEQPACKET socket the test connects to (``listen``, ``pump``, ``pump_stats``,
+``pump_stop``), so the test injects and collects frames from outside the domain.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import sys
+import socket
 import time
-import traceback
+from dataclasses import asdict
 from typing import Any
 
 from ncd.vchan.channel import Vchan, VchanClient, VchanError, VchanServer
@@ -151,31 +152,64 @@ class Driver:
     def cmd_exists(self, path: str) -> dict[str, Any]:
         return {"exists": self.xs.exists(path)}
 
-    def cmd_pid(self) -> dict[str, Any]:
-        return {"pid": os.getpid()}
+    def close(self) -> None:
+        self.cmd_close()
+        self.cmd_close_extra()
+        self.xs.close()
 
 
-def main() -> None:
-    d = Driver()
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "quit":
-            break
-        try:
-            res: dict[str, Any] = {"ok": True, **getattr(d, f"cmd_{parts[0]}")(*parts[1:])}
-        except OSError as exc:
-            res = {"ok": False, "error": str(exc), "errno": exc.errno}
-        except Exception as exc:  # report, keep serving
-            res = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "errno": None,
-                   "tb": traceback.format_exc()}
-        sys.stdout.write(json.dumps(res) + "\n")
-        sys.stdout.flush()
-    d.cmd_close()
-    d.cmd_close_extra()
-    d.xs.close()
+class PumpDriver(Driver):
+    """A :class:`Driver` whose vchan is pumped to and from a socket the test connects to."""
 
+    BUF = 4 << 20
 
-if __name__ == "__main__":
-    main()
+    def __init__(self) -> None:
+        super().__init__()
+        self.lsock: socket.socket | None = None
+        self.conn: socket.socket | None = None
+        self.pump: Any = None
+
+    def cmd_listen(self, sockpath: str) -> dict[str, Any]:
+        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.lsock.bind(sockpath)
+        self.lsock.listen(1)
+        return {"listening": sockpath}
+
+    def cmd_pump(self, timeout: str = "20") -> dict[str, Any]:
+        """Accept the test's connection, wait for the peer, pump between the two."""
+        from ncd.vchan.pump import FramePump
+
+        assert self.lsock is not None, "listen first"
+        self.lsock.settimeout(float(timeout))
+        self.conn, _ = self.lsock.accept()
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            self.conn.setsockopt(socket.SOL_SOCKET, opt, self.BUF)
+        self.cmd_wait_open(timeout)
+        self.pump = FramePump.start(self._v(), self.conn.fileno())
+        return {"pumping": True, "open": self._v().is_open()}
+
+    def cmd_pump_stats(self) -> dict[str, Any]:
+        return {**asdict(self.pump.stats()), "state": self.pump.state.name}
+
+    def cmd_pump_stop(self) -> dict[str, Any]:
+        """Stop the pump; its final counters, state and reason."""
+        self.pump.stop()
+        final = {**asdict(self.pump.stats()), "state": self.pump.state.name,
+                 "reason": self.pump.reason}
+        self._close_pump()
+        return final
+
+    def _close_pump(self) -> None:
+        if self.pump is not None:
+            self.pump.close()
+            self.pump = None
+        for s in (self.conn, self.lsock):
+            if s is not None:
+                s.close()
+        self.conn = self.lsock = None
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+        self._close_pump()
+        super().close()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.domproc import DomProc
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,60 +28,24 @@ def ncd_vchan_argv(mode: str, peer: int, path: str, *opts: str) -> list[str]:
     return [sys.executable, "-m", "ncd.tools.ncd_vchan", mode, str(peer), path, *opts]
 
 
-class Peer:
-    """tests.vchan.simdriver running as a domain; call("cmd args") -> dict."""
-
-    def __init__(self, sim, domid: int, env_extra: dict[str, str] | None = None) -> None:
-        self.domid = domid
-        env = sim.env(domid)
-        env.update(env_extra or {})
-        self.proc = subprocess.Popen(
-            sim.argv(domid, [sys.executable, "-m", "tests.vchan.simdriver"]), env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-
-    def call(self, line: str, check: bool = True) -> dict:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        out = self.proc.stdout.readline()
-        if not out:
-            raise RuntimeError(f"dom{self.domid} driver died on {line!r} "
-                               f"(rc {self.proc.wait(timeout=10)})")
-        res = json.loads(out)
-        if check and not res["ok"]:
-            raise AssertionError(f"dom{self.domid} {line!r}: {res}")
-        return res
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=15)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for f in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                if f is not None:
-                    f.close()
+def peer(sim, domid: int, env_extra: dict[str, str] | None = None,
+         spec: str = "tests.vchan.simdriver:Driver") -> DomProc:
+    """A vchan command set (tests.vchan.simdriver) running as ``domid``;
+    ``call("cmd args")`` -> dict."""
+    return DomProc.python(sim, domid, spec, env_extra=env_extra, timeout=60)
 
 
 @contextlib.contextmanager
-def peers(sim, *domids: int, env_extra: dict[str, str] | None = None) -> Iterator[list[Peer]]:
-    ps: list[Peer] = []
+def peers(sim, *domids: int, env_extra: dict[str, str] | None = None,
+          spec: str = "tests.vchan.simdriver:Driver") -> Iterator[list[DomProc]]:
+    ps: list[DomProc] = []
     try:
         for d in domids:
-            ps.append(Peer(sim, d, env_extra))
+            ps.append(peer(sim, d, env_extra, spec))
         yield ps
     finally:
         for p in ps:
-            p.stop()
+            p.close()
 
 
 def stream_chunks(seed: int, total: int, chunk: int = MiB) -> Iterator[bytes]:

@@ -23,7 +23,9 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="needs root and /dev/net/tun"
+)
 
 
 def open_tap(name: str, offload: int) -> int:

@@ -10,6 +10,8 @@ import struct
 
 import pytest
 
+from tests.needs import require_root
+
 from .sanitize import sanitized_env
 from .simhelp import peers, vchan_path
 
@@ -27,6 +29,7 @@ def hx16(v):
 
 @pytest.fixture(scope="module", params=["plain", "asan"])
 def build_env(request):
+    require_root("a xensim world: network namespaces")  # before building for nothing
     return {} if request.param == "plain" else sanitized_env()
 
 

@@ -26,16 +26,16 @@ def test_notify_both_ways_via_asyncio(peer):
     d0, d1 = peer(0), peer(1)
     p0, p1 = _connect(d0, d1)
     assert p0 > 0 and p1 > 0
-    d1.send(WAIT.format(timeout=20))
+    d1.submit(WAIT.format(timeout=20))
     d0.run("ev.notify(port)")
-    assert d1.recv() >= 1
-    d0.send(WAIT.format(timeout=20))
+    assert d1.result() >= 1
+    d0.submit(WAIT.format(timeout=20))
     d1.run("ev.notify(port)")
-    assert d0.recv() >= 1
+    assert d0.result() >= 1
     # after unmask, the next notification is delivered again
-    d1.send(WAIT.format(timeout=20))
+    d1.submit(WAIT.format(timeout=20))
     d0.run("ev.notify(port)")
-    assert d1.recv() >= 1
+    assert d1.result() >= 1
 
 
 def test_wait_times_out_without_notify(peer):

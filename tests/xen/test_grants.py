@@ -139,7 +139,7 @@ def test_unmap_notify_observed_by_the_peer(peer):
     """)
         == "01"
     )
-    d1.send("""
+    d1.submit("""
         async def main():
             aev = aio.AsyncEvtchn(ev)
             try:
@@ -149,7 +149,7 @@ def test_unmap_notify_observed_by_the_peer(peer):
         result = [asyncio.run(main()), s.read(32, 3).hex()]
     """)
     d0.run("m.unmap()")
-    count, around = d1.recv()
+    count, around = d1.result()
     assert count >= 1
     assert around == "010001"  # exactly the notify byte was cleared
 
@@ -167,7 +167,7 @@ def test_unmap_notify_fires_when_the_mapper_dies(peer):
         port = ev.bind_interdomain(1, {port1})
         m = gt.map_grant_ref_notify(1, {ref}, notify_offset=5, notify_port=port)
     """)
-    d1.send("""
+    d1.submit("""
         async def main():
             aev = aio.AsyncEvtchn(ev)
             try:
@@ -178,7 +178,7 @@ def test_unmap_notify_fires_when_the_mapper_dies(peer):
     """)
     d0.proc.kill()
     d0.proc.wait()
-    count, byte = d1.recv()
+    count, byte = d1.result()
     assert count >= 1 and byte == 0
 
 
@@ -237,7 +237,7 @@ def test_share_page_notify_observed_by_the_mapper(peer):
         result = s.refs[0]
     """)
     assert d0.run(f"m = gt.map_grant_ref(1, {ref}); result = m.read(96, 8).hex()") == "07" * 8
-    d0.send("""
+    d0.submit("""
         async def main():
             aev = aio.AsyncEvtchn(ev)
             try:
@@ -247,7 +247,7 @@ def test_share_page_notify_observed_by_the_mapper(peer):
         result = [asyncio.run(main()), m.read(96, 8).hex()]
     """)
     d1.run("s.unshare()")
-    count, data = d0.recv()
+    count, data = d0.result()
     assert count >= 1
     assert data == "07070707" + "00" + "070707"
     d0.run("m.unmap()")

@@ -244,7 +244,7 @@ def test_wait_until_resolves_on_other_domains_write(peer):
     d0, d1 = peer(0), peer(1)
     key = "/local/domain/1/data/xentest-ready"
     d1.run(f"xs = XenStore(); xs.rm({key!r}, missing_ok=True)")
-    d0.send(f"""
+    d0.submit(f"""
         xs = XenStore()
         async def main():
             loop = asyncio.get_running_loop()
@@ -260,7 +260,7 @@ def test_wait_until_resolves_on_other_domains_write(peer):
     d1.run(f"xs.write({key!r}, 'not yet')")
     time.sleep(0.3)
     d1.run(f"xs.write({key!r}, 'go!')")
-    value, waited = d0.recv()
+    value, waited = d0.result()
     assert value == "go!"
     assert 0.5 < waited < 10
     d1.run(f"xs.rm({key!r})")
@@ -292,7 +292,7 @@ def test_async_watcher_iterates_events(peer):
     d0, d2 = peer(0), peer(2)
     base = "/local/domain/2/data/xentest-watch"
     d2.run(f"xs = XenStore(); xs.rm({base!r}, missing_ok=True); xs.mkdir({base!r})")
-    d0.send(f"""
+    d0.submit(f"""
         xs = XenStore()
         async def main():
             seen = []
@@ -307,7 +307,7 @@ def test_async_watcher_iterates_events(peer):
     time.sleep(0.5)
     for i in (1, 2, 3):
         d2.run(f"xs.write({base!r} + '/{i}', 'v')")
-    seen = d0.recv()
+    seen = d0.result()
     assert seen[0] == base  # the initial firing
     assert [p for p in seen if p != base] == [f"{base}/1", f"{base}/2", f"{base}/3"]
     d2.run(f"xs.rm({base!r})")
