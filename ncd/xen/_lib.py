@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from .errors import XenError, check_errno
 
@@ -14,14 +14,10 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "(or `pip install -e .`)"
     ) from exc
 
-__all__ = ["ffi", "lib", "fail", "address"]
+__all__ = ["ffi", "lib", "fail"]
 
 
 def fail(call: str, err: int | None = None, cls: type[XenError] = XenError) -> NoReturn:
     """Raise ``cls`` for ``call`` with the errno of the last C call (or ``err``)."""
     raise cls(check_errno(ffi.errno if err is None else err), call)
 
-
-def address(ptr: Any) -> int:
-    """Integer address of a cdata pointer."""
-    return int(ffi.cast("uintptr_t", ptr))

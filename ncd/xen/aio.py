@@ -1,12 +1,11 @@
-"""asyncio integration: xenstore watches and event channels without blocking the loop.
+"""asyncio integration: xenstore watches without blocking the loop.
 
 * ``async for ev in watcher(xs, path)`` / ``async with Watch(xs, path) as w``: watch events
   from ``xs_fileno`` via ``loop.add_reader`` and the non-blocking ``xs_check_watch``;
 * ``await wait_until(xs, paths, predicate, timeout)``: re-evaluate ``predicate`` on every
   watch event under ``paths`` until it returns something truthy (mirage-net-xen style);
 * ``await run_in_transaction(xs, fn)``: a transaction retried on conflict, the loop running
-  other tasks between attempts;
-* :class:`AsyncEvtchn`: ``await ev.wait(port)`` for the next event on a port.
+  other tasks between attempts.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 from .errors import XenError
-from .evtchn import Evtchn
 from .xenstore import Transaction, TransactionRetry, WatchEvent, XenStore
 
 R = TypeVar("R")
@@ -204,62 +202,3 @@ async def run_in_transaction(
                 return fn(t)
         except XenError as exc:
             await asyncio.sleep(retry.pause(exc))
-
-
-class AsyncEvtchn:
-    """Awaitable event-channel events: one reader on the handle's fd, per-port counters.
-
-    ``await aev.wait(port)`` returns the number of notifications that arrived since the last
-    wait (at least 1), then unmasks the port (Xen delivers a masked port once).
-    """
-
-    def __init__(self, evtchn: Evtchn) -> None:
-        self.evtchn = evtchn
-        self.loop = asyncio.get_running_loop()
-        self._counts: dict[int, int] = {}
-        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
-        self._fd = evtchn.fileno()
-        self.loop.add_reader(self._fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        try:
-            port = self.evtchn.pending()
-        except XenError as exc:
-            for futs in self._waiters.values():
-                for f in futs:
-                    if not f.done():
-                        f.set_exception(exc)
-            self._waiters.clear()
-            self.loop.remove_reader(self._fd)
-            return
-        self._counts[port] = self._counts.get(port, 0) + 1
-        for f in self._waiters.pop(port, []):
-            if not f.done():
-                f.set_result(None)
-
-    async def wait(self, port: int, timeout: float | None = None, unmask: bool = True) -> int:
-        """Wait for the next event on ``port`` (one waiter per port at a time)."""
-        if not self._counts.get(port):
-            fut: asyncio.Future[None] = self.loop.create_future()
-            self._waiters.setdefault(port, []).append(fut)
-            try:
-                await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                raise TimeoutError(f"no event on port {port} within {timeout:g}s") from None
-        count = self._counts.pop(port, 0)
-        if unmask:
-            self.evtchn.unmask(port)
-        return count
-
-    def close(self) -> None:
-        self.loop.remove_reader(self._fd)
-        for futs in self._waiters.values():
-            for f in futs:
-                f.cancel()
-        self._waiters.clear()
-
-    async def __aenter__(self) -> AsyncEvtchn:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()

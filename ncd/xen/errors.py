@@ -25,10 +25,6 @@ class TransactionConflict(XenError):
     """A xenstore transaction could not commit (EAGAIN): restart it."""
 
 
-class MappingReleasedError(ValueError):
-    """The grant mapping or shared area was already unmapped: its memory is gone."""
-
-
 def check_errno(err: int) -> int:
     """errno to report: libraries that fail without setting errno get EIO."""
     return err if err else _errno.EIO

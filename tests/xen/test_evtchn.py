@@ -13,7 +13,7 @@ def _connect(d0, d1):
 
 WAIT = """
 async def main():
-    aev = aio.AsyncEvtchn(ev)
+    aev = AsyncEvtchn(ev)
     try:
         return await aev.wait(port, timeout={timeout})
     finally:

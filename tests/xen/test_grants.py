@@ -141,7 +141,7 @@ def test_unmap_notify_observed_by_the_peer(peer):
     )
     d1.submit("""
         async def main():
-            aev = aio.AsyncEvtchn(ev)
+            aev = AsyncEvtchn(ev)
             try:
                 return await aev.wait(port, timeout=20)
             finally:
@@ -169,7 +169,7 @@ def test_unmap_notify_fires_when_the_mapper_dies(peer):
     """)
     d1.submit("""
         async def main():
-            aev = aio.AsyncEvtchn(ev)
+            aev = AsyncEvtchn(ev)
             try:
                 return await aev.wait(port, timeout=20)
             finally:
@@ -239,7 +239,7 @@ def test_share_page_notify_observed_by_the_mapper(peer):
     assert d0.run(f"m = gt.map_grant_ref(1, {ref}); result = m.read(96, 8).hex()") == "07" * 8
     d0.submit("""
         async def main():
-            aev = aio.AsyncEvtchn(ev)
+            aev = AsyncEvtchn(ev)
             try:
                 return await aev.wait(port, timeout=20)
             finally:

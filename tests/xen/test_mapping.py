@@ -8,7 +8,7 @@ import mmap
 
 import pytest
 
-from ncd.xen.mapping import PAGE_SIZE, Mapping, MappingReleasedError
+from tests.xenbind.mapping import PAGE_SIZE, Mapping, MappingReleasedError
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p

@@ -1,15 +1,15 @@
-"""libxenevtchn: event channels (bind, notify, pending, unmask, unbind).
-
-For asyncio, see :class:`ncd.xen.aio.AsyncEvtchn`.
-"""
+"""libxenevtchn: event channels (bind, notify, pending, unmask, unbind); for asyncio,
+:class:`AsyncEvtchn`."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from typing import Any
 
+from ncd.xen.errors import XenError
+
 from ._lib import fail, ffi, lib
-from .errors import XenError
 
 _PORT_MAX = 1 << 31
 
@@ -114,3 +114,62 @@ class Evtchn:
     def __del__(self) -> None:
         if getattr(self, "_h", None) is not None:
             self.close()
+
+
+class AsyncEvtchn:
+    """Awaitable event-channel events: one reader on the handle's fd, per-port counters.
+
+    ``await aev.wait(port)`` returns the number of notifications that arrived since the last
+    wait (at least 1), then unmasks the port (Xen delivers a masked port once).
+    """
+
+    def __init__(self, evtchn: Evtchn) -> None:
+        self.evtchn = evtchn
+        self.loop = asyncio.get_running_loop()
+        self._counts: dict[int, int] = {}
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._fd = evtchn.fileno()
+        self.loop.add_reader(self._fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            port = self.evtchn.pending()
+        except XenError as exc:
+            for futs in self._waiters.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(exc)
+            self._waiters.clear()
+            self.loop.remove_reader(self._fd)
+            return
+        self._counts[port] = self._counts.get(port, 0) + 1
+        for f in self._waiters.pop(port, []):
+            if not f.done():
+                f.set_result(None)
+
+    async def wait(self, port: int, timeout: float | None = None, unmask: bool = True) -> int:
+        """Wait for the next event on ``port`` (one waiter per port at a time)."""
+        if not self._counts.get(port):
+            fut: asyncio.Future[None] = self.loop.create_future()
+            self._waiters.setdefault(port, []).append(fut)
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise TimeoutError(f"no event on port {port} within {timeout:g}s") from None
+        count = self._counts.pop(port, 0)
+        if unmask:
+            self.evtchn.unmask(port)
+        return count
+
+    def close(self) -> None:
+        self.loop.remove_reader(self._fd)
+        for futs in self._waiters.values():
+            for f in futs:
+                f.cancel()
+        self._waiters.clear()
+
+    async def __aenter__(self) -> AsyncEvtchn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

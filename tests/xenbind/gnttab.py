@@ -1,6 +1,6 @@
 """libxengnttab: map other domains' grants, unmap, grant copy.
 
-Mappings are :class:`~ncd.xen.mapping.Mapping` objects (memoryviews with checked lifetime).
+Mappings are :class:`~tests.xenbind.mapping.Mapping` objects (memoryviews with checked lifetime).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from ncd.xen.errors import XenError
+
 from ._lib import address, fail, ffi, lib
-from .errors import XenError
 from .mapping import PAGE_SIZE, Mapping
 
 _NO_NOTIFY = 0xFFFFFFFF

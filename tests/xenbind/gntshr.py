@@ -6,8 +6,9 @@ import errno
 import weakref
 from typing import Any
 
+from ncd.xen.errors import XenError
+
 from ._lib import address, fail, ffi, lib
-from .errors import XenError
 from .mapping import PAGE_SIZE, Mapping
 
 _NO_NOTIFY = 0xFFFFFFFF

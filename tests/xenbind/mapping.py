@@ -20,9 +20,11 @@ import threading
 import warnings
 from collections.abc import Callable
 
-from .errors import MappingReleasedError
-
 PAGE_SIZE = 4096
+
+
+class MappingReleasedError(ValueError):
+    """The grant mapping or shared area was already unmapped: its memory is gone."""
 
 _PyBUF_READ = 0x100
 _PyBUF_WRITE = 0x200
