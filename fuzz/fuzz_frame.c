@@ -23,14 +23,10 @@
 
 #include "pump.h"
 
-#define CHECK(c)                                                                        \
-    do {                                                                                \
-        if (!(c)) {                                                                     \
-            fprintf(stderr, "fuzz_frame: check failed: %s (%s:%d)\n", #c, __FILE__,      \
-                    __LINE__);                                                          \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
+#define FUZZ_NAME "fuzz_frame"
+#define FUZZ_CONTEXT ""
+#include "fuzz_util.h"
+
 
 static uint32_t le32(const uint8_t *b)
 {
@@ -145,12 +141,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ref = ref_parse(buf, n, max_frame, features & NCD_FEAT_ALL, ring, &ref_records,
                     &ref_consumed);
     if (rc != ref || records != ref_records || consumed != ref_consumed) {
-        fprintf(stderr,
-                "fuzz_frame: parser %d (%s) records %u consumed %zu, reference %d (%s) "
+        FUZZ_FAIL("fuzz_frame: parser %d (%s) records %u consumed %zu, reference %d (%s) "
                 "records %u consumed %zu; max_frame %u features %#x ring %zu n %zu\n",
                 rc, ncd_frame_strerror(rc), records, consumed, ref, ncd_frame_strerror(ref),
                 ref_records, ref_consumed, max_frame, features, ring, n);
-        abort();
     }
     CHECK(consumed <= n);
     CHECK(rc >= NCD_FRAME_OK && rc <= NCD_FRAME_INCOMPLETE);

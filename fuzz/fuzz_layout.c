@@ -35,14 +35,10 @@
 
 #include "vchan.h"
 
-#define CHECK(c)                                                                        \
-    do {                                                                                \
-        if (!(c)) {                                                                     \
-            fprintf(stderr, "fuzz_layout: check failed: %s (%s:%d)\n", #c, __FILE__,     \
-                    __LINE__);                                                          \
-            abort();                                                                    \
-        }                                                                               \
-    } while (0)
+#define FUZZ_NAME "fuzz_layout"
+#define FUZZ_CONTEXT ""
+#include "fuzz_util.h"
+
 
 #define PAGE 4096u
 #define OFF_LEFT_CONS 0
@@ -213,13 +209,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(errno == EPROTO);
         CHECK(err[0] != 0);
         if (ok_refs) {
-            fprintf(stderr, "fuzz_layout: valid page refused: orders %u/%u: %s\n", lo, ro, err);
-            abort();
+            FUZZ_FAIL("fuzz_layout: valid page refused: orders %u/%u: %s\n", lo, ro, err);
         }
     } else {
         if (!ok_layout) {
-            fprintf(stderr, "fuzz_layout: invalid page accepted: orders %u/%u\n", lo, ro);
-            abort();
+            FUZZ_FAIL("fuzz_layout: invalid page accepted: orders %u/%u\n", lo, ro);
         }
         CHECK(cli != NULL);
         CHECK(ncd_vchan_write_size(cli) == (size_t)1 << lo); /* client writes left */
