@@ -18,7 +18,9 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 FEAT_CSUM, FEAT_TCP4, FEAT_TCP6, FEAT_UDP = 1, 2, 4, 8
 
 
-def vnet(flags=0, gso=0, hdr_len=0, gso_size=0, cs=0, co=0) -> bytes:
+def vnet(
+    flags: int = 0, gso: int = 0, hdr_len: int = 0, gso_size: int = 0, cs: int = 0, co: int = 0
+) -> bytes:
     return struct.pack("<BBHHHH", flags, gso, hdr_len, gso_size, cs, co)
 
 
@@ -27,7 +29,7 @@ def rec(frame_len: int, hdr: bytes = b"", fill: int = 0xAB) -> bytes:
     return struct.pack("<I", 10 + frame_len) + hdr + bytes([fill]) * frame_len
 
 
-def frame_in(records: bytes, max_frame=1518, feat=0, ring=0) -> bytes:
+def frame_in(records: bytes, max_frame: int = 1518, feat: int = 0, ring: int = 0) -> bytes:
     return struct.pack("<IBBxx", max_frame, feat, ring) + records
 
 
@@ -85,7 +87,8 @@ LAYOUT = {
     "grants_overflow_inpage": bytes([sel(1024), sel(1 << 20)])
     + xor_at(16, struct.pack("<H", 11 ^ 10)),
     "grant_ref_bad": bytes([sel(65536), sel(65536)]) + xor_at(24 + 4 * 3, b"\x01"),
-    "orders_swapped": bytes([sel(4096), sel(8192)]) + xor_at(16, struct.pack("<HH", 12 ^ 13, 13 ^ 12)),
+    "orders_swapped": bytes([sel(4096), sel(8192)])
+    + xor_at(16, struct.pack("<HH", 12 ^ 13, 13 ^ 12)),
     "live_garbage": bytes([0, 0]) + xor_at(20, b"\x07\x05"),
     "indices_hostile": bytes([0, 0]) + xor_at(0, struct.pack("<IIII", 5000, 1, 0x80000000, 7)),
 }
@@ -99,7 +102,9 @@ LAYOUT = {
 # 18 wait_data(u16), 19 wait_space(u16)
 
 
-def ring_in(role=0, rsel=0, wsel=0, x=0, y=0, ops: bytes = b"") -> bytes:
+def ring_in(
+    role: int = 0, rsel: int = 0, wsel: int = 0, x: int = 0, y: int = 0, ops: bytes = b""
+) -> bytes:
     return struct.pack("<BBBII", role, rsel, wsel, x, y) + ops
 
 
@@ -126,32 +131,66 @@ RING = {
         0, 13, 13, 0, 0, b"\x0c" + u16(5000) + u16(4000) + u16(2000) + b"\x03" + i8(0) + b"\x0f"
     ),
     "wrap_32bit": ring_in(
-        0, 12, 12, 0xFFFFFFF0, 0xFFFFFFF8,
-        b"\x00" + u32(64) + b"\x08" + u16(64) + b"\x0b" + u16(64) + b"\x02" + u32(0) + b"\x0b"
+        0,
+        12,
+        12,
+        0xFFFFFFF0,
+        0xFFFFFFF8,
+        b"\x00"
+        + u32(64)
+        + b"\x08"
+        + u16(64)
+        + b"\x0b"
+        + u16(64)
+        + b"\x02"
+        + u32(0)
+        + b"\x0b"
         + u16(64),
     ),
     "ring_wrap": ring_in(
-        0, 0, 0, 1000, 2000,
-        b"\x00" + u32(100) + b"\x09" + u16(200) + u16(100) + u16(0xFFFF) + b"\x0c" + u16(1024)
-        + u16(1024) + u16(0xFFFF),
+        0,
+        0,
+        0,
+        1000,
+        2000,
+        b"\x00"
+        + u32(100)
+        + b"\x09"
+        + u16(200)
+        + u16(100)
+        + u16(0xFFFF)
+        + b"\x0c"
+        + u16(1024)
+        + u16(1024)
+        + u16(0xFFFF),
     ),
     "prod_edge_ok": ring_in(0, 0, 0, 0, 0, b"\x01" + i8(0) + b"\x08" + u16(5000)),
-    "prod_edge_bad": ring_in(0, 0, 0, 0, 0, b"\x01" + i8(1) + b"\x08" + u16(5000) + b"\x08"
-                             + u16(1)),
+    "prod_edge_bad": ring_in(
+        0, 0, 0, 0, 0, b"\x01" + i8(1) + b"\x08" + u16(5000) + b"\x08" + u16(1)
+    ),
     "cons_edge_bad": ring_in(0, 0, 0, 0, 0, b"\x03" + i8(-1) + b"\x0b" + u16(10)),
     "cons_ahead": ring_in(0, 12, 12, 0, 0, b"\x02" + u32(0xFFFFFFFF) + b"\x13" + u16(1)),
     "live_closed": ring_in(0, 0, 0, 0, 0, b"\x05\x00\x0b" + u16(10) + b"\x10\x12" + u16(1)),
     "live_garbage": ring_in(0, 0, 0, 0, 0, b"\x05\x09\x10\x0e"),
     "server_live2": ring_in(1, 0, 0, 0, 0, b"\x05\x02\x10\x0b" + u16(1)),
     "server_read": ring_in(1, 14, 14, 0, 0, PEER_DATA + b"\x08" + u16(16) + b"\x0e"),
-    "server_write_full": ring_in(1, 0, 0, 0, 0, b"\x0b" + u16(4000) + b"\x0b" + u16(1)
-                                 + b"\x13" + u16(10)),
-    "scribble_orders": ring_in(0, 12, 12, 0, 0, b"\x07" + u16(16) + b"\x14\x07" + u16(18)
-                               + b"\x0a" + PEER_DATA + b"\x08" + u16(100)),
-    "scribble_own_cons": ring_in(0, 0, 0, 0, 0, PEER_DATA + b"\x07" + u16(8) + b"\x99\x08"
-                                 + u16(4)),
-    "wait": ring_in(0, 0, 0, 0, 0, b"\x12" + u16(1) + PEER_DATA + b"\x12" + u16(8) + b"\x13"
-                    + u16(2000)),
+    "server_write_full": ring_in(
+        1, 0, 0, 0, 0, b"\x0b" + u16(4000) + b"\x0b" + u16(1) + b"\x13" + u16(10)
+    ),
+    "scribble_orders": ring_in(
+        0,
+        12,
+        12,
+        0,
+        0,
+        b"\x07" + u16(16) + b"\x14\x07" + u16(18) + b"\x0a" + PEER_DATA + b"\x08" + u16(100),
+    ),
+    "scribble_own_cons": ring_in(
+        0, 0, 0, 0, 0, PEER_DATA + b"\x07" + u16(8) + b"\x99\x08" + u16(4)
+    ),
+    "wait": ring_in(
+        0, 0, 0, 0, 0, b"\x12" + u16(1) + PEER_DATA + b"\x12" + u16(8) + b"\x13" + u16(2000)
+    ),
 }
 
 # ---- xs_wire: domid byte, then the client's byte stream ----
@@ -168,20 +207,37 @@ RESUME, SET_TARGET, RESET_WATCHES, DIRECTORY_PART, CONTROL, RELEASE = 18, 19, 21
 XS = {
     "read": b"\x00" + xs(READ, b"/local\0"),
     "write_read": b"\x00" + xs(WRITE, b"/a/b\0value") + xs(READ, b"/a/b\0", 2),
-    "mkdir_dir_rm": b"\x00" + xs(MKDIR, b"/x/y\0") + xs(DIRECTORY, b"/x\0", 2)
-    + xs(DIRECTORY_PART, b"/x\x000\0", 3) + xs(RM, b"/x\0", 4),
-    "perms": b"\x00" + xs(MKDIR, b"/p\0") + xs(SET_PERMS, b"/p\0n0\0r1\0", 2)
+    "mkdir_dir_rm": b"\x00"
+    + xs(MKDIR, b"/x/y\0")
+    + xs(DIRECTORY, b"/x\0", 2)
+    + xs(DIRECTORY_PART, b"/x\x000\0", 3)
+    + xs(RM, b"/x\0", 4),
+    "perms": b"\x00"
+    + xs(MKDIR, b"/p\0")
+    + xs(SET_PERMS, b"/p\0n0\0r1\0", 2)
     + xs(GET_PERMS, b"/p\0", 3),
-    "watch": b"\x00" + xs(WATCH, b"/w\0tok\0") + xs(WRITE, b"/w/k\0v", 2)
-    + xs(UNWATCH, b"/w\0tok\0", 3) + xs(RESET_WATCHES, b"", 4),
-    "transaction": b"\x00" + xs(TX_START, b"\0") + xs(WRITE, b"/t\0v", 2, 1)
+    "watch": b"\x00"
+    + xs(WATCH, b"/w\0tok\0")
+    + xs(WRITE, b"/w/k\0v", 2)
+    + xs(UNWATCH, b"/w\0tok\0", 3)
+    + xs(RESET_WATCHES, b"", 4),
+    "transaction": b"\x00"
+    + xs(TX_START, b"\0")
+    + xs(WRITE, b"/t\0v", 2, 1)
     + xs(TX_END, b"T\0", 3, 1),
-    "domu_home": b"\x01" + xs(GET_DOMAIN_PATH, b"1\0") + xs(WRITE, b"data/k\0v", 2)
+    "domu_home": b"\x01"
+    + xs(GET_DOMAIN_PATH, b"1\0")
+    + xs(WRITE, b"data/k\0v", 2)
     + xs(READ, b"/local/domain/0\0", 3),
     "domu_priv": b"\x01" + xs(CONTROL, b"print\0hi\0") + xs(RELEASE, b"2\0", 2),
-    "dom0_control": b"\x00" + xs(CONTROL, b"help\0") + xs(IS_INTRODUCED, b"1\0", 2)
-    + xs(RESUME, b"1\0", 3) + xs(SET_TARGET, b"1\x000\0", 4),
-    "atoi": b"\x00" + xs(GET_DOMAIN_PATH, b"  -12abc\0") + xs(GET_DOMAIN_PATH, b"+7\0", 2)
+    "dom0_control": b"\x00"
+    + xs(CONTROL, b"help\0")
+    + xs(IS_INTRODUCED, b"1\0", 2)
+    + xs(RESUME, b"1\0", 3)
+    + xs(SET_TARGET, b"1\x000\0", 4),
+    "atoi": b"\x00"
+    + xs(GET_DOMAIN_PATH, b"  -12abc\0")
+    + xs(GET_DOMAIN_PATH, b"+7\0", 2)
     + xs(GET_DOMAIN_PATH, b"99999999999\0", 3),
     "max_payload": b"\x00" + xs(WRITE, b"/big\0" + b"v" * 4091),
     "over_payload": b"\x00" + struct.pack("=IIII", WRITE, 1, 0, 4097) + b"/big\0",

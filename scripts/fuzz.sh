@@ -3,6 +3,10 @@
 #
 #   scripts/fuzz.sh [SECONDS]
 #
+# SECONDS=0 fuzzes nothing: it replays the checked-in corpus (seeds and the
+# regress-* reproducers of fixed crashes) once through every target
+# (tests/fuzz/test_fuzz_corpus.py).
+#
 # C targets: clang libFuzzer + ASan + UBSan, built into build/fuzz/. The Python target
 # (xenstored's wire parser) runs under atheris from .venv (or $PYTHON). Each target
 # starts from its checked-in seed corpus fuzz/corpus/<target>/ (read only) plus a
@@ -52,6 +56,10 @@ run_one() { # target
     before=$(ls "$CRASHES" 2>/dev/null | sort)
     local opts=(-max_total_time="$SECS" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048
         -artifact_prefix="$CRASHES/$t-" "$work" "fuzz/corpus/$t")
+    if [ "$SECS" -eq 0 ]; then # replay the checked-in corpus only, nothing written
+        opts=(-runs=0 -print_final_stats=1 -timeout=10 -rss_limit_mb=2048
+            -artifact_prefix="$CRASHES/$t-" "fuzz/corpus/$t")
+    fi
     case $t in
     frame) opts=(-max_len=70000 "${opts[@]}") ;;
     layout) opts=(-max_len=4098 -close_fd_mask=2 "${opts[@]}") ;;
