@@ -193,6 +193,29 @@ RING = {
     ),
 }
 
+# ---- pump: features, max_frame sel, ring sel (1 << (10 + b % 7)), le16 start, stream ----
+
+
+def pump_in(stream: bytes, feat: int = 0, mf: int = 0, ring_sel: int = 3, start: int = 0) -> bytes:
+    return struct.pack("<BBBH", feat, mf, ring_sel, start) + stream
+
+
+PUMP = {
+    "one": pump_in(rec(60)),
+    "many_wrap": pump_in(b"".join(rec(60 + i, fill=i) for i in range(40)), start=8000),
+    "len_wraps": pump_in(rec(100) + rec(200), ring_sel=0, start=1022),
+    "hdr_wraps": pump_in(rec(100) + rec(200), ring_sel=0, start=1016),
+    "big_frames": pump_in(rec(9000) + rec(1514) + rec(9000), 0, 1, 6, 30000),
+    "csum": pump_in(rec(54, vnet(1, 0, 0, 0, 34, 16)) * 3, FEAT_CSUM),
+    "tso": pump_in(rec(3000, vnet(1, 1, 54, 1448, 34, 16)), 0x0F, 1, 4, 100),
+    "longer_than_ring": pump_in(b"".join(rec(500, fill=i) for i in range(10)), ring_sel=0),
+    "bad_after_good": pump_in(rec(60) + rec(60) + rec(1519)),
+    "bad_flags": pump_in(rec(60) + rec(60, vnet(1, 0, 0, 0, 0, 0))),
+    "bad_over_ring": pump_in(rec(60) + rec(1100), 0, 1, 0),
+    "incomplete": pump_in(rec(60) + rec(60)[:40]),
+    "incomplete_len": pump_in(rec(60) + b"\x40\x00"),
+}
+
 # ---- xs_wire: domid byte, then the client's byte stream ----
 
 
@@ -251,7 +274,14 @@ XS = {
 
 
 def main() -> None:
-    for target, seeds in (("frame", FRAME), ("layout", LAYOUT), ("ring", RING), ("xs_wire", XS)):
+    targets = (
+        ("frame", FRAME),
+        ("layout", LAYOUT),
+        ("ring", RING),
+        ("pump", PUMP),
+        ("xs_wire", XS),
+    )
+    for target, seeds in targets:
         d = CORPUS / target
         d.mkdir(parents=True, exist_ok=True)
         for old in d.glob("seed-*"):

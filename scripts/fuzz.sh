@@ -28,7 +28,7 @@ CC=${CC_FUZZ:-clang}
 PY=${PYTHON:-.venv/bin/python}
 OUT=build/fuzz
 CRASHES=fuzz/crashes
-ALL_TARGETS="frame layout ring xs_wire"
+ALL_TARGETS="frame layout ring pump xs_wire"
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 mkdir -p "$OUT/corpus" "$OUT/logs" "$CRASHES"
 
@@ -45,6 +45,7 @@ build() { # target -> binary
     case $t in
     frame) "$CC" "${CFLAGS[@]}" fuzz/fuzz_frame.c cext/pump/frame.c -o "$bin" ;;
     layout | ring) "$CC" "${CFLAGS[@]}" "fuzz/fuzz_$t.c" "${VCHAN_SRCS[@]}" "${VCHAN_LIBS[@]}" -o "$bin" ;;
+    pump) "$CC" "${CFLAGS[@]}" fuzz/fuzz_pump.c cext/pump/*.c "${VCHAN_SRCS[@]}" "${VCHAN_LIBS[@]}" -o "$bin" ;;
     esac
 }
 
@@ -64,6 +65,7 @@ run_one() { # target
     frame) opts=(-max_len=70000 "${opts[@]}") ;;
     layout) opts=(-max_len=4098 -close_fd_mask=2 "${opts[@]}") ;;
     ring) opts=(-max_len=2048 -close_fd_mask=2 "${opts[@]}") ;;
+    pump) opts=(-max_len=140000 -close_fd_mask=2 "${opts[@]}") ;;
     xs_wire) opts=(-max_len=16384 "${opts[@]}") ;;
     esac
     if [ "$t" = xs_wire ]; then

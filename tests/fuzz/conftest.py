@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ_SH = ROOT / "scripts" / "fuzz.sh"
 SUMMARY = re.compile(r"^fuzz: (\d+) targets, (\d+) runs, (\d+) crashes$", re.M)
-ALL_TARGETS = ("frame", "layout", "ring", "xs_wire")
+ALL_TARGETS = ("frame", "layout", "ring", "pump", "xs_wire")
 
 
 @dataclass
