@@ -17,8 +17,8 @@
  *     10..20, at most one in-page ring of each of order 10 and 11 (not both
  *     rings in-page with the same order), the grant list fits in front of the
  *     first in-page ring (24 + 4 * grants <= 1024 / 2048 / 4096);
- *   - a page inside the rules whose grant refs name a ring the server really
- *     granted (same refs, same page count) is accepted;
+ *   - a page inside the rules is accepted exactly when its grant refs name rings
+ *     the server really granted (same refs, same page count);
  *   - an accepted client has ring sizes 1 << order (client writes left, reads
  *     right), in-page rings lie at their offsets and do not overlap the grant
  *     list; every iov read_iov / write_iov hands out lies inside its ring and
@@ -215,6 +215,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!ok_layout) {
             FUZZ_FAIL("fuzz_layout: invalid page accepted: orders %u/%u\n", lo, ro);
         }
+        CHECK(ok_refs); /* ... and only with grant refs of rings the server granted */
         CHECK(cli != NULL);
         CHECK(ncd_vchan_write_size(cli) == (size_t)1 << lo); /* client writes left */
         CHECK(ncd_vchan_read_size(cli) == (size_t)1 << ro);
