@@ -65,6 +65,8 @@ static char g_ctx[32];
 #define OFF_SRV_LIVE 21u
 #define OFF_CLI_NOTIFY 22u
 #define OFF_SRV_NOTIFY 23u
+#define VCHAN_NOTIFY_WRITE 0x1 /* <xen/io/libxenvchan.h> */
+#define VCHAN_NOTIFY_READ 0x2
 
 struct in {
     const uint8_t *p;
@@ -236,9 +238,14 @@ static void check_writes(struct model *m, uint32_t wstart, uint32_t wlen)
             continue;
         if ((i >= m->own_cons && i < m->own_cons + 4) || (i >= m->own_prod && i < m->own_prod + 4))
             continue;
-        if (i == m->peer_notify || i == m->own_notify)
+        /* requests: E only sets WRITE/READ bits in the peer's byte and only clears
+         * bits in its own (the peer's requests it has honoured) */
+        if (i == m->peer_notify && !(m->snap_page[i] & ~m->page[i]) &&
+            !((m->page[i] & ~m->snap_page[i]) & ~(VCHAN_NOTIFY_WRITE | VCHAN_NOTIFY_READ)))
             continue;
-        if (i == m->own_live && m->page[i] == 0)
+        if (i == m->own_notify && !(m->page[i] & ~m->snap_page[i]))
+            continue;
+        if (i == m->own_live && m->page[i] == 0 && m->bad) /* closing after a hostile value */
             continue;
         if (wr_in_page && m->page + i >= m->wr && m->page + i < m->wr + m->wr_size &&
             in_window((uint32_t)(m->page + i - m->wr), wstart, wlen, m->wr_size))
