@@ -10,7 +10,8 @@
  * every result.
  *
  * Input:
- *   [0]     bit 0: E is the server (1) or the client (0)
+ *   [0]     bit 0: E is the server (1) or the client (0); bit 1 (server): the
+ *           client's live flag still says 2, "not connected yet"
  *   [1],[2] read_min / write_min of the server: 0, or 1 << (b % 17) (up to 64 KiB)
  *   [3..6]  le32: the client's starting index on the right ring (server -> client)
  *   [7..10] le32: the client's starting index on the left ring (client -> server)
@@ -604,7 +605,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct iovec iov[2];
     struct in in = {data, size};
     char err[256];
-    uint8_t role, rsel, wsel, op;
+    uint8_t role, rsel, wsel, op, waiting;
     uint32_t x, y;
     int cnt;
 
@@ -615,6 +616,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     take8(&in, &wsel);
     x = takeN(&in, 4);
     y = takeN(&in, 4);
+    waiting = role & 2; /* server only: the client's flag still says "not yet there" (2) */
     role &= 1;
 
     CHECK(ncd_vchan_local_server(&srv, sel_size(rsel), sel_size(wsel), err, sizeof err) == 0);
@@ -645,6 +647,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         st32(m->page, OFF_LEFT_CONS, 0);
         st32(m->page, OFF_RIGHT_PROD, 0);
         st32(m->page, OFF_RIGHT_CONS, 0);
+        if (waiting)
+            m->page[OFF_CLI_LIVE] = 2;
     } else {
         m->peer_prod = OFF_RIGHT_PROD, m->own_cons = OFF_RIGHT_CONS;
         m->peer_cons = OFF_LEFT_CONS, m->own_prod = OFF_LEFT_PROD;

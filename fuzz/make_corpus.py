@@ -173,6 +173,7 @@ RING = {
     "live_closed": ring_in(0, 0, 0, 0, 0, b"\x05\x00\x0b" + u16(10) + b"\x10\x12" + u16(1)),
     "live_garbage": ring_in(0, 0, 0, 0, 0, b"\x05\x09\x10\x0e"),
     "server_live2": ring_in(1, 0, 0, 0, 0, b"\x05\x02\x10\x0b" + u16(1)),
+    "server_waiting": ring_in(3, 0, 0, 0, 0, b"\x10\x0b" + u16(5) + b"\x05\x01\x10\x05\x02\x10"),
     "server_read": ring_in(1, 14, 14, 0, 0, PEER_DATA + b"\x08" + u16(16) + b"\x0e"),
     "server_write_full": ring_in(
         1, 0, 0, 0, 0, b"\x0b" + u16(4000) + b"\x0b" + u16(1) + b"\x13" + u16(10)
