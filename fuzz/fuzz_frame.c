@@ -129,6 +129,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size < 8)
         return -1; /* reject: not added to the corpus */
+#ifdef FUZZ_SELFTEST /* scripts/fuzz.sh's own test (FUZZ_SELFTEST=1): a planted crash */
+    if (data[6] == 'X')
+        FUZZ_FAIL("fuzz_frame: planted crash (FUZZ_SELFTEST)\n");
+#endif
     max_frame = le32(data);
     features = data[4]; /* high bits on purpose: the parser must ignore them */
     ring = data[5] ? (size_t)1 << (10 + data[5] % 11) : 0;

@@ -13,7 +13,8 @@
 # scratch corpus build/fuzz/corpus/<target>/ kept between runs. A crash, leak,
 # timeout or out-of-memory is kept under fuzz/crashes/ and its path printed.
 # Environment: FUZZ_TARGETS="frame ring" runs a subset; FUZZ_FRESH=1 drops the scratch
-# corpus first.
+# corpus first; FUZZ_OUT / FUZZ_CRASHES move build/fuzz and fuzz/crashes; FUZZ_SELFTEST=1
+# plants a crash in the frame target (tests/fuzz/test_fuzz_sh.py checks the reporting).
 #
 # Last line, always: "fuzz: N targets, M runs, K crashes" (M = executions in total);
 # the exit status is non-zero when K > 0 or a target could not be built or run.
@@ -26,8 +27,8 @@ case "$SECS" in
 esac
 CC=${CC_FUZZ:-clang}
 PY=${PYTHON:-.venv/bin/python}
-OUT=build/fuzz
-CRASHES=fuzz/crashes
+OUT=${FUZZ_OUT:-build/fuzz}
+CRASHES=${FUZZ_CRASHES:-fuzz/crashes}
 ALL_TARGETS="frame layout ring pump xs_wire"
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 mkdir -p "$OUT/corpus" "$OUT/logs" "$CRASHES"
@@ -35,6 +36,7 @@ mkdir -p "$OUT/corpus" "$OUT/logs" "$CRASHES"
 CFLAGS=(-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
     -g -O1 -std=gnu11 -Wall -Wextra -Werror -Ifuzz -Icext/vchan -Icext/tracker -Icext/pump)
 # every source file of a component (its internal file split may change)
+[ "${FUZZ_SELFTEST:-0}" = 1 ] && CFLAGS+=(-DFUZZ_SELFTEST)
 VCHAN_SRCS=(cext/vchan/*.c cext/tracker/*.c)
 VCHAN_LIBS=(-lxengnttab -lxenevtchn -lpthread)
 
@@ -84,7 +86,7 @@ run_one() { # target
     if [ "$rc" -ne 0 ] || [ -n "$art" ]; then
         crashes=$((crashes + 1))
         echo "fuzz[$t]: CRASH (exit $rc), log $log"
-        grep -E "check failed|ERROR: |SUMMARY: |Uncaught Python exception|Error:" "$log" | head -5 | sed 's/^/    /'
+        grep -E "^fuzz_[a-z_]+: |ERROR: |SUMMARY: |Uncaught Python exception|Error:" "$log" | head -5 | sed 's/^/    /'
         if [ -n "$art" ]; then
             for a in $art; do echo "fuzz[$t]: crashing input kept: $CRASHES/$a"; done
         else
