@@ -13,7 +13,9 @@ Asserts (an uncaught exception = crash):
   unread tail; ``Message.pack()`` reproduces each message's bytes;
 * payload helpers: ``strings``/``count_strings`` agree with a reference split,
   ``onearg`` accepts exactly one trailing NUL, ``encode(decode(b)) == b`` for any
-  bytes, ``atoi`` equals the C library's ``atoi`` wherever C's is defined;
+  bytes, ``atoi`` equals the C library's ``atoi`` wherever C's is defined, and
+  ``perms.parse_one`` reads a permission entry (``r5``, ``b0x10``...) exactly like
+  Xen's own ``xs_strings_to_perms`` (libxenstore, called through ctypes);
 * dispatch: every request either succeeds or raises XsError (never another
   exception); every byte the server sends back is a well-formed stream of messages
   (``len <= 4096``), the reply echoes ``req_id``/``tx_id`` and is the request's type
@@ -35,7 +37,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["xensim.xenstored"]):
-    from xensim.xenstored import wire
+    from xensim.xenstored import perms, wire
     from xensim.xenstored.connection import Connection, ProtocolViolation, read_message
     from xensim.xenstored.handlers import dispatch
     from xensim.xenstored.server import Domain, XenstoreServer
@@ -44,6 +46,20 @@ HDR = struct.Struct("=IIII")
 LIBC = ctypes.CDLL(None)
 LIBC.atoi.argtypes = [ctypes.c_char_p]
 LIBC.atoi.restype = ctypes.c_int
+
+
+class XsPermissions(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint), ("perms", ctypes.c_int)]
+
+
+# Xen's own parser of permission strings (libxenstore, installed by scripts/setup.sh)
+XENSTORE = ctypes.CDLL("libxenstore.so.4")
+XENSTORE.xs_strings_to_perms.argtypes = [
+    ctypes.POINTER(XsPermissions),
+    ctypes.c_uint,
+    ctypes.c_char_p,
+]
+XENSTORE.xs_strings_to_perms.restype = ctypes.c_bool
 LOOP = asyncio.new_event_loop()
 ERROR_PAYLOADS = {n.encode() + b"\0" for n in wire.ERROR_NAMES}
 
@@ -117,6 +133,31 @@ def check_helpers(payload: bytes) -> None:
         if -(2**31) < v < 2**31 - 1:  # not clamped: C's atoi is defined and must agree
             c = LIBC.atoi(s)
             assert v == c, (s, v, c)
+        if s[:1] in (b"n", b"r", b"w", b"b"):
+            check_perm(s)
+
+
+def xen_perm(raw: bytes) -> tuple[int, int] | None:
+    """libxenstore's xs_strings_to_perms on one entry: (domid, flags), None if refused."""
+    out = XsPermissions()
+    if not XENSTORE.xs_strings_to_perms(ctypes.byref(out), 1, raw):
+        return None
+    return out.id, out.perms
+
+
+def check_perm(raw: bytes) -> None:
+    """perms.parse_one reads one SET_PERMS entry exactly like Xen's libxenstore."""
+    xen = xen_perm(raw)
+    want = None if xen is None else xen[0]
+    try:
+        got = perms.parse_one(wire.decode(raw))
+    except wire.XsError as e:
+        assert e.name == "EINVAL"
+        assert want is None, f"perm {raw!r} refused, Xen reads domid {want}"
+    else:
+        assert want is not None, f"perm {raw!r} accepted as {got}, Xen refuses it"
+        assert got.domid == want, f"perm {raw!r}: domid {got.domid}, Xen's {want}"
+        assert xen is not None and got.flags == xen[1]
 
 
 def check_output(out: bytes, req: wire.Message | None) -> None:

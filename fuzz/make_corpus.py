@@ -270,6 +270,9 @@ XS = {
     "unknown_type": b"\x00" + xs(99, b"x\0") + xs(20, b"", 2),
     "bad_tx": b"\x01" + xs(READ, b"/\0", 1, 77),
     "non_utf8": b"\x00" + xs(WRITE, b"/\xff\xfe\0\xc3(") + xs(WATCH, b"\xed\xa0\x80\0t\0", 2),
+    "perm_forms": b"\x00"
+    + xs(MKDIR, b"/p\0")
+    + xs(SET_PERMS, b"/p\0n0\0r0x10\0b010\0w+3\0r-1\0", 2),
     "release_self": b"\x00" + xs(RELEASE, b"1\0") + xs(READ, b"/\0", 2),
 }
 
