@@ -57,10 +57,12 @@ run_one() { # target
     [ "${FUZZ_FRESH:-0}" = 1 ] && rm -rf "$work"
     mkdir -p "$work"
     before=$(ls "$CRASHES" 2>/dev/null | sort)
-    local opts=(-max_total_time="$SECS" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048
+    local tmo=10
+    [ "$t" = pump ] && tmo=30 # its own hang check (10 s) reports first, with details
+    local opts=(-max_total_time="$SECS" -print_final_stats=1 -timeout=$tmo -rss_limit_mb=2048
         -artifact_prefix="$CRASHES/$t-" "$work" "fuzz/corpus/$t")
     if [ "$SECS" -eq 0 ]; then # replay the checked-in corpus only, nothing written
-        opts=(-runs=0 -print_final_stats=1 -timeout=10 -rss_limit_mb=2048
+        opts=(-runs=0 -print_final_stats=1 -timeout=$tmo -rss_limit_mb=2048
             -artifact_prefix="$CRASHES/$t-" "fuzz/corpus/$t")
     fi
     case $t in
