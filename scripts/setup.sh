@@ -12,6 +12,8 @@ APT_PACKAGES=(
     iproute2 iperf3 socat iputils-ping util-linux
     # building the C parts
     gcc make pkg-config libffi-dev python3-dev python3-venv
+    # fuzzing (scripts/fuzz.sh, tests/fuzz): libFuzzer comes with clang
+    clang
 )
 need=()
 for p in "${APT_PACKAGES[@]}"; do

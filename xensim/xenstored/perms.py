@@ -34,24 +34,30 @@ class Perm:
 Perms = tuple[Perm, ...]
 
 
+_C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale
+_DIGITS = {8: "01234567", 10: "0123456789", 16: "0123456789abcdefABCDEF"}
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
 def _strtol0(text: str) -> int:
-    """strtol(text, &end, 0) that must consume everything (xs_strings_to_perms)."""
-    body = text[1:] if text[:1] in "+-" else text
-    neg = text[:1] == "-"
-    if not body:
+    """strtol(text, &end, 0) that must consume everything (xs_strings_to_perms).
+
+    C's rules, not Python's int(): leading (never trailing) whitespace, one sign,
+    ASCII digits only, no underscores, the value saturates at LONG_MIN/LONG_MAX."""
+    if not text:
         raise XsError("EINVAL", "empty domid")
-    try:
-        if body[:2] in ("0x", "0X"):
-            value = int(body[2:], 16)
-        elif body.startswith("0") and len(body) > 1:
-            value = int(body[1:], 8)
-        else:
-            if not body.isdigit() or not body.isascii():
-                raise ValueError(body)
-            value = int(body, 10)
-    except ValueError:
-        raise XsError("EINVAL", f"bad domid {text!r}") from None
-    value = -value if neg else value
+    body = text.lstrip(_C_SPACE)
+    neg = body[:1] == "-"
+    if body[:1] in ("+", "-"):
+        body = body[1:]
+    if body[:2] in ("0x", "0X") and body[2:3] and body[2:3] in _DIGITS[16]:
+        base, body = 16, body[2:]
+    else:
+        base = 8 if body[:1] == "0" else 10
+    if not body or any(c not in _DIGITS[base] for c in body):
+        raise XsError("EINVAL", f"bad domid {text!r}")
+    value = int(body, base)
+    value = max(_LONG_MIN, min(-value if neg else value, _LONG_MAX))
     # struct xs_permissions.id is unsigned int
     return value & 0xFFFFFFFF
 
