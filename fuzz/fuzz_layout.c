@@ -88,6 +88,10 @@ static int layout_ok(uint32_t lo, uint32_t ro)
     return OFF_GRANTS + 4 * (pages_of(lo) + pages_of(ro)) <= limit;
 }
 
+/* vchan_init.c's local pair numbers refs by region in sharing order: the control page
+ * is region 0, page 0 */
+#define LOCAL_CONTROL_REF 0u
+
 static int same_refs(const uint8_t *page, unsigned first, const uint32_t *want, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
@@ -102,6 +106,11 @@ static int names_server_ring(const uint8_t *page, unsigned first, uint32_t n,
                              const uint32_t *srv_refs, uint32_t srv_left, uint32_t srv_right)
 {
     if (n == 0)
+        return 1;
+    /* The control page is a granted page too (the local pair's ref 0, shared first):
+     * as on Xen, a hostile server may name it as a one-page ring, and mapping it is
+     * in bounds (the client only ever touches its own mapping of that page). */
+    if (n == 1 && get32(page, OFF_GRANTS + 4 * first) == LOCAL_CONTROL_REF)
         return 1;
     return (n == srv_left && same_refs(page, first, srv_refs, n)) ||
            (n == srv_right && same_refs(page, first, srv_refs + srv_left, n));
