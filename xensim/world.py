@@ -16,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xensim import netns, paths
 from xensim.broker.control import BrokerControl
@@ -179,11 +180,7 @@ class World:
         # What xen-init-dom0 leaves in xenstore, plus the backend directory libxl uses.
         self._add_netns(0)
         with self.xs() as xs:
-            xs.write("/local/domain/0/domid", "0")
-            xs.write("/local/domain/0/name", "Domain-0")
-            xs.mkdir("/local/domain/0/backend")
-            xs.mkdir("/local/domain/0/device")
-            xs.mkdir("/local/domain/0/data")
+            write_domain_nodes(xs, 0, _perm_text)
 
     def create_domain(self) -> int:
         """Create the next domU: broker domain, xenstore introduction, libxl's nodes, netns."""
@@ -192,23 +189,8 @@ class World:
         self._save()
         self.broker().create_domain(domid)
         self._add_netns(domid)
-        home = f"/local/domain/{domid}"
-        ro = ["n0", f"r{domid}"]  # libxl's roperm: dom0 owns, the guest may read
-        rw = [f"n{domid}"]  # libxl's rwperm: the guest owns
         with self.xs() as xs:
-            xs.mkdir(home)
-            xs.set_perms(home, ro)
-            xs.write(f"{home}/name", f"domU{domid}")
-            xs.write(f"{home}/domid", str(domid))
-            for node in ("device", "control"):
-                xs.mkdir(f"{home}/{node}")
-                xs.set_perms(f"{home}/{node}", ro)
-            for node in ("data", "control/shutdown", "drivers", "feature", "attr", "error"):
-                if node == "control/shutdown":
-                    xs.write(f"{home}/{node}", "")
-                else:
-                    xs.mkdir(f"{home}/{node}")
-                xs.set_perms(f"{home}/{node}", rw)
+            write_domain_nodes(xs, domid, _perm_text)
             xs.introduce(domid, mfn=0, port=1)
         log.info("domain %d created (netns %s)", domid, self.netns(domid))
         return domid
@@ -301,3 +283,37 @@ def _terminate(pid: int, timeout: float = 5.0) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _perm_text(domid: int, kind: str) -> str:
+    return f"{kind}{domid}"
+
+
+def write_domain_nodes(xs: Any, domid: int, perm: Callable[[int, str], Any]) -> None:
+    """What the toolstack leaves in xenstore for a new domain: for dom0 what
+    xen-init-dom0 writes (plus the backend directory libxl uses), for a domU libxl's
+    nodes with libxl's permissions. ``xs`` is any store with ``mkdir``/``write``/
+    ``set_perms``; ``perm(domid, kind)`` makes one permission entry in its form
+    (tests use it on an in-memory store too)."""
+    home = f"/local/domain/{domid}"
+    if domid == 0:
+        xs.write(f"{home}/domid", "0")
+        xs.write(f"{home}/name", "Domain-0")
+        for node in ("backend", "device", "data"):
+            xs.mkdir(f"{home}/{node}")
+        return
+    ro = [perm(0, "n"), perm(domid, "r")]  # libxl's roperm: dom0 owns, the guest may read
+    rw = [perm(domid, "n")]  # libxl's rwperm: the guest owns
+    xs.mkdir(home)
+    xs.set_perms(home, ro)
+    xs.write(f"{home}/name", f"domU{domid}")
+    xs.write(f"{home}/domid", str(domid))
+    for node in ("device", "control"):
+        xs.mkdir(f"{home}/{node}")
+        xs.set_perms(f"{home}/{node}", ro)
+    for node in ("data", "control/shutdown", "drivers", "feature", "attr", "error"):
+        if node == "control/shutdown":
+            xs.write(f"{home}/{node}", "")
+        else:
+            xs.mkdir(f"{home}/{node}")
+        xs.set_perms(f"{home}/{node}", rw)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from ncd.layout import Perm
 from ncd.xen.errors import XenError
+from xensim.world import write_domain_nodes
 from xensim.xenstored import ops, perms
 from xensim.xenstored.transactions import Transaction
 from xensim.xenstored.tree import Node, Store, View
@@ -41,30 +42,8 @@ class MemStore:
         return MemConn(self, self.store, domid)
 
     def add_domain(self, domid: int) -> None:
-        """What the toolstack leaves in xenstore for a new domain (dom0: xen-init-dom0)."""
-        xs = self.conn(0)
-        home = f"/local/domain/{domid}"
-        if domid == 0:
-            xs.write(f"{home}/domid", "0")
-            xs.write(f"{home}/name", "Domain-0")
-            for node in ("backend", "device", "data"):
-                xs.mkdir(f"{home}/{node}")
-            return
-        ro = [Perm(0, "n"), Perm(domid, "r")]  # libxl's roperm: dom0 owns, the guest reads
-        rw = [Perm(domid, "n")]  # libxl's rwperm: the guest owns
-        xs.mkdir(home)
-        xs.set_perms(home, ro)
-        xs.write(f"{home}/name", f"domU{domid}")
-        xs.write(f"{home}/domid", str(domid))
-        for node in ("device", "control"):
-            xs.mkdir(f"{home}/{node}")
-            xs.set_perms(f"{home}/{node}", ro)
-        for node in ("data", "control/shutdown", "drivers", "feature", "attr", "error"):
-            if node == "control/shutdown":
-                xs.write(f"{home}/{node}", "")
-            else:
-                xs.mkdir(f"{home}/{node}")
-            xs.set_perms(f"{home}/{node}", rw)
+        """What the toolstack leaves in xenstore for a new domain (xensim's own nodes)."""
+        write_domain_nodes(self.conn(0), domid, Perm)
 
     def next_tx_id(self) -> int:
         self._tx_ids += 1
