@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VCHAN = ROOT / "cext" / "vchan"
 PUMP = ROOT / "cext" / "pump"
 TRACKER = ROOT / "cext" / "tracker"
+SWITCH = ROOT / "cext" / "switch"
 SANITIZE_DIR = ROOT / "build" / "sanitize"
 
 BASE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2"]
@@ -80,6 +81,12 @@ def make_ffi() -> FFI:
         include_dirs.append(str(PUMP))
         if (PUMP / "pump.h").exists():
             prelude += '#include "pump.h"\n'
+        # ports and the learning switch (cext/switch): uses frame.h and the tracker
+        if (SWITCH / "switch.cdef").exists():
+            cdef += "\n" + (SWITCH / "switch.cdef").read_text()
+            sources += sorted(SWITCH.glob("*.c"))
+            include_dirs.append(str(SWITCH))
+            prelude += '#include "switch.h"\n'
     ffi.cdef(cdef)
     cflags = list(BASE_CFLAGS)
     ldflags: list[str] = []
