@@ -364,9 +364,9 @@ def test_remove_port_under_load_while_frames_flow(switch, guests) -> None:
     threads = [threading.Thread(target=flood, args=(g,)) for g in stable]
     for t in threads:
         t.start()
-    removed = 0
+    removed, rounds = 0, int(os.environ.get("NCD_SWITCH_REMOVAL_ROUNDS", "40"))
     try:
-        for rnd in range(40):
+        for rnd in range(rounds):
             g = Guest(sw, 10 + rnd % 5, ring=16 * 1024, switch_is_server=rnd % 2 == 0)
             for _ in range(20):
                 g.try_send(eth(BCAST, g.mac, b"w" * 500))
@@ -382,7 +382,7 @@ def test_remove_port_under_load_while_frames_flow(switch, guests) -> None:
         for t in threads:
             t.join()
     assert not errors, errors
-    assert removed == 40
+    assert removed == rounds
     for g in stable:
         assert sw.port_state(g.port) == PortState.UP
         assert sw.port_stats(g.port).rx_frames > 0
