@@ -222,7 +222,7 @@ static uint64_t clock_ms(struct ncd_switch *sw)
 {
     struct timespec ts;
 
-    if (sw->cfg.manual_clock)
+    if (sw->cfg.manual_clock) /* acquire pairs with the release in ncd_switch_set_time */
         return __atomic_load_n(&sw->manual_now, __ATOMIC_ACQUIRE);
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
@@ -976,6 +976,7 @@ static void *switch_main(void *arg)
     uint32_t seen = (uint32_t)-1;
 
     pthread_setname_np(pthread_self(), "ncd-switch");
+    /* acquire pairs with the release in ncd_switch_destroy */
     while (!__atomic_load_n(&sw->stop, __ATOMIC_ACQUIRE)) {
         unsigned moved = 0;
         int waiting_client = 0;
@@ -1290,7 +1291,7 @@ int ncd_switch_port_state(struct ncd_switch *sw, int port)
 
     pthread_mutex_lock(&sw->lock);
     p = slot(sw, port);
-    if (p)
+    if (p) /* acquire pairs with the release in port_fail */
         s = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&sw->lock);
     return s;
@@ -1404,6 +1405,7 @@ void ncd_switch_destroy(struct ncd_switch *sw)
     if (!sw)
         return;
     if (sw->thread_started) {
+        /* release pairs with the acquire at the top of switch_main's loop */
         __atomic_store_n(&sw->stop, 1, __ATOMIC_RELEASE);
         wake(sw);
         pthread_join(sw->thread, NULL);

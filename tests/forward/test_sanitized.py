@@ -45,3 +45,11 @@ def test_port_removal_under_load_asan_repeated(tmp_path: Path) -> None:
     test = str(HERE / "test_switch_local.py") + "::test_remove_port_under_load_while_frames_flow"
     out = run_sanitized([test], tmp_path, NCD_SWITCH_REMOVAL_ROUNDS="300")
     assert "1 passed" in out
+
+
+@pytest.mark.slow
+def test_switch_on_xensim_under_asan_ubsan(tmp_path: Path) -> None:
+    """Grant-copy and memcpy modes between mapped and granted rings; the domain agents
+    inherit the sanitized build through the environment."""
+    out = run_sanitized([str(HERE / "test_switch_sim.py"), "-k", "combination"], tmp_path)
+    assert "2 passed" in out

@@ -372,3 +372,25 @@ def test_remove_port_under_load_while_frames_flow(switch, guests) -> None:
         assert sw.port_state(g.port) == PortState.UP
         assert sw.port_stats(g.port).rx_frames > 0
     assert sw.info().ports == 2
+
+
+@pytest.mark.parametrize("where", ["read-ring-prod", "write-ring-cons"])
+def test_hostile_ring_index_closes_that_port_only(switch, guests, where) -> None:
+    """The peer owns half of every ring: a producer index beyond the ring (the ring the
+    switch reads) or a consumer index beyond what was written (the ring it writes)
+    stops that port with a reason; the switch and the other ports carry on."""
+    sw = switch()
+    a, b, c = (guests(sw, d) for d in (1, 2, 3))
+    page = a.far.shared_page()  # the switch is a's server: it reads left, writes right
+    if where == "read-ring-prod":
+        struct.pack_into("<I", page, 4, 10 * 64 * 1024)  # left.prod (seen within 1 s)
+    else:
+        struct.pack_into("<I", page, 8, 1000)  # right.cons: consumed more than written
+        c.send(eth(BCAST, c.mac, b"flood reaches a's ring"))
+        b.expect(1)
+    wait_for(lambda: sw.port_state(a.port) == PortState.BAD_PEER, what="a BAD_PEER")
+    assert "index" in sw.port_reason(a.port), sw.port_reason(a.port)
+    f = eth(BCAST, b.mac, b"still switching")
+    b.send(f)
+    assert c.expect(1) == [f]
+    assert sw.port_state(b.port) == sw.port_state(c.port) == PortState.UP
