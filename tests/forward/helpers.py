@@ -52,8 +52,11 @@ class Guest:
         self.removed = False
 
     def send(self, frame: bytes, vnet: fr.VnetHdr | None = None, timeout: float = TIMEOUT) -> None:
-        rec = fr.encode(frame, vnet)
-        view, deadline = memoryview(rec), time.monotonic() + timeout
+        self.send_raw(fr.encode(frame, vnet), timeout)
+
+    def send_raw(self, data: bytes, timeout: float = TIMEOUT) -> None:
+        """Write bytes into the ring the switch reads, whatever they are."""
+        view, deadline = memoryview(data), time.monotonic() + timeout
         while view:
             n = self.far.write(view)
             view = view[n:]

@@ -16,6 +16,8 @@ import struct
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ncd.switch import PortKind, PortState, parse_mac
 from ncd.vchan import framing as fr
@@ -394,3 +396,37 @@ def test_hostile_ring_index_closes_that_port_only(switch, guests, where) -> None
     b.send(f)
     assert c.expect(1) == [f]
     assert sw.port_state(b.port) == sw.port_state(c.port) == PortState.UP
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.binary(min_size=1, max_size=300),                                   # garbage
+    st.builds(lambda n, b: struct.pack("<I", n) + b,                        # any length field
+              st.integers(0, 2**32 - 1), st.binary(max_size=64)),
+    st.builds(lambda p: fr.encode(eth(BCAST, mac(1), p)), st.binary(max_size=2000)),  # good
+), min_size=1, max_size=12))
+def test_random_bytes_from_a_peer_never_hurt_the_switch(switch, chunks) -> None:
+    """Whatever a peer writes into its ring, the switch forwards exactly the valid records
+    before the first bad one (as framing.parse reads the stream), then stops that port;
+    another port keeps working."""
+    sw = switch()
+    a, b = Guest(sw, 1), Guest(sw, 2)
+    try:
+        stream = b"".join(chunks)[: 60 * 1024]
+        err, recs, _used = fr.parse(stream, ring_size=a.port_end.read_size)
+        a.send_raw(stream)
+        # a record the switch forwards must also pass anti-spoofing (source = a's MAC)
+        want = [f for _h, f in recs if f[6:12] == parse_mac(a.mac)]
+        if err not in (fr.Err.OK, fr.Err.INCOMPLETE):
+            wait_for(lambda: sw.port_state(a.port) == PortState.BAD_PEER, what="BAD_PEER")
+        else:
+            wait_for(lambda: sw.port_stats(a.port).rx_frames == len(recs), what="all records")
+        assert b.expect(len(want)) == want if want else b.quiet(0.02)
+        g = eth(BCAST, b.mac, b"b is fine")
+        b.send(g)
+        wait_for(lambda: sw.port_stats(b.port).rx_frames == 1, what="b's frame")
+        assert sw.port_state(b.port) == PortState.UP
+    finally:
+        a.close()
+        b.close()
