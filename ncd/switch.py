@@ -142,6 +142,7 @@ class Switch:
             raise SwitchError(ffi.errno, ffi.string(err).decode(errors="replace"))
         self._sw: Any = out[0]
         self._keep: dict[int, Any] = {}  # port -> vchan: alive while the thread may use it
+        self._reported: set[int] = set()
 
     def _h(self) -> Any:
         if self._sw is None:
@@ -203,6 +204,7 @@ class Switch:
         if lib.ncd_switch_remove_port(self._h(), port, st) < 0:
             raise SwitchError(ffi.errno, f"no port {port}")
         self._keep.pop(port, None)
+        self._reported.discard(port)
         return _stats(st)
 
     def ports(self) -> list[int]:
@@ -269,6 +271,21 @@ class Switch:
             os.read(self.events_fd(), 8)
         except BlockingIOError:
             pass
+
+    def stopped_ports(self) -> list[tuple[int, PortState, str]]:
+        """Ports that stopped on their own and were not reported yet: (port, state,
+        reason), for the daemon to log and to close those channels. Call it when
+        :meth:`events_fd` is readable (it drains the eventfd)."""
+        self.drain_events()
+        out = []
+        for port in self.ports():
+            if port in self._reported:
+                continue
+            state = self.port_state(port)
+            if state != PortState.UP:
+                self._reported.add(port)
+                out.append((port, state, self.port_reason(port)))
+        return out
 
     def close(self) -> None:
         """Stop the thread and free the switch (the ports' vchans/fds stay open)."""

@@ -269,8 +269,10 @@ def test_bad_record_closes_that_port_only(switch, guests) -> None:
     a.far.write(struct.pack("<I", 300000) + b"\0" * 30)
     r, _, _ = select.select([sw.events_fd()], [], [], 10)
     assert r, "no event for the failed port"
-    sw.drain_events()
     wait_for(lambda: sw.port_state(a.port) == PortState.BAD_PEER, what="a BAD_PEER")
+    [(port, state, reason)] = sw.stopped_ports()
+    assert (port, state) == (a.port, PortState.BAD_PEER) and "length 300000" in reason
+    assert sw.stopped_ports() == []  # reported once
     assert "longer than the negotiated maximum frame" in sw.port_reason(a.port)
     assert sw.port_stats(a.port).bad_record == 1
     f = eth(BCAST, c.mac, b"the others carry on")
