@@ -312,3 +312,58 @@ result = 0""")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     assert out["grant"][1][0] > 0 and out["memcpy"][1][0] == 0
+
+
+FLOOD = """
+import threading
+flood_stop = threading.Event()
+flooded = [0]
+def flood():
+    rec = fr.encode(eth("ff:ff:ff:ff:ff:ff", MAC_A, bytes(range(256)) * 6))
+    v = ends["A"]
+    while not flood_stop.is_set():
+        if v.buffer_space() >= len(rec):
+            v.write(rec)
+            flooded[0] += 1
+        else:
+            time.sleep(0.0002)
+flood_thread = threading.Thread(target=flood, daemon=True)
+flood_thread.start()
+"""
+
+
+@pytest.mark.parametrize("mode", ["grant", "memcpy"])
+def test_ports_removed_and_unmapped_while_frames_flow(doms: dict[int, Peer], mode: str) -> None:
+    """dom2's vifs come and go while dom1 floods: each round dom0 maps a fresh vchan of
+    dom2, adds it as a port, lets the flood run into it, removes the port and unmaps the
+    vchan at once. Nothing may touch the unmapped pages (the ASan run in
+    test_sanitized.py turns such an access into a report); the tracker forgets every
+    page of every removed port."""
+    d0, d1, d2 = doms[0], doms[1], doms[2]
+    setup_world(doms, mode)
+    base = d0.run("from ncd.vchan._lib import lib as L\n"
+                  "result = int(L.ncd_tracker_count(L.ncd_tracker_process()))")
+    d1.run(f"MAC_A = {MACS['A']!r}\n" + FLOOD + "result = 0")
+    finals = []
+    for r in range(12):
+        path = f"/local/domain/2/data/tmp{r}"
+        d2.run(f"tmp = VchanServer.create(xs, 0, {path!r}, 16384, 16384); result = 0")
+        d0.run(f"""
+t = VchanClient.connect(xs, 2, {path!r})
+tp = sw.add_vchan(t, domid=2, mac="02:00:00:00:02:{r:02x}")
+time.sleep(0.05)
+st = sw.remove_port(tp)
+t.close()   # unmaps dom2's pages right after the handshake
+result = [st.tx_frames, st.drop_ring_full, st.drop_copy_failed]
+""".replace("time.sleep", "__import__('time').sleep"))
+        finals.append(d0.run("result = [st.tx_frames, st.drop_ring_full]"))
+        d2.run("tmp.close(); result = 0")
+    d1.run("flood_stop.set(); flood_thread.join(); result = flooded[0]")
+    assert all(tx > 0 for tx, _ in finals), finals  # the flood reached every port
+    st = d0.run("""
+result = {"tracked": int(L.ncd_tracker_count(L.ncd_tracker_process())),
+          "states": [sw.port_state(p).name for p in ports.values()],
+          "rx": sw.port_stats(ports["A"]).rx_frames}
+""")
+    assert st["tracked"] == base  # every page of every removed vif was untracked
+    assert st["states"] == ["UP", "UP", "UP"] and st["rx"] > 0
