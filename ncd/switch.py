@@ -82,6 +82,7 @@ class PortStats:
     grant_copy_segs: int = 0
     batches: int = 0
     mac_moves: int = 0
+    bad_ring: int = 0
 
 
 @dataclass(frozen=True)

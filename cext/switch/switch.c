@@ -260,6 +260,8 @@ static void hostile(struct ncd_switch *sw, struct port *p, const char *what)
     const char *r = ncd_vchan_close_reason(p->v);
     if (!r && errno == EPIPE)
         return; /* closed meanwhile: the round notices and ends the port */
+    if (port_up(p))
+        CNT(p, bad_ring, 1);
     port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "%s: %s", what, r ? r : "hostile ring value");
 }
 
@@ -963,8 +965,10 @@ static void check_closed(struct ncd_switch *sw, struct port *p)
     if (p->v && port_up(p) && p->r_idle && ncd_vchan_is_open(p->v) == 0) {
         ssize_t r = ncd_vchan_data_ready(p->v);
         const char *why = ncd_vchan_close_reason(p->v);
-        if (why)
+        if (why) {
+            CNT(p, bad_ring, 1);
             port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "vchan closed: %s", why);
+        }
         else if (r <= (ssize_t)p->r_remain)
             port_fail(sw, p, NCD_SWITCH_PORT_PEER_CLOSED, "peer closed the vchan");
     }

@@ -51,7 +51,7 @@ enum ncd_switch_port_kind {
 
 enum ncd_switch_port_state {
     NCD_SWITCH_PORT_UP = 0,
-    NCD_SWITCH_PORT_REMOVED = 1,     /* ncd_switch_remove_port */
+    NCD_SWITCH_PORT_REMOVED = 1,     /* reserved: a removed port is gone (ENOENT) */
     NCD_SWITCH_PORT_PEER_CLOSED = 2, /* the vchan closed (what was complete was forwarded) */
     NCD_SWITCH_PORT_BAD_PEER = 3,    /* bad record / hostile ring value: close the channel */
     NCD_SWITCH_PORT_FD_ERROR = 4,    /* the TAP fd failed */
@@ -99,6 +99,7 @@ struct ncd_switch_port_stats {
     uint64_t grant_copy_segs;        /* tx: grant-copy segments issued towards this port */
     uint64_t batches;                /* rx rounds that moved at least one record */
     uint64_t mac_moves;              /* source MACs relearned onto this port */
+    uint64_t bad_ring;               /* hostile ring values from the peer (index, live flag) */
 };
 
 /* Bytes and frames of one (origin domain, destination domain) pair. */

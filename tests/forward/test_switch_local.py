@@ -394,6 +394,7 @@ def test_hostile_ring_index_closes_that_port_only(switch, guests, where) -> None
         b.expect(1)
     wait_for(lambda: sw.port_state(a.port) == PortState.BAD_PEER, what="a BAD_PEER")
     assert "index" in sw.port_reason(a.port), sw.port_reason(a.port)
+    assert sw.port_stats(a.port).bad_ring == 1 and sw.port_stats(a.port).bad_record == 0
     f = eth(BCAST, b.mac, b"still switching")
     b.send(f)
     assert c.expect(1) == [f]
