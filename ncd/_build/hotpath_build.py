@@ -4,7 +4,8 @@ tracker (cext/tracker) and the frame pump (cext/pump) in one API-mode extension.
 * cdef text: ``cext/vchan/vchan.cdef``, ``cext/tracker/tracker.cdef``, then
   ``cext/pump/pump.cdef`` (when present);
 * sources: every ``cext/vchan/*.c``, every ``cext/tracker/*.c`` and, when ``pump.cdef``
-  exists, every ``cext/pump/*.c``;
+  exists, every ``cext/pump/*.c`` and (with ``cext/switch/switch.cdef``) every
+  ``cext/switch/*.c``, the ports and the learning switch;
 * linked by soname against libxengnttab / libxenevtchn, so xensim's shims take over
   through ``LD_LIBRARY_PATH`` and Xen's own libraries are used on real Xen.
 
