@@ -1,4 +1,6 @@
-"""The backend role (dom0 or a driver domain): one TAP ``ncvif<domid>.<devid>`` per device.
+"""The backend role (dom0 or a driver domain): one TAP ``ncvif<domid>.<devid>`` per device,
+or, when the backend entry names a ``switch``, a port of that in-daemon switch (no TAP:
+the guest's mapped vchan is the port, locked to its MAC and ``ip`` unless ``trunk``).
 
 Discovery (:func:`devices`) watches ``backend/ncvif`` under its home and
 ``@releaseDomain``. A device is picked up when its backend entries say ``online``
@@ -15,12 +17,14 @@ from typing import Any
 
 from ncd import features, layout, parse
 from ncd import tap as tapmod
+from ncd.vchan.channel import VchanClient
 from ncd.xenbus import Action, Role, XenbusState
 
 from .datapath import Datapath
 from .discovery import DeviceKey, Devices
 from .service import VifTable
-from .vif import TapSettings, Vif, VifContext
+from .switchport import SwitchLink
+from .vif import Channel, TapSettings, Vif, VifContext
 
 log = logging.getLogger("ncd.backend")
 
@@ -53,7 +57,12 @@ class BackendVif(Vif):
 
     @property
     def ifname(self) -> str:
-        return layout.backend_ifname(self.guest, self.devid)
+        sw = self.switch
+        return f"switch:{sw}" if sw else layout.backend_ifname(self.guest, self.devid)
+
+    @property
+    def switch(self) -> str | None:
+        return self.view.switch if self.view is not None else None
 
     @property
     def bridge(self) -> str | None:
@@ -73,12 +82,19 @@ class BackendVif(Vif):
         if path == self._ring_ref_path:
             self._published = True
 
-    def _setup(self, tap: tapmod.Tap) -> Datapath:
+    def _setup(self, tap: tapmod.Tap | None) -> Channel:
         self._published = False
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
-        return Datapath.connect(
-            self.xs, self.guest, layout.queue_dir(self.guest, self.devid, 0), tap, neg
-        )
+        path = layout.queue_dir(self.guest, self.devid, 0)
+        if tap is not None:
+            return Datapath.connect(self.xs, self.guest, path, tap, neg)
+        view, registry = self.view, self.ctx.switches
+        assert view is not None and view.switch is not None
+        if registry is None:
+            raise ValueError(f"switch {view.switch}: this daemon runs no switches")
+        vchan = VchanClient.connect(self.xs, self.guest, path)
+        return SwitchLink.open(registry, view.switch, vchan, neg, label=self.name,
+                               domid=self.guest, mac=view.mac, trunk=view.trunk, ips=view.ips)
 
     def _observe(self) -> list[Action]:
         base = self.own_dir
@@ -108,7 +124,10 @@ class BackendVif(Vif):
         return {
             "mac": v.mac if v else None,
             "mtu": v.mtu if v else None,
-            "bridge": self.bridge,
+            "bridge": None if self.switch else self.bridge,
+            "switch": self.switch,
+            "trunk": v.trunk if v else None,
+            "ip": list(v.ips) if v else [],
         }
 
 
@@ -161,4 +180,5 @@ def live_ifnames(xs: Any, be: int) -> set[str]:
         layout.backend_ifname(fe, devid)
         for fe, devid in layout.list_backend_devices(xs, be)
         if layout.read_online(xs, layout.backend_dir(be, fe, devid))
+        and layout.read_optional(xs, f"{layout.backend_dir(be, fe, devid)}/switch") in (None, b"")
     }
