@@ -11,6 +11,7 @@ removed (libxl's job on a real host), which releases its vifs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from typing import Any
@@ -162,7 +163,7 @@ def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
             fe = parse.domid(root, name)
         except parse.BadEntry:
             continue
-        if layout.domain_exists(xs, fe):
+        if frontend_alive(xs, ctx.domid, fe):
             continue
         log.info("domain %d is gone: removing its ncvif backend entries", fe)
         try:
@@ -172,6 +173,23 @@ def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
         for vif in table.vifs():
             if vif.guest == fe:
                 vif.poke("domain gone")
+
+
+def frontend_alive(xs: Any, be: int, fe: int) -> bool:
+    """Whether domain ``fe`` still exists. dom0 reads ``/local/domain/<fe>``; a driver
+    domain may not (EACCES, as on Xen), so there it is alive while one of its device
+    directories for us (readable by their backend) still exists: the toolstack
+    removes them with the domain."""
+    try:
+        return layout.domain_exists(xs, fe)
+    except OSError as exc:
+        if exc.errno != errno.EACCES:
+            raise
+    return any(
+        layout.read_optional(xs, layout.frontend_dir(f, devid)) is not None
+        for f, devid in layout.list_backend_devices(xs, be)
+        if f == fe
+    )
 
 
 def live_ifnames(xs: Any, be: int) -> set[str]:
