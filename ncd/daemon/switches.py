@@ -83,6 +83,15 @@ class SwitchRegistry:
         return entry
 
     async def _destroy(self, name: str) -> None:
+        tap = self._destroy_now(name)
+        if tap is not None:
+            try:
+                await netlink.delete(tap.name)
+            except OSError as exc:
+                log.warning("switch %s: removing TAP %s: %s", name, tap.name, exc)
+
+    def _destroy_now(self, name: str) -> tapmod.Tap | None:
+        """Stop and free switch ``name``; returns its TAP (closed, still to delete)."""
         with self._lock:
             entry = self._switches.pop(name, None)
             if entry is not None:
@@ -90,7 +99,7 @@ class SwitchRegistry:
                     key = (name, reason)
                     self._gone_stops[key] = self._gone_stops.get(key, 0) + n
         if entry is None:
-            return
+            return None
         assert self._loop is not None
         self._loop.remove_reader(entry.switch.events_fd())
         tap = entry.tap
@@ -99,15 +108,12 @@ class SwitchRegistry:
                 entry.switch.remove_port(entry.tap_port)
                 entry.tap_port = None
             left = entry.switch.ports()
-            entry.switch.close()
-        if tap is not None:
-            tap.close()
-            try:
-                await netlink.delete(tap.name)
-            except OSError as exc:
-                log.warning("switch %s: removing TAP %s: %s", name, tap.name, exc)
+            entry.switch.close()  # joins its thread: no port's rings are touched after
         extra = f" ({len(left)} ports still attached)" if left else ""
         log.info("switch %s destroyed%s", name, extra)
+        if tap is not None:
+            tap.close()
+        return tap
 
     async def _add_tap(self, entry: _Entry) -> None:
         """The switch's TAP port (trunk: the local kernel sends with any address)."""
@@ -142,8 +148,7 @@ class SwitchRegistry:
                                           negotiated=negotiated, ips=ips)
         except BaseException:
             if created:
-                assert self._loop is not None
-                self._loop.create_task(self._destroy(name))
+                self._destroy_now(name)  # undeclared: no TAP
             raise
         entry.owners[port] = on_stop
         entry.labels[port] = label
@@ -163,15 +168,16 @@ class SwitchRegistry:
     def remove_port(self, name: str, port: int) -> PortStats:
         """Remove a vchan port: on return the switch no longer touches its rings (close
         the vchan now). The last port of an undeclared switch destroys it."""
-        entry = self._switches[name]
+        entry = self._switches.get(name)
+        if entry is None:  # destroyed already (its thread is joined): nothing to wait for
+            return PortStats()
         with entry.lock:
             stats = entry.switch.remove_port(port)
         entry.owners.pop(port, None)
         label = entry.labels.pop(port, f"port {port}")
         log.info("switch %s: %s left (port %d)", name, label, port)
         if not entry.declared and not entry.switch.ports():
-            assert self._loop is not None
-            self._loop.create_task(self._destroy(name))
+            self._destroy_now(name)  # undeclared: no TAP
         return stats
 
     # ---- events ------------------------------------------------------------------

@@ -88,6 +88,7 @@ class Channel(Protocol):
     def final_counters(self) -> VifCounters: ...
     def undo_steps(self) -> list[tuple[str, Undo]]: ...
 
+
 @dataclass(frozen=True)
 class TapSettings:
     """How a role configures its TAP (see :func:`ncd.tap.configure`)."""

@@ -14,12 +14,13 @@ the daemons stopped, nothing is mapped any more.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Net
+from tests.e2e.harness import PY, Net
 from tests.simworld import SimWorld
 
 MB64 = 64 << 20
@@ -44,6 +45,18 @@ def forwarded(net: Net, domid: int, switch: str) -> dict[tuple[int, int], tuple[
             return {(f["origin"], f["destination"]): (f["frames"], f["bytes"])
                     for f in sw["forwarded"]}
     return {}
+
+
+def scrape_forwarded(net: Net, domid: int) -> dict[tuple[str, int, int], float]:
+    """ncd_forwarded_bytes_total from the daemon's Prometheus endpoint."""
+    code = ("import urllib.request;print(urllib.request.urlopen("
+            f"'http://127.0.0.1:{net.metrics_port}/metrics',timeout=5).read().decode())")
+    text = net.sim.run(domid, [PY, "-c", code]).stdout
+    out = {}
+    for m in re.finditer(r'^ncd_forwarded_bytes_total\{([^}]*)\} (\S+)$', text, re.M):
+        lab = {k: v.strip('"') for k, v in (kv.split("=", 1) for kv in m.group(1).split(","))}
+        out[(lab["switch"], int(lab["origin"]), int(lab["destination"]))] = float(m.group(2))
+    return out
 
 
 def check_tracker(net: Net, domids: list[int]) -> None:
@@ -127,6 +140,9 @@ def test_switch_tcp_64mb_both_ways_and_accounting(swnet: Net) -> None:
         assert f1 > f0
     out = swnet.ncctl("stats").stdout
     assert "switch sw0" in out, out
+    scraped = scrape_forwarded(swnet, 0)
+    for pair in ((1, 2), (2, 1)):
+        assert scraped[("sw0", *pair)] >= after[pair][1]
     check_tracker(swnet, [0, 1, 2])
 
 

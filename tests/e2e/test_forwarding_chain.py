@@ -74,12 +74,20 @@ def test_nested_chain(chain: Net) -> None:
     transfer_ok(n, 3, 0, "198.18.12.1", 8 << 20, 5503)
     n.wait(lambda: _tracker_consistent(n, [0, 1, 2, 3]), 10, "trackers consistent")
 
-    for be, fe in ((2, 3), (1, 2), (0, 1)):
-        n.ncctl("detach", str(fe), "0", "--backend", str(be), check=False)
-        n.wait(lambda be=be, fe=fe: n.vif(be, fe, 0) is None, 10, f"vif {fe}/0 gone")
+    n.ncctl("detach", "3", "0", "--backend", "2")
+    n.wait(lambda: n.vif(2, 3, 0) is None, 10, "vif 3/0 gone in domain 2")
     check_tracker(n, [0, 1, 2, 3])
-    for d in [d for d in n.daemons if d.alive()]:
+    # SIGTERM with vifs 1/0 and 2/0 attached: ports removed, switches destroyed, Closed
+    alive = [d for d in n.daemons if d.alive()]
+    for d in alive:
         assert n.stop(d) == 0, d.log_text()
+    for be, fe in ((0, 1), (1, 2)):
+        path = f"/local/domain/{be}/backend/ncvif/{fe}/0/state"
+        assert n.sim.run(0, ["xenstore-read", path]).stdout.strip() == "6", path
+    for d in alive:
+        if d.role == "driver":
+            text = d.log_text()
+            assert "switch up destroyed" in text and "left (port" in text, text
     check_nothing_mapped(n)
 
 
