@@ -21,7 +21,7 @@ from typing import Any
 from ncd import tap as tapmod
 from ncd.config import Config, SwitchSection
 from ncd.features import ETH_MAX, Features, Negotiated, tun_offload_flags, usable
-from ncd.switch import PortState, PortStats, Switch
+from ncd.switch import DOMID_SELF, PortState, PortStats, Switch
 
 from . import netlink
 
@@ -54,6 +54,12 @@ class SwitchRegistry:
         self._gone_stops: dict[tuple[str, str], int] = {}  # counts of removed switches
         self._lock = threading.Lock()  # the dict, against the metrics thread
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _tap_domid(self) -> int:
+        """The domid the C switch accounts TAP traffic to: ``self_domid``, except that it
+        reads 0 as "default" (DOMID_SELF); :meth:`snapshot` maps it back to ours."""
+        return self.self_domid or DOMID_SELF
 
     # ---- life --------------------------------------------------------------------
     async def start(self) -> None:
@@ -124,7 +130,7 @@ class SwitchRegistry:
             tap.set_offloads(tun_offload_flags(feats))
             await netlink.configure(tap.name, bridge=s.bridge or None)
             neg = Negotiated(rx_features=feats, tx_features=feats, max_frame=ETH_MAX)
-            port = entry.switch.add_tap(tap.fileno(), domid=self.self_domid, trunk=True,
+            port = entry.switch.add_tap(tap.fileno(), domid=self._tap_domid, trunk=True,
                                         negotiated=neg)
         except BaseException:
             tap.close()
@@ -199,6 +205,9 @@ class SwitchRegistry:
                 owner(state, reason)
 
     # ---- metrics (any thread) -------------------------------------------------------
+    def _domid(self, domid: int) -> int:
+        return self.self_domid if domid == DOMID_SELF else domid
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Per switch: name, copy mode, ports, forwarded {(origin, dest): (frames, bytes)},
         port stops by state."""
@@ -210,7 +219,8 @@ class SwitchRegistry:
             with e.lock:
                 if e.switch._sw is None:
                     continue
-                acct = e.switch.accounting()
+                acct = {(self._domid(o), self._domid(d)): v
+                        for (o, d), v in e.switch.accounting().items()}
                 info = e.switch.info()
             stops = dict(e.stops)
             out.append({
@@ -220,6 +230,8 @@ class SwitchRegistry:
                 "tap": e.tap.name if e.tap else None,
                 "ports": info.ports,
                 "fdb_entries": info.fdb_entries,
+                "grant_copy_calls": info.grant_copy_calls,
+                "grant_copy_segs": info.grant_copy_segs,
                 "forwarded": acct,
                 "port_stops": stops,
             })
