@@ -20,8 +20,11 @@ from tests.simworld import SimWorld
 from .test_forwarding import MAC, MB64, check_nothing_mapped, check_tracker, forwarded, transfer_ok
 
 
-@pytest.fixture
-def chain(tmp_path: Any) -> Iterator[Net]:
+@pytest.fixture(params=["memcpy", "grant"])
+def chain(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Net]:
+    """The chain, its driver domains' switch "up" in each copy mode ([switch.up])."""
+    cfg = tmp_path / "driver.toml"
+    cfg.write_text(f'[switch.up]\nforward_copy = "{request.param}"\n')
     sim = SimWorld(tmp_path / "world", domains=3)
     n = Net(sim, tmp_path)
     try:
@@ -30,7 +33,7 @@ def chain(tmp_path: Any) -> Iterator[Net]:
         n.addr(0, "br0", "198.18.12.1/24")
         n.start(0, "backend")
         for d in (1, 2):
-            n.start(d, "driver", "--uplink-switch", "up")
+            n.start(d, "driver", "--uplink-switch", "up", "--config", str(cfg))
         n.start(3, "frontend")
         n.ncctl("attach", "1", "--devid", "0", "--mac", MAC[1], "--bridge", "br0", "--trunk")
         n.ncctl("attach", "2", "--devid", "0", "--mac", MAC[2], "--backend", "1",
@@ -61,6 +64,9 @@ def test_nested_chain(chain: Net) -> None:
     for d, down, up in ((2, 3, 1), (1, 2, 0)):
         acct = forwarded(n, d, "up")
         assert acct[(down, up)][1] >= MB64 and acct[(up, down)][1] >= MB64, (d, acct)
+        sw = next(s for s in n.stats(d)["switches"] if s["name"] == "up")
+        copy = sw["forward_copy"]
+        assert (sw["grant_copy_calls"] > 0) == (copy == "grant"), sw
     check_tracker(n, [0, 1, 2, 3])
 
     # kill -9 domain 2's daemon, restart it: traffic resumes by itself within 5 s
