@@ -2,7 +2,8 @@
 dom0's address) <- domain 1 (``ncd driver --uplink-switch up``) <- domain 2 (the same)
 <- domain 3 (``ncd frontend``). Domain 3 pings dom0's bridge address and moves 64 MB
 TCP (sha256) both ways; ``kill -9`` of domain 2's daemon and a restart: traffic resumes
-by itself within 5 s of the restart. Trackers consistent throughout, nothing mapped at
+by itself within 5 s of the restart. Run in both copy modes of the driver domains'
+switch (``[switch.up] forward_copy``). Trackers consistent throughout, nothing mapped at
 the end. (Its own module: the world has four domains, the other module's three.)
 """
 
