@@ -104,3 +104,37 @@ def _tracker_consistent(net: Net, domids: list[int]) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def test_driver_without_uplink_switch_uses_taps(tmp_path: Any) -> None:
+    """``ncd driver`` alone: both roles in one process, a TAP each (nc0 for the device
+    it fronts, ncvif2.0 for the vif it backs), one control socket listing both."""
+    sim = SimWorld(tmp_path / "world", domains=2)
+    n = Net(sim, tmp_path)
+    try:
+        n.start(0, "backend")
+        drv = n.start(1, "driver")
+        n.start(2, "frontend")
+        n.ncctl("attach", "1", "--devid", "0", "--mac", MAC[1])
+        n.ncctl("attach", "2", "--devid", "0", "--mac", MAC[2], "--backend", "1")
+        for be, fe in ((0, 1), (1, 2)):
+            n.wait_state(be, fe, 0, timeout=15)
+            n.wait_state(fe, fe, 0, timeout=15)
+        assert {"nc0", "ncvif2.0"} <= n.links(1)
+        listed = {(v["domid"], v["devid"]): v for v in n.vifs(1)}
+        assert listed[(1, 0)]["role"] == "frontend" and listed[(1, 0)]["ifname"] == "nc0"
+        assert listed[(2, 0)]["role"] == "backend" and listed[(2, 0)]["ifname"] == "ncvif2.0"
+        n.addr(0, "ncvif1.0", "198.18.15.1/24")
+        n.addr(1, "nc0", "198.18.15.2/24")
+        n.addr(1, "ncvif2.0", "198.18.16.1/24")
+        n.addr(2, "nc0", "198.18.16.2/24")
+        assert n.wait(lambda: n.ping_ok(1, "198.18.15.1", count=1), 10, "driver -> dom0")
+        assert n.wait(lambda: n.ping_ok(2, "198.18.16.1", count=1), 10, "guest -> driver")
+        for d in reversed(n.daemons):
+            assert n.stop(d) == 0, d.log_text()
+        assert not {"nc0", "ncvif2.0"} & n.links(1)
+        assert "released (nc0 removed)" in drv.log_text()
+        check_nothing_mapped(n)
+    finally:
+        n.close()
+        sim.down()
