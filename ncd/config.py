@@ -21,6 +21,25 @@ File format (every key optional; unknown sections/keys are errors naming the key
     ring_bytes = 131072                 # each way, power of two, 4096 .. 1048576
     reconnect_delay = 1.0               # seconds before retrying a closed device
     reconnect_delay_max = 30.0          # exponential backoff cap
+
+    [driver]                            # `ncd driver` only (a driver domain)
+    uplink_switch = "up"                # the devices it fronts become ports of this
+                                        # switch instead of TAPs ("" = TAPs, the default)
+
+    [switch.NAME]                       # an in-daemon learning switch (NAME: 1..15 of
+                                        # [A-Za-z0-9_-]); vifs join it with
+                                        # `ncctl attach --switch NAME`. A switch an attach
+                                        # names but no section declares is created with
+                                        # these defaults on first use and removed with its
+                                        # last port; a declared one lives as long as the
+                                        # daemon.
+    tap = "ncsw0"                       # a TAP port to the local kernel ("" = none)
+    bridge = "br0"                      # put that TAP into this bridge (needs tap)
+    forward_copy = "memcpy"             # "memcpy" (copy between mapped rings; the faster
+                                        # on xensim) or "grant" (hypervisor grant copies
+                                        # from the origin's grant: the forwarder never
+                                        # touches the payload)
+    ageing = 300                        # seconds a learned MAC stays valid
 """
 
 from __future__ import annotations
@@ -81,6 +100,25 @@ class ChannelSection:
     reconnect_delay_max: float = 30.0
 
 
+FORWARD_COPY = ("memcpy", "grant")
+AGEING_MAX = 1_000_000.0
+
+
+@dataclass(frozen=True)
+class DriverSection:
+    uplink_switch: str = ""
+
+
+@dataclass(frozen=True)
+class SwitchSection:
+    """One ``[switch.NAME]`` table (the defaults are those of an undeclared switch)."""
+
+    tap: str = ""
+    bridge: str = ""
+    forward_copy: str = "memcpy"
+    ageing: float = 300.0
+
+
 @dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
@@ -88,9 +126,15 @@ class Config:
     backend: BackendSection = field(default_factory=BackendSection)
     frontend: FrontendSection = field(default_factory=FrontendSection)
     channel: ChannelSection = field(default_factory=ChannelSection)
+    driver: DriverSection = field(default_factory=DriverSection)
+    switches: Mapping[str, SwitchSection] = field(default_factory=dict)  # [switch.NAME]
 
     def frontend_ifname(self, devid: int) -> str:
         return self.frontend.ifname.format(devid=devid)
+
+    def switch(self, name: str) -> SwitchSection:
+        """The settings of switch ``name``: its section, else the defaults."""
+        return self.switches.get(name) or SwitchSection()
 
 
 _SECTION_TYPES = {
@@ -99,6 +143,7 @@ _SECTION_TYPES = {
     "backend": BackendSection,
     "frontend": FrontendSection,
     "channel": ChannelSection,
+    "driver": DriverSection,
 }
 
 
@@ -157,26 +202,71 @@ def _validate(where: str, cfg: Config) -> None:
             "channel.reconnect_delay",
             "need 0 < reconnect_delay <= reconnect_delay_max <= 3600",
         )
+    if cfg.driver.uplink_switch:
+        try:
+            parse.switch_name("driver.uplink_switch", cfg.driver.uplink_switch)
+        except BadEntry as exc:
+            raise ConfigError(f"{where}: {exc} (1..15 of A-Z a-z 0-9 _ -)") from None
+    for name, sw in cfg.switches.items():
+        _validate_switch(where, f"switch.{name}", sw)
+
+
+def _validate_switch(where: str, key: str, sw: SwitchSection) -> None:
+    def bad(sub: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}.{sub}: {why}")
+
+    if sw.forward_copy not in FORWARD_COPY:
+        raise bad("forward_copy", f"{sw.forward_copy!r} is not one of {FORWARD_COPY}")
+    if not 1 <= sw.ageing <= AGEING_MAX:
+        raise bad("ageing", f"{sw.ageing:g} is not a number of seconds in 1..{AGEING_MAX:g}")
+    for sub, value in (("tap", sw.tap), ("bridge", sw.bridge)):
+        if value:
+            try:
+                parse.ifname(f"{key}.{sub}", value)
+            except BadEntry as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+    if sw.bridge and not sw.tap:
+        raise bad("bridge", "needs a tap (the bridge takes the switch's TAP as a port)")
+
+
+def _section(where: str, sname: str, current: Any, body: Any) -> Any:
+    """``current`` (a section dataclass) with the keys of ``body``, each type-checked."""
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"{where}: {sname}: expected a table")
+    known = {f.name for f in fields(current)}
+    changes = {}
+    for key, value in body.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {sname}.{key}")
+        changes[key] = _check_type(where, f"{sname}.{key}", value, getattr(current, key))
+    return replace(current, **changes)
+
+
+def _switches(where: str, cfg: Config, body: Any) -> dict[str, SwitchSection]:
+    """``[switch.NAME]`` tables merged into cfg's."""
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"{where}: switch: expected [switch.NAME] tables")
+    out = dict(cfg.switches)
+    for name, table in body.items():
+        try:
+            parse.switch_name(f"switch.{name}", name)
+        except BadEntry as exc:
+            raise ConfigError(f"{where}: {exc} (1..15 of A-Z a-z 0-9 _ -)") from None
+        out[name] = _section(where, f"switch.{name}", cfg.switch(name), table)
+    return out
 
 
 def _apply(where: str, cfg: Config, data: Mapping[str, Any]) -> Config:
     """Merge ``{"section": {"key": value}}`` into cfg, rejecting unknown keys."""
     sections: dict[str, Any] = {}
     for sname, body in data.items():
+        if sname == "switch":
+            sections["switches"] = _switches(where, cfg, body)
+            continue
         stype = _SECTION_TYPES.get(sname)
         if stype is None:
             raise ConfigError(f"{where}: unknown section [{sname}]")
-        if not isinstance(body, Mapping):
-            raise ConfigError(f"{where}: {sname}: expected a table")
-        current = getattr(cfg, sname)
-        known = {f.name for f in fields(stype)}
-        changes = {}
-        for key, value in body.items():
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {sname}.{key}")
-            default = getattr(current, key)
-            changes[key] = _check_type(where, f"{sname}.{key}", value, default)
-        sections[sname] = replace(current, **changes)
+        sections[sname] = _section(where, sname, getattr(cfg, sname), body)
     return replace(cfg, **sections)
 
 
@@ -227,7 +317,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser, role: str) -> None:
-    """The daemon flags that override the file (role: 'backend' or 'frontend')."""
+    """The daemon flags that override the file (role: 'backend', 'frontend' or 'driver')."""
     parser.add_argument("--config", metavar="PATH", help=f"config file (default {DEFAULT_PATH})")
     for flag, key, typ, text in _FLAGS:
         parser.add_argument(flag, dest=key, type=typ, default=None, help=text)
@@ -239,16 +329,23 @@ def add_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         default=None,
         help="disable the Prometheus endpoint",
     )
-    if role == "backend":
+    if role in ("backend", "driver"):
         parser.add_argument(
-            "--bridge", dest="backend.bridge", default=None, help="default bridge for vifs"
+            "--bridge", dest="backend.bridge", default=None,
+            help="default bridge for the TAPs of vifs that name none",
         )
-    else:
+    if role in ("frontend", "driver"):
         parser.add_argument(
             "--ifname",
             dest="frontend.ifname",
             default=None,
-            help="TAP name template, e.g. nc{devid}",
+            help="TAP name template of fronted devices, e.g. nc{devid}",
+        )
+    if role == "driver":
+        parser.add_argument(
+            "--uplink-switch", dest="driver.uplink_switch", default=None, metavar="NAME",
+            help="the devices this domain fronts become (trunk) ports of switch NAME "
+            "instead of TAPs (config [driver] uplink_switch)",
         )
 
 

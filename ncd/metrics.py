@@ -18,6 +18,17 @@ Exposed (base units; ``direction`` is relative to this daemon's vchan:
     ncd_vifs{state}                                        gauge (vifs per XenbusState)
     ncd_handshake_failures_total{kind}                     counter
     ncd_build_info{version,role}                           gauge = 1
+
+In-daemon switches (backend / driver; a vif that is a switch port reports its port's
+counters as the vif metrics above, drops by reason included: ``spoofed_source``,
+``ring_full``, ``bad_record_from_peer``, ``offload_not_negotiated``, ...)::
+
+    ncd_forwarded_frames_total{switch,origin,destination}  counter (by domid: where the
+    ncd_forwarded_bytes_total{switch,origin,destination}   counter  bytes came from, went to)
+    ncd_switch_ports{switch}                               gauge
+    ncd_switch_port_stops_total{switch,reason}             counter (ports the switch stopped)
+    ncd_tracker_entries                                    gauge (pages in this process's
+                                                           foreign-page tracker)
 """
 
 from __future__ import annotations
@@ -53,6 +64,23 @@ class VifCounters:
     notifications_sent: int = 0
     notifications_received: int = 0
     tracked_foreign_pages: int = 0
+
+    def plus(self, other: VifCounters) -> VifCounters:
+        """Counters summed (drops by reason); the gauge is ``other``'s (the current one)."""
+        drops = dict(self.drops)
+        for reason, n in other.drops.items():
+            drops[reason] = drops.get(reason, 0) + n
+        return VifCounters(
+            frames_tx=self.frames_tx + other.frames_tx,
+            frames_rx=self.frames_rx + other.frames_rx,
+            bytes_tx=self.bytes_tx + other.bytes_tx,
+            bytes_rx=self.bytes_rx + other.bytes_rx,
+            drops=drops,
+            ring_full_waits=self.ring_full_waits + other.ring_full_waits,
+            notifications_sent=self.notifications_sent + other.notifications_sent,
+            notifications_received=self.notifications_received + other.notifications_received,
+            tracked_foreign_pages=other.tracked_foreign_pages,
+        )
 
 
 @dataclass
@@ -113,8 +141,52 @@ class _VifCollector(Collector):
         return iter(())
 
 
+SwitchSource = Callable[[], list[dict[str, Any]]]
+
+
+def tracker_entries() -> int:
+    """Pages in this process's foreign-page tracker (every mapping of every vchan)."""
+    from ncd.vchan._lib import lib
+
+    return int(lib.ncd_tracker_count(lib.ncd_tracker_process()))
+
+
+class _SwitchCollector(Collector):
+    def __init__(self, source: SwitchSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        lab = ["switch", "origin", "destination"]
+        frames = CounterMetricFamily(
+            "ncd_forwarded_frames", "Frames forwarded by a switch, by origin and destination "
+            "domain", labels=lab)
+        nbytes = CounterMetricFamily(
+            "ncd_forwarded_bytes", "Ethernet bytes forwarded by a switch, by origin and "
+            "destination domain", labels=lab)
+        ports = GaugeMetricFamily("ncd_switch_ports", "Ports of a switch", labels=["switch"])
+        stops = CounterMetricFamily(
+            "ncd_switch_port_stops", "Ports a switch stopped on its own, by reason",
+            labels=["switch", "reason"])
+        for sw in self._source():
+            name = sw["name"]
+            for (origin, dest), (f, b) in sorted(sw["forwarded"].items()):
+                frames.add_metric([name, str(origin), str(dest)], f)
+                nbytes.add_metric([name, str(origin), str(dest)], b)
+            ports.add_metric([name], sw["ports"])
+            for reason, n in sorted(sw["port_stops"].items()):
+                stops.add_metric([name, reason], n)
+        tracked = GaugeMetricFamily(
+            "ncd_tracker_entries", "Pages in this process's foreign-page tracker")
+        tracked.add_metric([], tracker_entries())
+        yield from (frames, nbytes, ports, stops, tracked)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class Metrics:
-    """The metrics of one daemon (``role`` backend or frontend) in its own registry."""
+    """The metrics of one daemon (``role`` backend, frontend or driver) in its own
+    registry."""
 
     def __init__(self, role: str, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -132,6 +204,12 @@ class Metrics:
             {"version": version, "role": role}
         )
         self.registry.register(_VifCollector(self))
+        self._switches: SwitchSource | None = None
+
+    def add_switches(self, source: SwitchSource) -> None:
+        """The daemon's switches (:meth:`ncd.daemon.switches.SwitchRegistry.snapshot`)."""
+        self._switches = source
+        self.registry.register(_SwitchCollector(source))
 
     def add_vif(
         self,
@@ -180,7 +258,18 @@ class Metrics:
             d = asdict(snap)
             d["drops"] = dict(snap.drops)
             vifs.append({"domid": vif.domid, "devid": vif.devid, "state": st.label, **d})
-        return {"vifs": vifs, "handshake_failures": self.handshake_failures()}
+        out: dict[str, Any] = {"vifs": vifs, "handshake_failures": self.handshake_failures()}
+        if self._switches is not None:
+            out["switches"] = [
+                {**{k: v for k, v in sw.items() if k != "forwarded"},
+                 "forwarded": [
+                     {"origin": o, "destination": d, "frames": f, "bytes": b}
+                     for (o, d), (f, b) in sorted(sw["forwarded"].items())
+                 ]}
+                for sw in self._switches()
+            ]
+        out["tracker_entries"] = tracker_entries()
+        return out
 
 
 class MetricsServer:

@@ -238,6 +238,7 @@ def cmd_list(args: argparse.Namespace, client: ControlClient, out: TextIO) -> No
             ]
         )
     _table(rows, out)
+    # IFNAME is "switch:NAME" for a vif that is a port of an in-daemon switch (no TAP)
 
 
 def cmd_stats(args: argparse.Namespace, client: ControlClient, out: TextIO) -> None:
@@ -284,6 +285,7 @@ def cmd_stats(args: argparse.Namespace, client: ControlClient, out: TextIO) -> N
             ]
         )
     _table(rows, out)
+    _switch_stats(result, out)
     failures = result.get("handshake_failures") if isinstance(result, dict) else None
     if isinstance(failures, dict) and any(failures.values()):
         out.write(
@@ -291,6 +293,31 @@ def cmd_stats(args: argparse.Namespace, client: ControlClient, out: TextIO) -> N
             + ", ".join(f"{k} {n}" for k, n in sorted(failures.items()) if n)
             + "\n"
         )
+
+
+def _switch_stats(result: Any, out: TextIO) -> None:
+    """Per switch: forwarded frames/bytes by (origin, destination) domain; port drops
+    by reason are in the vif rows (``--json`` has each reason)."""
+    switches = result.get("switches") if isinstance(result, dict) else None
+    if not isinstance(switches, list):
+        return
+    for sw in switches:
+        if not isinstance(sw, dict):
+            continue
+        stops = sw.get("port_stops") or {}
+        extra = ", ".join(f"{k} {n}" for k, n in sorted(stops.items()) if n)
+        out.write(
+            f"switch {sw.get('name', '?')}: {sw.get('ports', '?')} ports, "
+            f"forward_copy {sw.get('forward_copy', '?')}"
+            + (f", ports stopped: {extra}" if extra else "") + "\n"
+        )
+        rows = [["  ORIGIN", "DESTINATION", "FRAMES", "BYTES"]]
+        for f in sw.get("forwarded") or []:
+            if isinstance(f, dict):
+                rows.append([f"  {f.get('origin', '?')}", str(f.get("destination", "?")),
+                             str(f.get("frames", "?")), str(f.get("bytes", "?"))])
+        if len(rows) > 1:
+            _table(rows, out)
 
 
 def _vifs(result: Any) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 tracker (cext/tracker) and the frame pump (cext/pump) in one API-mode extension.
 
 * cdef text: ``cext/vchan/vchan.cdef``, ``cext/tracker/tracker.cdef``, then
-  ``cext/pump/pump.cdef``;
-* sources: every ``cext/vchan/*.c``, ``cext/tracker/*.c`` and ``cext/pump/*.c``;
+  ``cext/pump/pump.cdef``, ``cext/switch/switch.cdef``;
+* sources: every ``cext/vchan/*.c``, ``cext/tracker/*.c``, ``cext/pump/*.c`` and
+  ``cext/switch/*.c`` (the ports and the learning switch);
 * linked by soname against libxengnttab / libxenevtchn, so xensim's shims take over
   through ``LD_LIBRARY_PATH`` and Xen's own libraries are used on real Xen.
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VCHAN = ROOT / "cext" / "vchan"
 PUMP = ROOT / "cext" / "pump"
 TRACKER = ROOT / "cext" / "tracker"
+SWITCH = ROOT / "cext" / "switch"
 SANITIZE_DIR = ROOT / "build" / "sanitize"
 
 BASE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2"]
@@ -70,6 +72,11 @@ def make_ffi() -> FFI:
     sources += sorted(PUMP.glob("*.c"))
     prelude += '#include "pump.h"\n'
     include_dirs.append(str(PUMP))
+    # ports and the learning switch (cext/switch): uses frame.h and the tracker
+    cdef += "\n" + (SWITCH / "switch.cdef").read_text()
+    sources += sorted(SWITCH.glob("*.c"))
+    prelude += '#include "switch.h"\n'
+    include_dirs.append(str(SWITCH))
     ffi.cdef(cdef)
     cflags = list(BASE_CFLAGS)
     ldflags: list[str] = []

@@ -1,4 +1,6 @@
-"""The backend role (dom0 or a driver domain): one TAP ``ncvif<domid>.<devid>`` per device.
+"""The backend role (dom0 or a driver domain): one TAP ``ncvif<domid>.<devid>`` per device,
+or, when the backend entry names a ``switch``, a port of that in-daemon switch (no TAP:
+the guest's mapped vchan is the port, locked to its MAC and ``ip`` unless ``trunk``).
 
 Discovery (:func:`devices`) watches ``backend/ncvif`` under its home and
 ``@releaseDomain``. A device is picked up when its backend entries say ``online``
@@ -9,18 +11,21 @@ removed (libxl's job on a real host), which releases its vifs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from typing import Any
 
 from ncd import features, layout, parse
 from ncd import tap as tapmod
+from ncd.vchan.channel import VchanClient
 from ncd.xenbus import Action, Role, XenbusState
 
 from .datapath import Datapath
 from .discovery import DeviceKey, Devices
 from .service import VifTable
-from .vif import TapSettings, Vif, VifContext
+from .switchport import SwitchLink
+from .vif import Channel, TapSettings, Vif, VifContext
 
 log = logging.getLogger("ncd.backend")
 
@@ -53,7 +58,12 @@ class BackendVif(Vif):
 
     @property
     def ifname(self) -> str:
-        return layout.backend_ifname(self.guest, self.devid)
+        sw = self.switch
+        return f"switch:{sw}" if sw else layout.backend_ifname(self.guest, self.devid)
+
+    @property
+    def switch(self) -> str | None:
+        return self.view.switch if self.view is not None else None
 
     @property
     def bridge(self) -> str | None:
@@ -73,12 +83,19 @@ class BackendVif(Vif):
         if path == self._ring_ref_path:
             self._published = True
 
-    def _setup(self, tap: tapmod.Tap) -> Datapath:
+    def _setup(self, tap: tapmod.Tap | None) -> Channel:
         self._published = False
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
-        return Datapath.connect(
-            self.xs, self.guest, layout.queue_dir(self.guest, self.devid, 0), tap, neg
-        )
+        path = layout.queue_dir(self.guest, self.devid, 0)
+        if tap is not None:
+            return Datapath.connect(self.xs, self.guest, path, tap, neg)
+        view, registry = self.view, self.ctx.switches
+        assert view is not None and view.switch is not None
+        if registry is None:
+            raise ValueError(f"switch {view.switch}: this daemon runs no switches")
+        vchan = VchanClient.connect(self.xs, self.guest, path)
+        return SwitchLink.open(registry, view.switch, vchan, neg, label=self.name,
+                               domid=self.guest, mac=view.mac, trunk=view.trunk, ips=view.ips)
 
     def _observe(self) -> list[Action]:
         base = self.own_dir
@@ -108,7 +125,10 @@ class BackendVif(Vif):
         return {
             "mac": v.mac if v else None,
             "mtu": v.mtu if v else None,
-            "bridge": self.bridge,
+            "bridge": None if self.switch else self.bridge,
+            "switch": self.switch,
+            "trunk": v.trunk if v else None,
+            "ip": list(v.ips) if v else [],
         }
 
 
@@ -143,7 +163,7 @@ def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
             fe = parse.domid(root, name)
         except parse.BadEntry:
             continue
-        if layout.domain_exists(xs, fe):
+        if frontend_alive(xs, ctx.domid, fe):
             continue
         log.info("domain %d is gone: removing its ncvif backend entries", fe)
         try:
@@ -155,10 +175,28 @@ def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
                 vif.poke("domain gone")
 
 
+def frontend_alive(xs: Any, be: int, fe: int) -> bool:
+    """Whether domain ``fe`` still exists. dom0 reads ``/local/domain/<fe>``; a driver
+    domain may not (EACCES, as on Xen), so there it is alive while one of its device
+    directories for us (readable by their backend) still exists: the toolstack
+    removes them with the domain."""
+    try:
+        return layout.domain_exists(xs, fe)
+    except OSError as exc:
+        if exc.errno != errno.EACCES:
+            raise
+    return any(
+        layout.read_optional(xs, layout.frontend_dir(f, devid)) is not None
+        for f, devid in layout.list_backend_devices(xs, be)
+        if f == fe
+    )
+
+
 def live_ifnames(xs: Any, be: int) -> set[str]:
     """TAP names of the devices that are online under ``be``'s backend directory."""
     return {
         layout.backend_ifname(fe, devid)
         for fe, devid in layout.list_backend_devices(xs, be)
         if layout.read_online(xs, layout.backend_dir(be, fe, devid))
+        and layout.read_optional(xs, f"{layout.backend_dir(be, fe, devid)}/switch") in (None, b"")
     }

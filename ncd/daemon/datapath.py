@@ -14,13 +14,31 @@ from typing import Any
 
 from ncd import tap as tapmod
 from ncd.features import Negotiated, tun_offload_flags
+from ncd.metrics import VifCounters
 from ncd.vchan.channel import Vchan, VchanClient, VchanServer
 from ncd.vchan.pump import FramePump, PumpState, PumpStats
+
+from .undo import Undo
 
 
 def add_stats(a: PumpStats, b: PumpStats) -> PumpStats:
     da, db = asdict(a), asdict(b)
     return PumpStats(**{f.name: da[f.name] + db[f.name] for f in fields(PumpStats)})
+
+
+def pump_counters(s: PumpStats, tracked: int = 0) -> VifCounters:
+    """A pump's counters as a vif's (tx = fd -> ring = sent to the peer)."""
+    return VifCounters(
+        frames_tx=s.tx_frames,
+        frames_rx=s.rx_frames,
+        bytes_tx=s.tx_bytes,
+        bytes_rx=s.rx_bytes,
+        drops=s.drops(),
+        ring_full_waits=s.ring_full_waits,
+        notifications_sent=s.notify_sent,
+        notifications_received=s.notify_recv,
+        tracked_foreign_pages=tracked,
+    )
 
 
 class Datapath:
@@ -78,6 +96,16 @@ class Datapath:
 
     def stats(self) -> PumpStats:
         return self._final if self._final is not None else self.pump.stats()
+
+    def counters(self) -> VifCounters:
+        return pump_counters(self.stats(), self.tracked_pages)
+
+    def final_counters(self) -> VifCounters:
+        return pump_counters(self.close())
+
+    def undo_steps(self) -> list[tuple[str, Undo]]:
+        """What the vif's undo stack runs to take this channel down (pump, then vchan)."""
+        return [("datapath", self.close)]
 
     def close(self) -> PumpStats:
         """Stop the pump, release the vchan; returns the final counters. Idempotent."""

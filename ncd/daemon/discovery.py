@@ -53,7 +53,7 @@ class Discovery:
         self.devices = devices
         self.log = logging.getLogger(f"ncd.{devices.role}")
         self._events: asyncio.Queue[object] = asyncio.Queue()
-        table.on_vif_gone = lambda vif: self._events.put_nowait("vif-gone")
+        table.on_vif_gone(lambda vif: self._events.put_nowait("vif-gone"))
 
     async def run(self) -> None:
         d = self.devices

@@ -2,7 +2,9 @@
 
 Discovery (:func:`devices`) watches ``device/ncvif`` under its home; each device
 gets a :class:`FrontendVif` that serves the vchan (grants, publishes ``queue-0``)
-once the backend is in InitWait, as netfront does.
+once the backend is in InitWait, as netfront does. In ``ncd driver --uplink-switch
+NAME`` a fronted device is no TAP but a trunk port of switch NAME: its granted vchan
+carries every domain's frames to and from the backend (accounted to the backend).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Any
 
 from ncd import features, layout, parse
 from ncd import tap as tapmod
+from ncd.vchan.channel import VchanServer
 from ncd.xenbus import Action, Role
 
 from .datapath import Datapath
 from .discovery import DeviceKey, Devices
-from .vif import TapSettings, Vif, VifContext
+from .switchport import SwitchLink
+from .vif import Channel, TapSettings, Vif, VifContext
 
 
 class FrontendVif(Vif):
@@ -58,7 +62,12 @@ class FrontendVif(Vif):
 
     @property
     def ifname(self) -> str:
-        return self.ctx.config.frontend_ifname(self.devid)
+        sw = self.switch
+        return f"switch:{sw}" if sw else self.ctx.config.frontend_ifname(self.devid)
+
+    @property
+    def switch(self) -> str | None:
+        return self.ctx.uplink_switch
 
     def _load(self) -> None:
         self.view = layout.read_frontend(self.xs, self.guest, self.devid)
@@ -69,11 +78,17 @@ class FrontendVif(Vif):
         assert self.view is not None
         return TapSettings(mac=self.view.mac, mtu=self.view.mtu)
 
-    def _setup(self, tap: tapmod.Tap) -> Datapath:
+    def _setup(self, tap: tapmod.Tap | None) -> Channel:
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         ring = self.ctx.config.channel.ring_bytes
         path = layout.queue_dir(self.guest, self.devid, 0)
-        return Datapath.serve(self.xs, self._backend, path, ring, tap, neg)
+        if tap is not None:
+            return Datapath.serve(self.xs, self._backend, path, ring, tap, neg)
+        registry, name, view = self.ctx.switches, self.switch, self.view
+        assert registry is not None and name is not None and view is not None
+        vchan = VchanServer.create(self.xs, self._backend, path, ring, ring)
+        return SwitchLink.open(registry, name, vchan, neg, label=self.name,
+                               domid=self._backend, mac=view.mac, trunk=True)
 
     def _observe(self) -> list[Action]:
         if layout.read_optional(self.xs, self.own_dir) is None:
@@ -82,7 +97,8 @@ class FrontendVif(Vif):
 
     def describe(self) -> dict[str, Any]:
         v = self.view
-        return {"mac": v.mac if v else None, "mtu": v.mtu if v else None, "bridge": None}
+        return {"mac": v.mac if v else None, "mtu": v.mtu if v else None, "bridge": None,
+                "switch": self.switch}
 
 
 def devices(ctx: VifContext) -> Devices:

@@ -1,4 +1,8 @@
-"""``ncd backend|frontend``: the daemon's entry point.
+"""``ncd backend|frontend|driver``: the daemon's entry point.
+
+``driver`` (a driver domain) runs both discoveries in one process: the vifs it backs
+and the devices it fronts share one vif table, control socket and metrics endpoint;
+with ``--uplink-switch NAME`` the fronted devices are ports of switch NAME.
 
 Configuration from TOML (``--config``, default /etc/ncd/ncd.toml) with flags on
 top; logs to stderr; uvloop; SIGTERM/SIGINT close every vif (Closing -> Closed,
@@ -24,8 +28,9 @@ from ncd.sdnotify import SdNotifier
 from ncd.xen.xenstore import XenStore
 
 from . import backend, frontend
-from .discovery import Discovery
+from .discovery import Devices, Discovery
 from .service import ControlHandler, VifTable
+from .switches import SwitchRegistry
 from .vif import VifContext
 
 log = logging.getLogger("ncd")
@@ -35,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ncd", description="ncd: network channel daemon for Xen")
     p.add_argument("--version", action="version", version=f"ncd {__version__}")
     sub = p.add_subparsers(dest="role", required=True)
-    roles = (("backend", "run in dom0 / a driver domain"), ("frontend", "run in a guest"))
+    roles = (
+        ("backend", "run in dom0 / a driver domain: back the vifs attached to this domain"),
+        ("frontend", "run in a guest: a TAP for each device this domain fronts"),
+        ("driver", "run in a driver domain: backend and frontend in one process"),
+    )
     for role, text in roles:
         add_arguments(sub.add_parser(role, help=text), role)
     return p
@@ -76,32 +85,53 @@ class Daemon:
         metrics = Metrics(self.role_name, __version__)
         server = None
         control = None
+        switches: SwitchRegistry | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
             domid = parse.domid("domid", xs.read("domid"))
-            ctx = VifContext(xs=xs, domid=domid, config=self.config, metrics=metrics)
-            devices = (backend if self.role_name == "backend" else frontend).devices(ctx)
-            role = Discovery(ctx, self.table, devices)
+            backs = self.role_name in ("backend", "driver")
+            if backs:
+                switches = SwitchRegistry(self.config, domid)
+                await switches.start()
+                metrics.add_switches(switches.snapshot)
+            uplink = self.config.driver.uplink_switch or None
+            ctx = VifContext(xs=xs, domid=domid, config=self.config, metrics=metrics,
+                             switches=switches,
+                             uplink_switch=uplink if self.role_name == "driver" else None)
+            roles: list[Devices] = []
+            if backs:
+                roles.append(backend.devices(ctx))
+            if self.role_name in ("frontend", "driver"):
+                roles.append(frontend.devices(ctx))
             m = self.config.metrics
             server = serve_metrics(metrics, m.enabled, m.address, m.port)
             handler = ControlHandler(self.role_name, self.table, metrics.snapshot)
             control = await ControlServer(self.config.daemon.control_socket, handler).start()
-            role_task = loop.create_task(role.run(), name=f"{self.role_name} discovery")
-            tasks.append(role_task)
+            role_tasks = [
+                loop.create_task(Discovery(ctx, self.table, d).run(), name=f"{d.role} discovery")
+                for d in roles
+            ]
+            tasks.extend(role_tasks)
             tasks.append(loop.create_task(self._status_loop()))
             interval = self.notifier.watchdog_interval
             if interval:
                 tasks.append(loop.create_task(self._watchdog(interval)))
             where = f"metrics {m.address}:{server.port}" if server else "metrics off"
+            up = f", fronted devices join switch {ctx.uplink_switch}" if ctx.uplink_switch else ""
             log.info(
-                "%s running as domain %d (control %s, %s)",
-                self.role_name, domid, self.config.daemon.control_socket, where,
+                "%s running as domain %d (control %s, %s%s)",
+                self.role_name, domid, self.config.daemon.control_socket, where, up,
             )
             self.notifier.ready(status="started")
             stopper = loop.create_task(stop.wait())
-            await asyncio.wait([stopper, role_task], return_when=asyncio.FIRST_COMPLETED)
-            if role_task.done() and not role_task.cancelled() and role_task.exception():
-                log.error("device discovery failed: %s", role_task.exception())
+            await asyncio.wait([stopper, *role_tasks], return_when=asyncio.FIRST_COMPLETED)
+
+            def failed(t: asyncio.Task[None]) -> bool:
+                return t.done() and not t.cancelled() and t.exception() is not None
+
+            for t in role_tasks:
+                if failed(t):
+                    log.error("%s failed: %s", t.get_name(), t.exception())
             stopper.cancel()
             log.info("stopping: closing %d vifs", len(self.table.vifs()))
             self.notifier.stopping(status="closing vifs")
@@ -109,11 +139,12 @@ class Daemon:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.table.stop_all()
-            failed = role_task.done() and not role_task.cancelled() and role_task.exception()
-            return 1 if failed else 0
+            return 1 if any(failed(t) for t in role_tasks) else 0
         finally:
             for t in tasks:
                 t.cancel()
+            if switches is not None:
+                await switches.close()
             if control is not None:
                 await control.close()
             if server is not None:

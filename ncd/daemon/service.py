@@ -23,7 +23,7 @@ class VifTable:
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self._vifs: dict[tuple[int, int], tuple[Vif, asyncio.Task[None]]] = {}
         self._on_change = on_change
-        self.on_vif_gone: Callable[[Vif], None] = lambda vif: None
+        self._gone_listeners: list[Callable[[Vif], None]] = []  # one per discovery
         self.stopping = False
 
     def __contains__(self, key: tuple[int, int]) -> bool:
@@ -49,13 +49,18 @@ class VifTable:
         if entry is not None and entry[0] is vif:
             del self._vifs[vif.key]
         self._on_change()
-        self.on_vif_gone(vif)
+        for listener in self._gone_listeners:
+            listener(vif)
         # A finished vif leaves reference cycles behind (callbacks, watches, closures).
         # Collect them once it is gone instead of whenever the collector's oldest
         # generation next runs, so the daemon's memory stays flat over attach/detach
         # cycles (measured: without this ~2-3 KB per cycle accumulates for hundreds of
         # cycles). Detaching is rare; a full collection costs a few ms.
         asyncio.get_running_loop().call_soon(gc.collect)
+
+    def on_vif_gone(self, listener: Callable[[Vif], None]) -> None:
+        """Call ``listener(vif)`` whenever a vif's task ended."""
+        self._gone_listeners.append(listener)
 
     def poke_all(self, why: str) -> None:
         for vif, _ in self._vifs.values():

@@ -30,14 +30,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ncd import layout
 from ncd import tap as tapmod
 from ncd.config import Config
 from ncd.features import ETH_MAX, Features, advertise, usable
 from ncd.metrics import Metrics, VifCounters
-from ncd.vchan.pump import PumpStats
 from ncd.xen.aio import Watch, run_in_transaction
 from ncd.xen.xenstore import WatchEvent, XenStore
 from ncd.xenbus import (
@@ -55,13 +54,16 @@ from ncd.xenbus import (
 )
 
 from . import netlink
-from .datapath import Datapath, add_stats
 from .deadline import DeadlineTimer
-from .undo import UndoStack
+from .switches import SwitchRegistry
+from .undo import Undo, UndoStack
 
 log = logging.getLogger("ncd.vif")
 
 OUR_FEATURES = Features.ALL  # what we would accept; what this kernel's TAP allows is advertised
+# A switch port has no TAP of its own: it accepts what a vchan record may carry (the
+# switch drops, per destination, what that destination did not negotiate: drop_offload)
+SWITCH_PORT_FEATURES = Features.ALL
 
 
 @dataclass
@@ -72,6 +74,19 @@ class VifContext:
     domid: int  # this daemon's domain
     config: Config
     metrics: Metrics
+    switches: SwitchRegistry | None = None  # the daemon's switches (backend, driver)
+    uplink_switch: str | None = None  # `ncd driver --uplink-switch`: fronted devices join it
+
+
+class Channel(Protocol):
+    """A connected channel: a vchan pumped to a TAP (:class:`.datapath.Datapath`) or a
+    vchan that is a switch port (:class:`.switchport.SwitchLink`)."""
+
+    def done_fd(self) -> int: ...
+    def ended(self) -> str | None: ...
+    def counters(self) -> VifCounters: ...
+    def final_counters(self) -> VifCounters: ...
+    def undo_steps(self) -> list[tuple[str, Undo]]: ...
 
 
 @dataclass(frozen=True)
@@ -104,14 +119,14 @@ class Vif(abc.ABC):
         )
         self.events: asyncio.Queue[object] = asyncio.Queue()
         self.tap: tapmod.Tap | None = None
-        self.datapath: Datapath | None = None
+        self.datapath: Channel | None = None
         self.features = Features.NONE  # what we advertised (and so accept)
         self.loaded = False
         self.failures = 0
         self.last_error: str | None = None
         self.created = time.time()
         self.connected_since: float | None = None
-        self._acc = PumpStats()
+        self._acc = VifCounters()  # of the channels before the current one
         self._peer_raw: bytes | None = None
         self._peer_seen = False
         self._stop = False
@@ -148,7 +163,13 @@ class Vif(abc.ABC):
         """MAC / MTU / bridge of our TAP, from the entries :meth:`_load` read."""
 
     @abc.abstractmethod
-    def _setup(self, tap: tapmod.Tap) -> Datapath: ...
+    def _setup(self, tap: tapmod.Tap | None) -> Channel:
+        """The connected channel: pumped to ``tap``, or (``tap`` None) a switch port."""
+
+    @property
+    def switch(self) -> str | None:
+        """The switch this vif is a port of (no TAP then), from the loaded entries."""
+        return None
 
     @abc.abstractmethod
     def _observe(self) -> list[Action]:
@@ -183,18 +204,7 @@ class Vif(abc.ABC):
 
     def counters(self) -> VifCounters:
         dp = self.datapath
-        s = self._acc if dp is None else add_stats(self._acc, dp.stats())
-        return VifCounters(
-            frames_tx=s.tx_frames,
-            frames_rx=s.rx_frames,
-            bytes_tx=s.tx_bytes,
-            bytes_rx=s.rx_bytes,
-            drops=s.drops(),
-            ring_full_waits=s.ring_full_waits,
-            notifications_sent=s.notify_sent,
-            notifications_received=s.notify_recv,
-            tracked_foreign_pages=0 if dp is None else dp.tracked_pages,
-        )
+        return self._acc.plus(VifCounters() if dp is None else dp.counters())
 
     def info(self) -> dict[str, Any]:
         now = time.time()
@@ -274,8 +284,11 @@ class Vif(abc.ABC):
             return
         try:
             self._load()
-            if self.tap is None:
-                await self._open_tap()
+            if not self._device:
+                if self.switch is None:
+                    await self._open_tap()
+                else:  # a switch port: the channel is all the device holds
+                    self._device.push("channel", self._channel.close)
             await self._publish_features()
         except (layout.BadEntry, OSError, ValueError) as exc:
             await self._device.close()
@@ -352,13 +365,18 @@ class Vif(abc.ABC):
                 self._failed(act)
 
     async def _do_setup(self) -> list[Action]:
-        assert self.tap is not None and self._loop is not None
+        assert self._loop is not None
+        assert self.tap is not None or self.switch is not None
         try:
             dp = self._setup(self.tap)
         except (OSError, ValueError) as exc:
             return self.machine.setup_failed(str(exc), self._now())
         self.datapath = dp
-        self._channel.push("datapath", lambda: self._close_datapath(dp))
+        why: list[str | None] = []  # why it ended, read before the teardown steps run
+        self._channel.push("channel counters", lambda: self._close_datapath(dp, why))
+        for what, undo in dp.undo_steps():  # e.g. vchan, then switch port: removed first
+            self._channel.push(what, undo)
+        self._channel.push("channel state", lambda: why.append(dp.ended()))
         fd, loop = dp.done_fd(), self._loop
         loop.add_reader(fd, self.poke, "pump")
         self._channel.push("pump reader", lambda: loop.remove_reader(fd))
@@ -367,17 +385,19 @@ class Vif(abc.ABC):
             await self._channel.close()
         return acts
 
-    def _close_datapath(self, dp: Datapath) -> None:
+    def _close_datapath(self, dp: Channel, ended: list[str | None]) -> None:
         self.datapath = None
-        why = dp.ended()
-        self._acc = add_stats(self._acc, dp.close())
+        why = ended[0] if ended else None
+        self._acc = self._acc.plus(dp.final_counters())
         log.info("%s: channel down%s", self.name, f" ({why})" if why else "")
 
     async def _release(self) -> None:
-        had_tap = self.tap is not None
+        had_tap, had_device = self.tap is not None, bool(self._device)
         await self._device.close()
         if had_tap:
             log.info("%s: released (%s removed)", self.name, self.ifname)
+        elif had_device:
+            log.info("%s: released (port of switch %s)", self.name, self.switch)
 
     def _failed(self, fail: Fail) -> None:
         self.failures += 1
@@ -406,8 +426,10 @@ class Vif(abc.ABC):
             log.warning("%s: cannot write state %s: %s", self.name, state.label, exc)
 
     async def _publish_features(self) -> None:
-        assert self.tap is not None
-        self.features = usable(OUR_FEATURES, self.tap.accepts_offloads)
+        if self.tap is not None:
+            self.features = usable(OUR_FEATURES, self.tap.accepts_offloads)
+        else:
+            self.features = SWITCH_PORT_FEATURES
         keys = advertise(self.features, ETH_MAX)
         base = self.own_dir
 
