@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ncd.features import ETH_MAX, Features, Negotiated
 from ncd.vchan._lib import ffi, lib
-from ncd.vchan.framing import ETH_MAX, Features, Negotiated
 
 ERRLEN = 256
 MAX_PORTS: int = lib.NCD_SWITCH_MAX_PORTS

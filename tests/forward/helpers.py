@@ -7,6 +7,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from ncd.features import Negotiated
 from ncd.switch import Switch, parse_mac
 from ncd.vchan import framing as fr
 from ncd.vchan.channel import Vchan, local_pair
@@ -37,7 +38,7 @@ class Guest:
 
     def __init__(self, sw: Switch, domid: int, ring: int = 64 * 1024, *, trunk: bool = False,
                  ips: tuple[str, ...] = (), switch_is_server: bool = True,
-                 negotiated: fr.Negotiated | None = None) -> None:
+                 negotiated: Negotiated | None = None) -> None:
         srv, cli = local_pair(ring, ring)
         self.port_end: Vchan = srv if switch_is_server else cli
         self.far: Vchan = cli if switch_is_server else srv

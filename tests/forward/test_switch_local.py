@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ncd.features import Features, Negotiated
 from ncd.switch import PortKind, PortState, parse_mac
 from ncd.vchan import framing as fr
 
@@ -285,7 +286,7 @@ def test_bad_record_closes_that_port_only(switch, guests) -> None:
 def test_offload_a_destination_did_not_negotiate_is_dropped_for_it(switch, guests) -> None:
     sw = switch()
     a = guests(sw, 1)
-    plain = guests(sw, 2, negotiated=fr.Negotiated(fr.Features.ALL, fr.Features.NONE, 1514))
+    plain = guests(sw, 2, negotiated=Negotiated(Features.ALL, Features.NONE, 1514))
     full = guests(sw, 3)
     f = eth(BCAST, a.mac, b"z" * 100)
     a.send(f, fr.VnetHdr(flags=fr.F_NEEDS_CSUM, csum_start=34, csum_offset=6))
