@@ -41,12 +41,13 @@
 #include <unistd.h>
 #include <xengnttab.h>
 
+#include "../forward/antispoof.h"
 #include "../pump/frame.h"
 #include "../tracker/tracker.h"
 #include "../vchan/vchan.h"
 
 #define DEFAULT_BATCH 64u
-#define HEAD_MAX 128u  /* frame bytes snapshotted privately: headers we inspect */
+#define HEAD_MAX NCD_LOCK_HEAD /* frame bytes snapshotted privately: headers we inspect */
 #define MAX_SEGS 2048u /* grant-copy segments per call */
 #define MAX_PEND 256u  /* records waiting for commit per destination */
 #define COMMIT_BYTES (32u * 1024u)
@@ -77,6 +78,7 @@ struct port {
     int id;
     int kind;
     struct ncd_switch_port_config cfg;
+    struct ncd_lock lock; /* source lock (anti-spoofing), from cfg */
     struct ncd_vchan *v;
     int fd;   /* TAP fd, or -1 */
     int evfd; /* vchan event-channel fd, or -1 */
@@ -361,122 +363,6 @@ static void account(struct ncd_switch *sw, uint16_t origin, uint16_t dest, uint6
     /* table full (more than 1024 pairs): not accounted */
 }
 
-/* ---- anti-spoofing ------------------------------------------------------------------ */
-
-static uint16_t be16(const uint8_t *b)
-{
-    return (uint16_t)(b[0] << 8 | b[1]);
-}
-
-static int ip_listed(const uint8_t *a, const uint8_t (*list)[4], uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (!memcmp(a, list[i], 4))
-            return 1;
-    return 0;
-}
-
-static int ip6_listed(const uint8_t *a, const uint8_t (*list)[16], uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (!memcmp(a, list[i], 16))
-            return 1;
-    return 0;
-}
-
-static const uint8_t ZERO16[16];
-
-/* ND options (link-layer address) must carry the port's MAC. 1 = spoofed. */
-static int nd_opts_spoofed(const struct port *p, const uint8_t *h, uint32_t off, uint32_t hl)
-{
-    while (off + 2 <= hl) {
-        uint32_t olen = (uint32_t)h[off + 1] * 8u;
-        if (olen == 0)
-            return 1; /* a zero-length option is invalid (RFC 4861) */
-        if ((h[off] == 1 || h[off] == 2) && olen == 8 && off + 8 <= hl &&
-            memcmp(h + off + 2, p->cfg.mac, 6))
-            return 1;
-        off += olen;
-    }
-    return 0;
-}
-
-/* 1 when the frame's source is not this port's to use. h = first hl bytes of
- * the frame (a private copy: what we check is what we send). */
-static int spoofed(const struct port *p, const uint8_t *h, uint32_t hl)
-{
-    uint32_t l3 = 14;
-    uint16_t type;
-
-    if (h[6] & 1)
-        return 1; /* a group source address is never valid, trunk or not */
-    if (p->cfg.trunk)
-        return 0;
-    if (memcmp(h + 6, p->cfg.mac, 6))
-        return 1;
-    type = be16(h + 12);
-    if (type == 0x8100 || type == 0x88A8) {
-        if (hl < 18)
-            return 1;
-        type = be16(h + 16);
-        l3 = 18;
-    }
-    if (type == 0x0806) { /* ARP: sender hardware and protocol address */
-        if (hl < l3 + 28)
-            return 1;
-        if (memcmp(h + l3 + 8, p->cfg.mac, 6))
-            return 1;
-        if (p->cfg.n_ipv4 && memcmp(h + l3 + 14, ZERO16, 4) &&
-            !ip_listed(h + l3 + 14, p->cfg.ipv4, p->cfg.n_ipv4))
-            return 1;
-        return 0;
-    }
-    if (type == 0x0800 && p->cfg.n_ipv4) {
-        if (hl < l3 + 20)
-            return 1;
-        const uint8_t *src = h + l3 + 12;
-        if (ip_listed(src, p->cfg.ipv4, p->cfg.n_ipv4))
-            return 0;
-        /* 0.0.0.0 only for a DHCP client (UDP 68 -> 67) */
-        uint32_t ihl = (uint32_t)(h[l3] & 15u) * 4u;
-        if (!memcmp(src, ZERO16, 4) && h[l3 + 9] == 17 && ihl >= 20 && hl >= l3 + ihl + 4 &&
-            be16(h + l3 + ihl) == 68 && be16(h + l3 + ihl + 2) == 67)
-            return 0;
-        return 1;
-    }
-    if (type == 0x86DD && p->cfg.n_ipv6) {
-        if (hl < l3 + 40)
-            return 1;
-        const uint8_t *src = h + l3 + 8;
-        uint8_t nh = h[l3 + 6];
-        uint32_t icmp = l3 + 40;
-        if (!memcmp(src, ZERO16, 16)) {
-            /* the unspecified address: duplicate address detection (NS) and MLD
-             * reports (behind a hop-by-hop header) only */
-            if (nh == 0)
-                return 0;
-            if (nh != 58 || hl < icmp + 1 || (h[icmp] != 135 && h[icmp] != 143))
-                return 1;
-        } else if (!ip6_listed(src, p->cfg.ipv6, p->cfg.n_ipv6)) {
-            return 1;
-        }
-        if (nh == 58 && hl >= icmp + 1) {
-            uint8_t t = h[icmp];
-            if (t == 136) { /* neighbour advertisement: the target must be ours */
-                if (hl < icmp + 24 || !ip6_listed(h + icmp + 8, p->cfg.ipv6, p->cfg.n_ipv6))
-                    return 1;
-                return nd_opts_spoofed(p, h, icmp + 24, hl);
-            }
-            if (t == 135)
-                return nd_opts_spoofed(p, h, icmp + 24, hl);
-            if (t == 133)
-                return nd_opts_spoofed(p, h, icmp + 8, hl);
-        }
-        return 0;
-    }
-    return 0;
-}
-
 /* ---- grant copies and commits ------------------------------------------------------ */
 
 /* Issue the pending grant copies (one call), then commit every destination
@@ -748,7 +634,7 @@ static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
 {
     CNT(s, rx_frames, 1);
     CNT(s, rx_bytes, f->len);
-    if (spoofed(s, f->head, f->head_len)) {
+    if (ncd_lock_spoofed(&s->lock, f->head, f->head_len)) {
         CNT(s, spoofed_source, 1);
         return;
     }
@@ -1171,6 +1057,13 @@ int ncd_switch_add_port(struct ncd_switch *sw, const struct ncd_switch_port_conf
     if (!p)
         return fail(err, errlen, ENOMEM, "ncd_switch_add_port: out of memory");
     p->cfg = *pc;
+    p->lock.enabled = 1; /* every port: trunk lifts the MAC/IP checks, not the group one */
+    p->lock.trunk = pc->trunk;
+    memcpy(p->lock.mac, pc->mac, 6);
+    p->lock.n_ipv4 = pc->n_ipv4;
+    p->lock.n_ipv6 = pc->n_ipv6;
+    memcpy(p->lock.ipv4, pc->ipv4, sizeof pc->ipv4);
+    memcpy(p->lock.ipv6, pc->ipv6, sizeof pc->ipv6);
     p->v = pc->vchan;
     p->fd = p->evfd = -1;
     p->max_frame = pc->max_frame ? pc->max_frame : NCD_ETH_MAX;
