@@ -41,6 +41,16 @@ def test_switch_under_asan_ubsan(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_offload_fixups_and_pump_lock_under_asan_ubsan(tmp_path: Path) -> None:
+    """Software GSO, checksum completion and the malformed-header cases (every header
+    field from the peer read through the bounds-checked accessor), and the pump's
+    source lock (the shared anti-spoofing unit)."""
+    out = run_sanitized([str(HERE / "test_switch_offload.py"),
+                         str(HERE.parent / "vchan" / "test_pump_lock.py")], tmp_path)
+    assert "failed" not in out
+
+
+@pytest.mark.slow
 def test_port_removal_under_load_asan_repeated(tmp_path: Path) -> None:
     test = str(HERE / "test_switch_local.py") + "::test_remove_port_under_load_while_frames_flow"
     out = run_sanitized([test], tmp_path, NCD_SWITCH_REMOVAL_ROUNDS="300")

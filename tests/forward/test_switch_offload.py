@@ -326,7 +326,8 @@ def test_software_gso_rate(switch, guests) -> None:
         while slow.far.read(RING):
             pass
     st = sw.port_stats(slow.port)
-    print(f"\nsoftware GSO (memcpy): {frames} x {len(payload)} B TSO frames -> {frames * n} segments "
+    print(f"\nsoftware GSO (memcpy): {frames} x {len(payload)} B TSO frames -> "
+          f"{frames * n} segments "
           f"in {best * 1000:.1f} ms: {frames * len(payload) / best / 1e6:.0f} MB/s payload, "
           f"{frames * n / best / 1e3:.0f} k segments/s")
     assert st.gso_segments == total * n and st.drop_ring_full == 0
