@@ -15,6 +15,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ncd.features import Features, Negotiated
 from ncd.switch import PortState
@@ -331,3 +333,42 @@ def test_software_gso_rate(switch, guests) -> None:
           f"in {best * 1000:.1f} ms: {frames * len(payload) / best / 1e6:.0f} MB/s payload, "
           f"{frames * n / best / 1e3:.0f} k segments/s")
     assert st.gso_segments == total * n and st.drop_ring_full == 0
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_hostile_gso_headers(switch, guests, data) -> None:
+    """Random bytes over the headers of a GSO frame and random gso_type/gso_size: the
+    switch never reads outside the frame (the sanitized run would abort), never stops
+    the port, and whatever it sends the port without offloads is a frame within its
+    max_frame without offloads."""
+    tso, slow, full = ports(switch, guests)
+    for _ in range(8):
+        v6 = data.draw(st.booleans())
+        size = data.draw(st.integers(0, 6000))
+        frame, h = tso_frame(v6, tso, slow, os.urandom(size))
+        b = bytearray(frame)
+        for _ in range(data.draw(st.integers(1, 6))):
+            pos = data.draw(st.integers(12, min(len(b) - 1, 120)))
+            b[pos] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(14, len(b)))
+        b = b[:cut]
+        gso = data.draw(st.sampled_from([fr.GSO_TCPV4, fr.GSO_TCPV6, fr.GSO_UDP_L4]))
+        hh = fr.VnetHdr(flags=fr.F_NEEDS_CSUM, gso_type=gso,
+                        hdr_len=data.draw(st.integers(0, len(b))),
+                        gso_size=data.draw(st.integers(1, 70000 & 0xFFFF)),
+                        csum_start=0, csum_offset=0)
+        tso.send(bytes(b), hh)
+    mark = pkt.ether(slow.mac, tso.mac, 0x88B5, b"sentinel" + os.urandom(8))
+    tso.send(mark)
+    seen: list[tuple[fr.VnetHdr, bytes]] = []
+    wait_for(lambda: (seen.extend(collect(slow, 0, timeout=1)), (fr.VnetHdr(), mark) in seen)[1],
+             what="the sentinel")
+    for vh, f in seen:
+        assert vh == fr.VnetHdr() and len(f) <= MTU_FRAME
+    sw = tso.sw
+    assert sw.port_state(tso.port) == PortState.UP and sw.port_state(slow.port) == PortState.UP
+    for g in (tso, slow, full):
+        g.close()
+    sw.close()  # one switch per example
