@@ -83,6 +83,9 @@ class PortStats:
     batches: int = 0
     mac_moves: int = 0
     bad_ring: int = 0
+    offload_fixed: int = 0
+    gso_segments: int = 0
+    drop_bad_headers: int = 0
 
 
 @dataclass(frozen=True)

@@ -407,12 +407,31 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
             ret = DIR_FATAL;
             break;
         }
-        /* the validated header from our copy, the frame straight from the ring */
-        struct iovec out[3];
+        /* the validated header from our copy, the frame straight from the ring;
+         * with a source lock, its head from the copy the lock checked (the peer
+         * cannot change the checked bytes behind our back) */
+        uint32_t flen = rec_len - NCD_VNET_HDR_SIZE, hl = 0;
+        uint8_t head[NCD_LOCK_HEAD];
+        struct iovec out[4];
         out[0].iov_base = vnet;
         out[0].iov_len = sizeof vnet;
-        int cnt = 1 + span_slice(&s, used + NCD_REC_HDR_SIZE, rec_len - NCD_VNET_HDR_SIZE,
-                                 out + 1);
+        int cnt = 1;
+        if (p->cfg.lock.enabled) {
+            hl = flen < NCD_LOCK_HEAD ? flen : NCD_LOCK_HEAD;
+            span_copy_out(&s, used + NCD_REC_HDR_SIZE, head, hl);
+            if (ncd_lock_spoofed(&p->cfg.lock, head, hl)) {
+                CNT_ADD(p, spoofed_source, 1);
+                used += NCD_REC_LEN_SIZE + rec_len;
+                frames++;
+                if (used - done >= p->rx_commit)
+                    commit_part(p, 0, used, &done);
+                continue;
+            }
+            out[1].iov_base = head;
+            out[1].iov_len = hl;
+            cnt = 2;
+        }
+        cnt += span_slice(&s, used + NCD_REC_HDR_SIZE + hl, flen - hl, out + cnt);
         int w = fd_write_frame(p, out, cnt, rec_len);
         if (w == 0) {
             p->rx_waiting_fd = 1;
@@ -568,6 +587,12 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
         return ncd_fail(err, errlen, 0, "ncd_pump_start: unknown feature bits");
     if (ncd_vchan_fd(v) < 0)
         return ncd_fail(err, errlen, 0, "ncd_pump_start: vchan has no event-channel fd");
+    if (cfg->lock.enabled &&
+        (cfg->lock.n_ipv4 > NCD_LOCK_MAX_IPS || cfg->lock.n_ipv6 > NCD_LOCK_MAX_IPS))
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: at most %u lock addresses per family",
+                        NCD_LOCK_MAX_IPS);
+    if (cfg->lock.enabled && !cfg->lock.trunk && (cfg->lock.mac[0] & 1))
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: a group MAC cannot be locked");
 
     p = calloc(1, sizeof *p);
     if (!p)

@@ -6,8 +6,10 @@
  *                      front of it, commit once per batch (or every
  *                      32 KiB: large frames one by one).
  *   ring -> fd ("rx"): validate the record, writev() straight out of the read
- *                      ring (the vnet header from a private, validated copy),
- *                      commit once per batch (or every 32 KiB).
+ *                      ring (the vnet header from a private, validated copy;
+ *                      with a source lock also the first NCD_LOCK_HEAD frame
+ *                      bytes, the copy the lock checked), commit once per
+ *                      batch (or every 32 KiB).
  *
  * The fd must deliver one frame per read() and take one frame per write():
  * a TAP opened with IFF_VNET_HDR (and TUNSETVNETLE where the host is big
@@ -20,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../forward/antispoof.h"
 #include "frame.h"
 
 struct ncd_vchan;
@@ -33,6 +36,10 @@ struct ncd_pump_config {
     uint32_t read_ring_size;  /* ring we read (peer -> us), bytes; 0 = the vchan's */
     uint32_t write_ring_size; /* ring we write (us -> peer), bytes; 0 = the vchan's */
     uint32_t batch;           /* max frames per direction per wakeup (0 = 64) */
+    /* Source lock on frames from the peer (ring -> fd), as the switch applies to
+     * its ports (cext/forward/antispoof.h); lock.enabled = 0 (the default): none.
+     * A frame that breaks it is dropped and counted (spoofed_source). */
+    struct ncd_lock lock;
 };
 
 /* Why the thread stopped (ncd_pump_state). */
@@ -62,6 +69,7 @@ struct ncd_pump_stats {
     uint64_t notify_sent;           /* copied from the vchan's own counter */
     uint64_t wakeups;               /* poll() returns */
     uint64_t tx_batches, rx_batches; /* commits (each at most one notify) */
+    uint64_t spoofed_source;        /* rx frames dropped by the source lock (cfg.lock) */
 };
 
 /* Start the thread. Returns 0, or -1 with a message in err. */

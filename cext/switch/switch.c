@@ -41,15 +41,20 @@
 #include <unistd.h>
 #include <xengnttab.h>
 
+#include "../forward/antispoof.h"
+#include "../forward/offload.h"
 #include "../pump/frame.h"
 #include "../tracker/tracker.h"
 #include "../vchan/vchan.h"
 
 #define DEFAULT_BATCH 64u
-#define HEAD_MAX 128u  /* frame bytes snapshotted privately: headers we inspect */
+#define HEAD_MAX NCD_LOCK_HEAD /* frame bytes snapshotted privately: headers we inspect */
 #define MAX_SEGS 2048u /* grant-copy segments per call */
 #define MAX_PEND 256u  /* records waiting for commit per destination */
 #define COMMIT_BYTES (32u * 1024u)
+/* offload fix-ups: frames built privately (checksum completed, GSO segments);
+ * bounded: two maximal frames, reused once their grant copies are done */
+#define ARENA_SIZE (2u * NCD_ETH_MAX)
 #define FDB_WAYS 4u
 #define FDB_BUCKETS (NCD_SWITCH_FDB_SIZE / FDB_WAYS)
 #define GNTCOPY_SRC_GREF (1u << 0) /* GNTCOPY_source_gref, xen/grant_table.h */
@@ -77,6 +82,7 @@ struct port {
     int id;
     int kind;
     struct ncd_switch_port_config cfg;
+    struct ncd_lock lock; /* source lock (anti-spoofing), from cfg */
     struct ncd_vchan *v;
     int fd;   /* TAP fd, or -1 */
     int evfd; /* vchan event-channel fd, or -1 */
@@ -135,6 +141,8 @@ struct ncd_switch {
     struct port **seg_port;
     uint16_t *seg_pend;
     unsigned nsegs;
+    uint8_t *arena; /* offload fix-ups (ARENA_SIZE): what grant copies may still read */
+    size_t arena_off;
     struct fdb_ent fdb[NCD_SWITCH_FDB_SIZE];
     struct acct_ent acct[NCD_SWITCH_ACCT_SIZE];
     struct ncd_switch_info info;
@@ -361,122 +369,6 @@ static void account(struct ncd_switch *sw, uint16_t origin, uint16_t dest, uint6
     /* table full (more than 1024 pairs): not accounted */
 }
 
-/* ---- anti-spoofing ------------------------------------------------------------------ */
-
-static uint16_t be16(const uint8_t *b)
-{
-    return (uint16_t)(b[0] << 8 | b[1]);
-}
-
-static int ip_listed(const uint8_t *a, const uint8_t (*list)[4], uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (!memcmp(a, list[i], 4))
-            return 1;
-    return 0;
-}
-
-static int ip6_listed(const uint8_t *a, const uint8_t (*list)[16], uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (!memcmp(a, list[i], 16))
-            return 1;
-    return 0;
-}
-
-static const uint8_t ZERO16[16];
-
-/* ND options (link-layer address) must carry the port's MAC. 1 = spoofed. */
-static int nd_opts_spoofed(const struct port *p, const uint8_t *h, uint32_t off, uint32_t hl)
-{
-    while (off + 2 <= hl) {
-        uint32_t olen = (uint32_t)h[off + 1] * 8u;
-        if (olen == 0)
-            return 1; /* a zero-length option is invalid (RFC 4861) */
-        if ((h[off] == 1 || h[off] == 2) && olen == 8 && off + 8 <= hl &&
-            memcmp(h + off + 2, p->cfg.mac, 6))
-            return 1;
-        off += olen;
-    }
-    return 0;
-}
-
-/* 1 when the frame's source is not this port's to use. h = first hl bytes of
- * the frame (a private copy: what we check is what we send). */
-static int spoofed(const struct port *p, const uint8_t *h, uint32_t hl)
-{
-    uint32_t l3 = 14;
-    uint16_t type;
-
-    if (h[6] & 1)
-        return 1; /* a group source address is never valid, trunk or not */
-    if (p->cfg.trunk)
-        return 0;
-    if (memcmp(h + 6, p->cfg.mac, 6))
-        return 1;
-    type = be16(h + 12);
-    if (type == 0x8100 || type == 0x88A8) {
-        if (hl < 18)
-            return 1;
-        type = be16(h + 16);
-        l3 = 18;
-    }
-    if (type == 0x0806) { /* ARP: sender hardware and protocol address */
-        if (hl < l3 + 28)
-            return 1;
-        if (memcmp(h + l3 + 8, p->cfg.mac, 6))
-            return 1;
-        if (p->cfg.n_ipv4 && memcmp(h + l3 + 14, ZERO16, 4) &&
-            !ip_listed(h + l3 + 14, p->cfg.ipv4, p->cfg.n_ipv4))
-            return 1;
-        return 0;
-    }
-    if (type == 0x0800 && p->cfg.n_ipv4) {
-        if (hl < l3 + 20)
-            return 1;
-        const uint8_t *src = h + l3 + 12;
-        if (ip_listed(src, p->cfg.ipv4, p->cfg.n_ipv4))
-            return 0;
-        /* 0.0.0.0 only for a DHCP client (UDP 68 -> 67) */
-        uint32_t ihl = (uint32_t)(h[l3] & 15u) * 4u;
-        if (!memcmp(src, ZERO16, 4) && h[l3 + 9] == 17 && ihl >= 20 && hl >= l3 + ihl + 4 &&
-            be16(h + l3 + ihl) == 68 && be16(h + l3 + ihl + 2) == 67)
-            return 0;
-        return 1;
-    }
-    if (type == 0x86DD && p->cfg.n_ipv6) {
-        if (hl < l3 + 40)
-            return 1;
-        const uint8_t *src = h + l3 + 8;
-        uint8_t nh = h[l3 + 6];
-        uint32_t icmp = l3 + 40;
-        if (!memcmp(src, ZERO16, 16)) {
-            /* the unspecified address: duplicate address detection (NS) and MLD
-             * reports (behind a hop-by-hop header) only */
-            if (nh == 0)
-                return 0;
-            if (nh != 58 || hl < icmp + 1 || (h[icmp] != 135 && h[icmp] != 143))
-                return 1;
-        } else if (!ip6_listed(src, p->cfg.ipv6, p->cfg.n_ipv6)) {
-            return 1;
-        }
-        if (nh == 58 && hl >= icmp + 1) {
-            uint8_t t = h[icmp];
-            if (t == 136) { /* neighbour advertisement: the target must be ours */
-                if (hl < icmp + 24 || !ip6_listed(h + icmp + 8, p->cfg.ipv6, p->cfg.n_ipv6))
-                    return 1;
-                return nd_opts_spoofed(p, h, icmp + 24, hl);
-            }
-            if (t == 135)
-                return nd_opts_spoofed(p, h, icmp + 24, hl);
-            if (t == 133)
-                return nd_opts_spoofed(p, h, icmp + 8, hl);
-        }
-        return 0;
-    }
-    return 0;
-}
-
 /* ---- grant copies and commits ------------------------------------------------------ */
 
 /* Issue the pending grant copies (one call), then commit every destination
@@ -607,6 +499,11 @@ struct frame {
     uint32_t head_len, len;
     struct span body; /* the whole frame in the source (ring or bounce) */
     uint16_t origin;
+    /* offload fix-ups: the GSO headers, parsed once per frame (fix = 0: not yet,
+     * 1: parsed into g, -1: malformed or unsupported, gso_err says which) */
+    int fix, gso_err;
+    struct ncd_gso g;
+    uint8_t hdr[NCD_GSO_HDR_MAX]; /* private copy of the headers g describes */
 };
 
 /* worst-case grant-copy segments of one frame: a split at every page boundary
@@ -725,16 +622,10 @@ static void send_vchan(struct ncd_switch *sw, struct port *s, struct port *d,
     }
 }
 
-static void send_to(struct ncd_switch *sw, struct port *s, struct port *d, const struct frame *f)
+/* s = the source port when f's memory is its ring (checked against the tracker
+ * in grant mode), NULL when f was built in our own memory (the arena). */
+static void deliver(struct ncd_switch *sw, struct port *s, struct port *d, const struct frame *f)
 {
-    if (f->len > d->max_frame) {
-        CNT(d, drop_too_big, 1);
-        return;
-    }
-    if (ncd_frame_check_vnet(&f->h, f->len, d->cfg.tx_features) != NCD_FRAME_OK) {
-        CNT(d, drop_offload, 1);
-        return;
-    }
     if (d->kind == NCD_SWITCH_PORT_TAP)
         send_tap(sw, d, f);
     else if (ncd_vchan_is_open(d->v) != 1)
@@ -743,12 +634,153 @@ static void send_to(struct ncd_switch *sw, struct port *s, struct port *d, const
         send_vchan(sw, s, d, f);
 }
 
+/* ---- offload fix-ups (docs/forwarding.md, "Offloads across ports") ------------------ */
+
+/* Bytes [off, off+n) of the frame: the checked head from the private copy, the
+ * rest from the source (what we checked is what we send). */
+static void frame_copy_out(const struct frame *f, uint32_t off, uint8_t *dst, uint32_t n)
+{
+    if (off < f->head_len) {
+        uint32_t k = f->head_len - off < n ? f->head_len - off : n;
+        memcpy(dst, f->head + off, k);
+        dst += k;
+        off += k;
+        n -= k;
+    }
+    if (n)
+        span_copy_out(&f->body, off, dst, n);
+}
+
+/* Private room for one frame of len bytes.  Grant copies queued from the arena
+ * read it until the next flush: it is reused only after one. */
+static uint8_t *arena_get(struct ncd_switch *sw, uint32_t len)
+{
+    if (sw->arena_off + len > ARENA_SIZE) {
+        if (sw->nsegs)
+            flush(sw);
+        sw->arena_off = 0;
+    }
+    uint8_t *a = sw->arena + sw->arena_off;
+    sw->arena_off += len;
+    return a;
+}
+
+/* A frame in the arena, without offloads (flags 0, no GSO). */
+static void deliver_built(struct ncd_switch *sw, struct port *d, const struct frame *src,
+                          uint8_t *buf, uint32_t len)
+{
+    struct frame g;
+
+    memset(g.vnet, 0, sizeof g.vnet);
+    memset(&g.h, 0, sizeof g.h);
+    g.head_len = 0;
+    g.len = len;
+    g.origin = src->origin;
+    g.body.iov[0].iov_base = buf;
+    g.body.iov[0].iov_len = len;
+    span_init(&g.body, 1);
+    deliver(sw, NULL, d, &g);
+}
+
+/* Parse f's GSO headers once per frame (a flood fixes it for several ports);
+ * a malformed frame is counted once, on its source port. 0 = parsed. */
+static int gso_headers(struct port *s, struct frame *f)
+{
+    if (!f->fix) {
+        uint32_t n = f->len < NCD_GSO_HDR_MAX ? f->len : NCD_GSO_HDR_MAX;
+        frame_copy_out(f, 0, f->hdr, n);
+        f->gso_err = ncd_gso_parse(f->hdr, n, f->len,
+                                   (uint8_t)(f->h.gso_type & ~NCD_VNET_GSO_ECN), &f->g);
+        f->fix = f->gso_err == NCD_GSO_OK ? 1 : -1;
+        if (f->gso_err != NCD_GSO_OK && f->gso_err != NCD_GSO_UNSUPPORTED)
+            CNT(s, drop_bad_headers, 1);
+    }
+    return f->fix > 0 ? 0 : -1;
+}
+
+/* Software GSO: f's payload in segments of at most mss bytes, each a complete
+ * frame with its own lengths, sequence number and checksums. */
+static void segment(struct ncd_switch *sw, struct port *s, struct port *d, struct frame *f)
+{
+    if (gso_headers(s, f) < 0) {
+        if (f->gso_err == NCD_GSO_UNSUPPORTED)
+            CNT(d, drop_offload, 1);
+        return;
+    }
+    const struct ncd_gso *g = &f->g;
+    if (d->max_frame <= g->hl) {
+        CNT(d, drop_offload, 1); /* not even one payload byte fits */
+        return;
+    }
+    uint32_t mss = d->max_frame - g->hl;
+    if (f->h.gso_size < mss)
+        mss = f->h.gso_size;
+    uint32_t nseg = ncd_gso_count(g, mss), pay = g->end - g->hl;
+    if (nseg > NCD_GSO_MAX_SEGS) {
+        CNT(d, drop_offload, 1);
+        return;
+    }
+    CNT(d, offload_fixed, 1);
+    CNT(d, gso_segments, nseg);
+    for (uint32_t i = 0, off = 0; i < nseg && port_up(d); i++) {
+        uint32_t n = pay - off < mss ? pay - off : mss;
+        uint8_t *seg = arena_get(sw, g->hl + n);
+        memcpy(seg, f->hdr, g->hl);
+        frame_copy_out(f, g->hl + off, seg + g->hl, n);
+        ncd_gso_fix_segment(seg, g, i, off, n, i + 1 == nseg);
+        deliver_built(sw, d, f, seg, g->hl + n);
+        off += n;
+    }
+}
+
+/* f uses offloads (or a size) d did not negotiate: make it acceptable, or drop
+ * it with a reason; never silently. */
+static void fix_up(struct ncd_switch *sw, struct port *s, struct port *d, struct frame *f)
+{
+    if (f->h.gso_type != NCD_VNET_GSO_NONE) {
+        segment(sw, s, d, f);
+        return;
+    }
+    if (f->len > d->max_frame) {
+        CNT(d, drop_too_big, 1); /* no GSO: it would take IP fragmentation */
+        return;
+    }
+    if (f->h.flags & NCD_VNET_F_NEEDS_CSUM) {
+        /* complete the partial checksum in a private copy (ncd_frame_check_vnet
+         * checked csum_start + csum_offset + 2 <= len on entry) */
+        uint8_t *buf = arena_get(sw, f->len);
+        frame_copy_out(f, 0, buf, f->len);
+        if (ncd_csum_complete(buf, f->len, f->h.csum_start, f->h.csum_offset) < 0) {
+            CNT(d, drop_offload, 1);
+            return;
+        }
+        CNT(d, offload_fixed, 1);
+        deliver_built(sw, d, f, buf, f->len);
+        return;
+    }
+    /* DATA_VALID only: the checksum is complete already; the flag just goes */
+    struct frame g = *f;
+    g.h.flags = 0;
+    g.vnet[0] = 0;
+    CNT(d, offload_fixed, 1);
+    deliver(sw, s, d, &g);
+}
+
+static void send_to(struct ncd_switch *sw, struct port *s, struct port *d, struct frame *f)
+{
+    if (f->len <= d->max_frame &&
+        ncd_frame_check_vnet(&f->h, f->len, d->cfg.tx_features) == NCD_FRAME_OK)
+        deliver(sw, s, d, f);
+    else
+        fix_up(sw, s, d, f);
+}
+
 /* The switching decision for one frame that entered on s. */
 static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
 {
     CNT(s, rx_frames, 1);
     CNT(s, rx_bytes, f->len);
-    if (spoofed(s, f->head, f->head_len)) {
+    if (ncd_lock_spoofed(&s->lock, f->head, f->head_len)) {
         CNT(s, spoofed_source, 1);
         return;
     }
@@ -856,6 +888,7 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         f.head_len = f.len < HEAD_MAX ? f.len : HEAD_MAX;
         span_sub(&s->r, s->r_used + NCD_REC_HDR_SIZE, f.len, &f.body);
         span_copy_out(&f.body, 0, f.head, f.head_len);
+        f.fix = 0;
         forward(sw, s, &f);
         s->r_used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
@@ -921,6 +954,7 @@ static unsigned rx_tap(struct ncd_switch *sw, struct port *s)
         f.body.iov[0].iov_base = s->bounce;
         f.body.iov[0].iov_len = f.len;
         span_init(&f.body, 1);
+        f.fix = 0;
         forward(sw, s, &f);
         /* the bounce buffer is reused by the next read: grant copies out of it first */
         if (sw->nsegs)
@@ -1121,6 +1155,11 @@ int ncd_switch_create(struct ncd_switch **out, const struct ncd_switch_config *c
         ncd_switch_destroy(sw);
         return fail(err, errlen, e, "ncd_switch_create: eventfd: %s", strerror(e));
     }
+    sw->arena = malloc(ARENA_SIZE);
+    if (!sw->arena) {
+        ncd_switch_destroy(sw);
+        return fail(err, errlen, ENOMEM, "ncd_switch_create: out of memory");
+    }
     if (cfg->copy_mode == NCD_SWITCH_COPY_GRANT) {
         sw->segs = calloc(MAX_SEGS, sizeof *sw->segs);
         sw->seg_port = calloc(MAX_SEGS, sizeof *sw->seg_port);
@@ -1171,6 +1210,13 @@ int ncd_switch_add_port(struct ncd_switch *sw, const struct ncd_switch_port_conf
     if (!p)
         return fail(err, errlen, ENOMEM, "ncd_switch_add_port: out of memory");
     p->cfg = *pc;
+    p->lock.enabled = 1; /* every port: trunk lifts the MAC/IP checks, not the group one */
+    p->lock.trunk = pc->trunk;
+    memcpy(p->lock.mac, pc->mac, 6);
+    p->lock.n_ipv4 = pc->n_ipv4;
+    p->lock.n_ipv6 = pc->n_ipv6;
+    memcpy(p->lock.ipv4, pc->ipv4, sizeof pc->ipv4);
+    memcpy(p->lock.ipv6, pc->ipv6, sizeof pc->ipv6);
     p->v = pc->vchan;
     p->fd = p->evfd = -1;
     p->max_frame = pc->max_frame ? pc->max_frame : NCD_ETH_MAX;
@@ -1425,6 +1471,7 @@ void ncd_switch_destroy(struct ncd_switch *sw)
     free(sw->segs);
     free(sw->seg_port);
     free(sw->seg_pend);
+    free(sw->arena);
     if (sw->wake_fd >= 0)
         close(sw->wake_fd);
     if (sw->events_fd >= 0)

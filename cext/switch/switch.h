@@ -92,7 +92,9 @@ struct ncd_switch_port_stats {
     uint64_t no_destination;         /* rx frames with no other port to go to */
     uint64_t bad_record;             /* records from the peer that failed validation */
     uint64_t drop_ring_full;         /* tx: this port's ring (or fd) was full */
-    uint64_t drop_offload;           /* tx: frame uses an offload this port did not negotiate */
+    uint64_t drop_offload;           /* tx: an offload this port did not negotiate that
+                                        could not be fixed (unsupported headers, too
+                                        many segments, headers larger than max_frame) */
     uint64_t drop_too_big;           /* tx: larger than this port's max_frame or ring */
     uint64_t drop_copy_failed;       /* tx: a grant copy segment failed */
     uint64_t drop_fd_write;          /* tx: writev to the TAP failed */
@@ -100,6 +102,12 @@ struct ncd_switch_port_stats {
     uint64_t batches;                /* rx rounds that moved at least one record */
     uint64_t mac_moves;              /* source MACs relearned onto this port */
     uint64_t bad_ring;               /* hostile ring values from the peer (index, live flag) */
+    /* offload fix-ups (docs/forwarding.md, "Offloads across ports") */
+    uint64_t offload_fixed;          /* tx: frames made acceptable (checksum completed,
+                                        flag cleared, segmented) for this port */
+    uint64_t gso_segments;           /* tx: segments software GSO produced for this port */
+    uint64_t drop_bad_headers;       /* rx: GSO frames whose headers are malformed (IP
+                                        version/IHL/length, TCP/UDP header, protocol) */
 };
 
 /* Bytes and frames of one (origin domain, destination domain) pair. */

@@ -1,9 +1,10 @@
 """cffi builder of ``ncd._hotpath``: the vchan ring I/O (cext/vchan), the foreign-page
 tracker (cext/tracker) and the frame pump (cext/pump) in one API-mode extension.
 
-* cdef text: ``cext/vchan/vchan.cdef``, ``cext/tracker/tracker.cdef``, then
-  ``cext/pump/pump.cdef``, ``cext/switch/switch.cdef``;
-* sources: every ``cext/vchan/*.c``, ``cext/tracker/*.c``, ``cext/pump/*.c`` and
+* cdef text: ``cext/vchan/vchan.cdef``, ``cext/tracker/tracker.cdef``,
+  ``cext/forward/antispoof.cdef``, then ``cext/pump/pump.cdef``, ``cext/switch/switch.cdef``;
+* sources: every ``cext/vchan/*.c``, ``cext/tracker/*.c``, ``cext/forward/*.c`` (the
+  anti-spoofing lock of the pump and the switch), ``cext/pump/*.c`` and
   ``cext/switch/*.c`` (the ports and the learning switch);
 * linked by soname against libxengnttab / libxenevtchn, so xensim's shims take over
   through ``LD_LIBRARY_PATH`` and Xen's own libraries are used on real Xen.
@@ -30,6 +31,7 @@ VCHAN = ROOT / "cext" / "vchan"
 PUMP = ROOT / "cext" / "pump"
 TRACKER = ROOT / "cext" / "tracker"
 SWITCH = ROOT / "cext" / "switch"
+FORWARD = ROOT / "cext" / "forward"
 SANITIZE_DIR = ROOT / "build" / "sanitize"
 
 BASE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11", "-O2"]
@@ -67,6 +69,11 @@ def make_ffi() -> FFI:
     sources += sorted(TRACKER.glob("*.c"))
     prelude += '#include "tracker.h"\n'
     include_dirs.append(str(TRACKER))
+    # the anti-spoofing lock (cext/forward), shared by the pump and the switch
+    cdef += "\n" + (FORWARD / "antispoof.cdef").read_text()
+    sources += sorted(FORWARD.glob("*.c"))
+    prelude += '#include "antispoof.h"\n'
+    include_dirs.append(str(FORWARD))
     # frame pump (cext/pump)
     cdef += "\n" + (PUMP / "pump.cdef").read_text()
     sources += sorted(PUMP.glob("*.c"))

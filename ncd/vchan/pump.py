@@ -15,6 +15,8 @@ record, fd failure): watch it with ``loop.add_reader`` and read ``state``/``reas
 from __future__ import annotations
 
 import enum
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -23,6 +25,7 @@ from ncd.features import ETH_MAX, Features, Negotiated
 from ._lib import ffi, lib
 
 ERRLEN = 256
+LOCK_MAX_IPS: int = lib.NCD_LOCK_MAX_IPS
 
 
 class PumpState(enum.IntEnum):
@@ -60,6 +63,7 @@ class PumpStats:
     wakeups: int = 0
     tx_batches: int = 0
     rx_batches: int = 0
+    spoofed_source: int = 0
 
     def drops(self) -> dict[str, int]:
         """Drops by reason, for metrics (``bad_record`` counts records from the peer)."""
@@ -71,7 +75,46 @@ class PumpStats:
             "fd_write_error": self.drop_fd_write,
             "tap_not_ready": self.drop_tap_not_ready,
             "bad_record_from_peer": self.bad_record,
+            "spoofed_source": self.spoofed_source,
         }
+
+
+def _mac_bytes(mac: str | bytes) -> bytes:
+    if isinstance(mac, bytes):
+        if len(mac) != 6:
+            raise ValueError(f"MAC must be 6 bytes, got {len(mac)}")
+        return mac
+    parts = mac.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"bad MAC {mac!r}")
+    return bytes(int(p, 16) for p in parts)
+
+
+def fill_lock(lock: Any, mac: str | bytes | None, trunk: bool, ips: Iterable[str]) -> None:
+    """Fill a ``struct ncd_lock`` (cext/forward/antispoof.h): enabled when a MAC is given
+    or ``trunk``; ``ips`` (IPv4/IPv6, up to LOCK_MAX_IPS per family) lock the source
+    addresses of that family."""
+    addrs = [ipaddress.ip_address(a) for a in ips]
+    four = [a.packed for a in addrs if a.version == 4]
+    six = [a.packed for a in addrs if a.version == 6]
+    if len(four) > LOCK_MAX_IPS or len(six) > LOCK_MAX_IPS:
+        raise ValueError(f"at most {LOCK_MAX_IPS} addresses per family")
+    if mac is None and not trunk:
+        if four or six:
+            raise ValueError("a source lock with addresses needs the MAC (or trunk)")
+        lock.enabled = 0
+        return
+    m = _mac_bytes(mac) if mac is not None else b"\0" * 6
+    if not trunk and m[0] & 1:
+        raise ValueError("a group MAC cannot be locked")
+    lock.enabled = 1
+    lock.trunk = int(trunk)
+    lock.mac = list(m)
+    lock.n_ipv4, lock.n_ipv6 = len(four), len(six)
+    for i, a in enumerate(four):
+        lock.ipv4[i] = list(a)
+    for i, a in enumerate(six):
+        lock.ipv6[i] = list(a)
 
 
 def _vchan_handle(vchan: Any) -> Any:
@@ -90,13 +133,21 @@ class FramePump:
 
     @classmethod
     def start(cls, vchan: Any, fd: int, negotiated: Negotiated | None = None, *,
-              read_ring_size: int = 0, write_ring_size: int = 0, batch: int = 0) -> FramePump:
+              read_ring_size: int = 0, write_ring_size: int = 0, batch: int = 0,
+              mac: str | bytes | None = None, trunk: bool = False,
+              ips: Iterable[str] = ()) -> FramePump:
         """Start moving frames between ``fd`` and ``vchan``.
 
         ``fd`` must be packet-mode (a TAP with IFF_VNET_HDR, a SOCK_SEQPACKET socket);
         it is made non-blocking and never closed by the pump. Without ``negotiated``
         every feature and the largest frame are allowed both ways (tests, benchmarks).
         Ring sizes of 0 are taken from the vchan.
+
+        Source lock (anti-spoofing on frames from the peer, ring -> fd; the same check
+        as a switch port's): ``mac`` is the only source MAC the peer may send with,
+        ``ips`` its addresses (a family without any is not checked), ``trunk`` lifts
+        the MAC/address checks (a group source is still refused). Default: no lock.
+        Violations are dropped and counted (``spoofed_source``).
         """
         neg = negotiated or Negotiated(Features.ALL, Features.ALL, ETH_MAX)
         cfg = ffi.new("struct ncd_pump_config *", {
@@ -108,6 +159,7 @@ class FramePump:
             "write_ring_size": write_ring_size,
             "batch": batch,
         })
+        fill_lock(cfg.lock, mac, trunk, ips)
         out = ffi.new("struct ncd_pump **")
         err = ffi.new("char[]", ERRLEN)
         if lib.ncd_pump_start(out, _vchan_handle(vchan), cfg, err, ERRLEN) < 0:

@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 C = Path(__file__).with_name("c")
 SOURCES = [C / "switch_stress.c", ROOT / "cext/switch/switch.c", ROOT / "cext/pump/frame.c",
+           *sorted((ROOT / "cext/forward").glob("*.c")),
            *sorted((ROOT / "cext/vchan").glob("*.c")), *sorted((ROOT / "cext/tracker").glob("*.c"))]
-INCLUDES = [f"-I{ROOT / 'cext' / d}" for d in ("switch", "pump", "vchan", "tracker")]
+INCLUDES = [f"-I{ROOT / 'cext' / d}" for d in ("switch", "pump", "vchan", "tracker", "forward")]
 FLAGS = {
     # the vchan layer's fences are not modelled by TSan (-Wno-tsan); see c/tsan.supp
     "tsan": ["-fsanitize=thread", "-Wno-tsan"],
