@@ -21,7 +21,7 @@ from ncd import tap as tapmod
 from ncd.vchan.channel import VchanClient
 from ncd.xenbus import Action, Role, XenbusState
 
-from .datapath import Datapath
+from .datapath import Datapath, SourceLock
 from .discovery import DeviceKey, Devices
 from .service import VifTable
 from .switchport import SwitchLink
@@ -87,10 +87,13 @@ class BackendVif(Vif):
         self._published = False
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         path = layout.queue_dir(self.guest, self.devid, 0)
+        view = self.view
+        assert view is not None
         if tap is not None:
-            return Datapath.connect(self.xs, self.guest, path, tap, neg)
-        view, registry = self.view, self.ctx.switches
-        assert view is not None and view.switch is not None
+            lock = SourceLock(view.mac, view.trunk, view.ips)
+            return Datapath.connect(self.xs, self.guest, path, tap, neg, lock)
+        registry = self.ctx.switches
+        assert view.switch is not None
         if registry is None:
             raise ValueError(f"switch {view.switch}: this daemon runs no switches")
         vchan = VchanClient.connect(self.xs, self.guest, path)

@@ -10,7 +10,7 @@ removes the xenstore entry on the server side).
 from __future__ import annotations
 
 from dataclasses import asdict, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from ncd import tap as tapmod
 from ncd.features import Negotiated, tun_offload_flags
@@ -41,6 +41,16 @@ def pump_counters(s: PumpStats, tracked: int = 0) -> VifCounters:
     )
 
 
+class SourceLock(NamedTuple):
+    """Anti-spoofing for frames a guest sends (the same rule on a TAP vif's pump and on
+    a switch port): only ``mac`` as source, and with ``ips`` only those addresses in
+    ARP, IPv4 and IPv6 (neighbour discovery included); ``trunk`` lifts the lock."""
+
+    mac: str
+    trunk: bool = False
+    ips: tuple[str, ...] = ()
+
+
 class Datapath:
     """A vchan with a pump running on ``tap``; close() releases both."""
 
@@ -54,10 +64,15 @@ class Datapath:
         self._tracked = vchan.tracked_pages
 
     @classmethod
-    def _start(cls, vchan: Vchan, tap: tapmod.Tap, neg: Negotiated) -> Datapath:
+    def _start(cls, vchan: Vchan, tap: tapmod.Tap, neg: Negotiated,
+               lock: SourceLock | None = None) -> Datapath:
         try:
             tap.set_offloads(tun_offload_flags(neg.tx_features))  # exactly what was negotiated
-            pump = FramePump.start(vchan, tap.fileno(), neg)
+            if lock is None:
+                pump = FramePump.start(vchan, tap.fileno(), neg)
+            else:
+                pump = FramePump.start(vchan, tap.fileno(), neg, mac=lock.mac,
+                                       trunk=lock.trunk, ips=lock.ips)
         except BaseException:
             vchan.close()
             raise
@@ -72,10 +87,12 @@ class Datapath:
         return cls._start(vchan, tap, neg)
 
     @classmethod
-    def connect(cls, xs: Any, peer: int, path: str, tap: tapmod.Tap, neg: Negotiated) -> Datapath:
-        """Backend: read (untrusted) ``path``/ring-ref, event-channel, map, pump."""
+    def connect(cls, xs: Any, peer: int, path: str, tap: tapmod.Tap, neg: Negotiated,
+                lock: SourceLock) -> Datapath:
+        """Backend: read (untrusted) ``path``/ring-ref, event-channel, map, pump; frames
+        from the guest must pass ``lock`` (anti-spoofing)."""
         vchan = VchanClient.connect(xs, peer, path)
-        return cls._start(vchan, tap, neg)
+        return cls._start(vchan, tap, neg, lock)
 
     def done_fd(self) -> int:
         return self.pump.done_fd()

@@ -193,3 +193,32 @@ def test_wrong_ipv4_source_dropped_with_ip(swnet: Net) -> None:
     for g in (1, 2):
         swnet.wait(lambda g=g: swnet.vif(0, g, 1) is None, 10, f"vif {g}/1 gone in dom0")
     check_tracker(swnet, [0, 1, 2])
+
+
+def test_spoofed_mac_dropped_on_a_tap_vif_too(swnet: Net) -> None:
+    # the same lock on a vif served by the TAP pump (no switch): guest 1's frames reach
+    # dom0's ncvif1.2 only with guest 1's own MAC
+    mac = "00:16:3e:0a:02:01"
+    swnet.ncctl("attach", "1", "--devid", "2", "--mac", mac)
+    try:
+        swnet.wait_connected(1, 2)
+        swnet.addr(0, "ncvif1.2", "198.18.12.1/24")
+        swnet.addr(1, "nc2", "198.18.12.2/24")
+        assert swnet.wait(lambda: swnet.ping_ok(1, "198.18.12.1", count=1), 10, "ping on nc2")
+        base = int(vif_stats(swnet, 0, 1, 2)["drops"]["spoofed_source"])
+        swnet.ip(1, "link", "set", "nc2", "address", SPOOF_MAC)
+        try:
+            swnet.ip(1, "neigh", "replace", "198.18.12.1", "lladdr", "00:16:3e:0a:02:99",
+                     "dev", "nc2", "nud", "permanent")
+            r = swnet.ping(1, "198.18.12.1", count=4, wait=1)
+            assert r.returncode != 0 and " 100% packet loss" in r.stdout, r.stdout
+            assert int(vif_stats(swnet, 0, 1, 2)["drops"]["spoofed_source"]) >= base + 4
+        finally:
+            swnet.ip(1, "link", "set", "nc2", "address", mac)
+            swnet.ip(1, "neigh", "flush", "dev", "nc2")
+        assert swnet.wait(lambda: swnet.ping_ok(1, "198.18.12.1", count=1), 10,
+                          "traffic with the own MAC")
+    finally:
+        swnet.ncctl("detach", "1", "2", check=False)
+    swnet.wait(lambda: swnet.vif(0, 1, 2) is None, 10, "vif 1/2 gone in dom0")
+    check_tracker(swnet, [0, 1, 2])
