@@ -136,6 +136,11 @@ struct model {
     uint32_t rd_size, wr_size;
     uint32_t rd_own, wr_own;         /* E's private indices, as the model sees them */
     uint32_t rd_granted, wr_granted; /* last window of *_iov still uncommitted */
+    /* The peer index E validated when it handed out its last window (read: the
+     * peer's prod, write: the peer's cons): whatever E publishes for that window
+     * stays within it (cons <= that prod, prod <= that cons + size), whatever the
+     * peer did to its index since. */
+    uint32_t rd_lim, wr_base;
     int bad;                         /* a hostile value was seen: closed for good */
     int seen;                        /* peer_seen: 0 never, 1 connected, 2 closed (latched) */
     /* offsets in the page */
@@ -237,7 +242,11 @@ static void check_writes(struct model *m, uint32_t wstart, uint32_t wlen)
     for (unsigned i = 0; i < PAGE && differ(m->page, m->snap_page, PAGE); i++) {
         if (m->page[i] == m->snap_page[i])
             continue;
-        if ((i >= m->own_cons && i < m->own_cons + 4) || (i >= m->own_prod && i < m->own_prod + 4))
+        /* E's own indices: only ever (re)published as the model's private index, so a
+         * commit the model says publishes nothing may not move them either */
+        if (i >= m->own_cons && i < m->own_cons + 4 && ld32(m->page, m->own_cons) == m->rd_own)
+            continue;
+        if (i >= m->own_prod && i < m->own_prod + 4 && ld32(m->page, m->own_prod) == m->wr_own)
             continue;
         /* requests: E only sets WRITE/READ bits in the peer's byte and only clears
          * bits in its own (the peer's requests it has honoured) */
@@ -277,14 +286,18 @@ static void check_bad_state(struct model *m)
 
 static void check_published_cons(struct model *m, uint32_t took)
 {
-    if (took)
+    if (took) {
         CHECK(ld32(m->page, m->own_cons) == m->rd_own);
+        CHECK(m->rd_lim - m->rd_own <= m->rd_size); /* never past the validated prod */
+    }
 }
 
 static void check_published_prod(struct model *m, uint32_t took)
 {
-    if (took)
+    if (took) {
         CHECK(ld32(m->page, m->own_prod) == m->wr_own);
+        CHECK(m->wr_own - m->wr_base <= m->wr_size); /* never a ring past the validated cons */
+    }
 }
 
 /* iovs of a window of `len` bytes starting at ring index `own` */
@@ -332,10 +345,18 @@ static void op_read(struct model *m, uint32_t n)
     snap(m);
     errno = 0;
     got = ncd_vchan_read(m->v, g_buf, n);
+    /* A stream read is a read_iov + copy + read_commit of its own (vchan.c, "stream
+     * read / write: a window, a copy, a commit"): its read_iov is now "the last
+     * read_iov" whose window the commits are clamped to (vchan.h), and the read
+     * commits all of it, so a window an earlier read_iov handed out is gone: a
+     * later read_commit consumes nothing.  (Before the restructure read() left
+     * rd.granted alone, and a stale commit after it could move cons past prod.) */
+    m->rd_granted = 0;
     ready = m_peek_data(m);
     if (ready < 0) {
         CHECK(got == -1 && errno == EPROTO);
     } else {
+        m->rd_lim = ld32(m->page, m->peer_prod);
         want = (uint64_t)ready < n ? (uint32_t)ready : n;
         CHECK(got == (ssize_t)want);
         CHECK(ring_equal(m->rd, m->rd_size, m->rd_own, g_buf, want));
@@ -360,6 +381,7 @@ static void op_read_iov(struct model *m, uint32_t max, uint32_t c1, uint32_t c2)
         m->rd_granted = 0;
     } else {
         uint32_t len = (uint64_t)ready < max ? (uint32_t)ready : max;
+        m->rd_lim = ld32(m->page, m->peer_prod);
         check_window(iov, cnt, m->rd, m->rd_size, m->rd_own, len);
         /* the window is readable and holds the ring's bytes */
         for (int i = 0, k = 0; i < cnt; k += (int)iov[i].iov_len, i++)
@@ -414,6 +436,15 @@ static void op_write(struct model *m, uint32_t n)
     snap(m);
     errno = 0;
     got = ncd_vchan_write(m->v, g_src, n);
+    /* As for read: a stream write is write_iov + copy + write_commit (vchan.c), so
+     * it ends the window of any earlier write_iov (vchan.h: commits are clamped to
+     * what "the last write_iov" handed out, and write() commits all of its own;
+     * write_iov drops the old window even when it fails).  A later write_commit
+     * publishes nothing: the old window's bytes were overwritten by this write and
+     * lie behind our index now.  (Before the restructure write() left wr.granted
+     * alone, and a write_commit after a write that filled the ring published prod
+     * more than a ring ahead of the peer's cons -- the model predicted that too.) */
+    m->wr_granted = 0;
     if (m->bad) {
         CHECK(got == -1 && errno == EPROTO);
     } else if (!(live = m_live(m))) {
@@ -421,6 +452,7 @@ static void op_write(struct model *m, uint32_t n)
     } else if ((space = m_peek_space(m)) < 0) {
         CHECK(got == -1 && errno == EPROTO);
     } else {
+        m->wr_base = ld32(m->page, m->peer_cons);
         want = (uint64_t)space < n ? (uint32_t)space : n;
         CHECK(got == (ssize_t)want);
         CHECK(ring_equal(m->wr, m->wr_size, m->wr_own, g_src, want));
@@ -453,6 +485,7 @@ static void op_write_iov(struct model *m, uint32_t max, uint32_t c1, uint32_t c2
         CHECK(cnt == -1 && errno == EPROTO);
     } else {
         len = (uint64_t)space < max ? (uint32_t)space : max;
+        m->wr_base = ld32(m->page, m->peer_cons);
         check_window(iov, cnt, m->wr, m->wr_size, m->wr_own, len);
         m->wr_granted = len;
     }

@@ -116,7 +116,10 @@ ssize_t ncd_vchan_write(struct ncd_vchan *v, const void *buf, size_t n);
  * is clamped), publish cons after a full barrier, notify the peer if it asked.
  * The rest of the window stays valid: several commits may follow one *_iov
  * call (their sum is clamped to what it handed out), so a caller can hand the
- * space of each large record back while it works on the next.
+ * space of each large record back while it works on the next.  read() and
+ * write() are a read_iov / write_iov and a commit of that whole window of their
+ * own, so they end any window handed out before: a commit after them is
+ * clamped to 0 (it publishes nothing).
  * write_iov / write_commit: the same for free space in the write ring; the
  * caller fills the iovs, then write_commit(n) publishes prod after a release
  * barrier and notifies the peer if it asked.  write_iov returns -1 with EPIPE

@@ -154,6 +154,40 @@ def test_read_iov_partial_commits(pair):
     assert srv.data_ready() == 0
 
 
+def test_stream_write_ends_the_iov_window(pair):
+    """vchan.h: write() is a write_iov + commit of its own, so a window handed out
+    before is gone; a late commit publishes nothing (the fuzz_ring finding
+    corpus/ring/regress-commit-after-write: before the restructure it published
+    prod past a full ring)."""
+    srv, cli = pair
+    size = cli.write_size
+    iov = ffi.new("struct iovec[2]")
+    assert lib.ncd_vchan_write_iov(cli._h, iov, size) == 1
+    lib.ncd_vchan_write_commit(cli._h, 2)  # 2 of the window published, size - 2 left
+    assert cli.write(os.urandom(size)) == size - 2  # ring full
+    page = srv.shared_page()
+    prod = u32(page, LEFT_PROD)
+    lib.ncd_vchan_write_commit(cli._h, 2)
+    assert u32(page, LEFT_PROD) == prod  # nothing published
+    assert u32(page, LEFT_PROD) - u32(page, LEFT_CONS) == size
+    assert cli.buffer_space() == 0 and cli.unconsumed() == size
+    assert cli.close_reason is None and srv.data_ready() == size
+
+
+def test_stream_read_ends_the_iov_window(pair):
+    srv, cli = pair
+    assert cli.write(b"0123456789") == 10
+    iov = ffi.new("struct iovec[2]")
+    assert lib.ncd_vchan_read_iov(srv._h, iov, 100) == 1
+    lib.ncd_vchan_read_commit(srv._h, 4)
+    assert srv.read(100) == b"456789"
+    page = srv.shared_page()
+    lib.ncd_vchan_read_commit(srv._h, 6)  # the window ended with read(): ignored
+    assert u32(page, LEFT_CONS) == u32(page, LEFT_PROD)
+    assert srv.data_ready() == 0 and srv.close_reason is None
+    assert cli.buffer_space() == cli.write_size
+
+
 def test_indices_wrap_past_2_32():
     srv, cli = local_pair(1 << 20, 1 << 20)
     try:
