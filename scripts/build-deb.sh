@@ -42,7 +42,9 @@ apt_install() {
         echo "build-deb: missing Debian packages ($*); run as root or install them" >&2
         exit 1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "$@" \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends "$@"; }
 }
 
 # dpkg-dev (dpkg-checkbuilddeps, dpkg-buildpackage) first, then what debian/control
@@ -55,7 +57,9 @@ if [ "$LINTIAN" = 1 ] || [ "$DEPS_ONLY" = 1 ]; then installed lintian || tools+=
 if ! dpkg-checkbuilddeps debian/control 2>/dev/null; then
     [ "$(id -u)" -eq 0 ] || { dpkg-checkbuilddeps debian/control; exit 1; }
     echo "build-deb: installing the Build-Depends of debian/control"
-    DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -q --no-install-recommends "$ROOT"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get build-dep -y -q --no-install-recommends "$ROOT" \
+        || { apt-get update -q && apt-get build-dep -y -q --no-install-recommends "$ROOT"; }
 fi
 [ "$DEPS_ONLY" = 0 ] || exit 0
 
@@ -72,9 +76,16 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ncd-deb.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 SRC=$WORK/ncd-$VERSION
 mkdir -p "$SRC"
-# the work tree as git sees it (uncommitted edits included), minus the simulator
-git ls-files -z --cached --others --exclude-standard \
-    | grep -zv -e '^xensim/' -e '^cext/xensim/' \
+# the work tree as git sees it (uncommitted edits included), minus the simulator;
+# outside a git checkout, the tree minus the simulator and what .gitignore names
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard
+else
+    find . \( -name .git -o -name .venv -o -name build -o -name dist -o -name '*.egg-info' \
+        -o -name __pycache__ -o -name '.*_cache' -o -name lab-out \) -prune -o \
+        \( -type f -o -type l \) ! -name '*.so' ! -name '*.so.*' ! -name '*.o' -print0 \
+        | sed -z 's|^\./||'
+fi | grep -zv -e '^xensim/' -e '^cext/xensim/' \
     | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
     | tar -c --null -T - -f - | tar -x -C "$SRC" -f -
 
