@@ -102,7 +102,9 @@ def test_deb_contents(deb: Path, tmp_path: Path) -> None:
     for f in ("/usr/bin/ncd", "/usr/bin/ncctl", "/usr/bin/ncd-vchan", "/etc/ncd/ncd.toml",
               "/lib/systemd/system/ncd-backend.service",
               "/lib/systemd/system/ncd-frontend.service",
-              "/usr/share/doc/ncd/README.md", "/usr/share/doc/ncd/copyright"):
+              "/usr/share/doc/ncd/README.md", "/usr/share/doc/ncd/copyright",
+              "/usr/share/man/man8/ncd.8.gz", "/usr/share/man/man8/ncctl.8.gz",
+              "/usr/share/man/man1/ncd-vchan.1.gz"):
         assert f in names, f
     site = "/usr/lib/python3/dist-packages/ncd/"
     assert any(n.startswith(site + "_hotpath.") and n.endswith(".so") for n in names)
