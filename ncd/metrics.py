@@ -22,7 +22,6 @@ Exposed (base units; ``direction`` is relative to this daemon's vchan:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 import threading
@@ -204,7 +203,8 @@ class MetricsServer:
     ) -> None:
         # prometheus_client's own WSGI app on a server of ours: start_http_server returns
         # its server and thread only since 0.17 (Debian 12 has 0.16)
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
         server_class = type("_Server", (_ThreadingWSGIServer,), {"address_family": family})
         self._server = make_server(
             address, port, make_wsgi_app(metrics.registry), server_class, _QuietHandler
