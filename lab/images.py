@@ -5,12 +5,14 @@ Artefacts of one build, in ``CACHE/images/<key>/``::
     xen           the hypervisor, gunzipped (QEMU's multiboot loader wants the ELF)
     vmlinuz       dom0's kernel (Debian's)
     dom0.cpio.gz  dom0's initramfs: the guest rootfs + /boot/{vmlinux,domu.cpio.gz}
-    manifest.json what went in (package versions, wheels, source hash)
+    manifest.json what went in (package versions, ncd's .deb, source hash)
 
 The root filesystem holds Debian's Xen tools and libraries, busybox, bash, iperf3,
-Debian's python3.11, ncd's dependency wheels and ncd's own wheel (cffi extensions
-linked against the real ``libxengnttab``/``libxenevtchn``/``libxenstore``), the lab
-agent and ``/init``. Nothing from xensim is put on a library path.
+Debian's python3.11, ncd's Debian package (``scripts/build-deb.sh``: cffi extensions
+linked against the real ``libxengnttab``/``libxenevtchn``/``libxenstore``) unpacked with
+``dpkg-deb -x`` like every other package, with what its ``Depends`` names from Debian
+(python3-uvloop, python3-pyroute2, ...), the lab agent and ``/init``. Nothing from
+xensim is put on a library path.
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from lab import packages
@@ -36,8 +36,8 @@ LAB_DIR = Path(__file__).resolve().parent
 REPO = LAB_DIR.parent
 GUEST_FILES = ["init.sh", "agent.py", "xsprobe.py", "tcpxfer.py"]  # shipped: /init, /lab/*.py
 BUILD_INPUTS = ["images.py", "packages.py", *GUEST_FILES]  # hashed into the cache key
-PY_DEPS = ["cffi", "pycparser", "uvloop", "pyroute2", "prometheus-client"]
-SOURCE_PATHS = ["ncd", "cext", "setup.py", "pyproject.toml", "README.md"]
+SOURCE_PATHS = ["ncd", "cext", "setup.py", "pyproject.toml", "README.md", "debian", "systemd",
+                "docs/protocol.md", "scripts/build-deb.sh"]
 # Kernel modules the lab loads (their dependencies are added from .modinfo).
 MODULES = ["xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd",
            "xen-netback", "xen-netfront", "bridge", "tun"]
@@ -82,10 +82,10 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------- python wheels
+# ---------------------------------------------------------------- ncd's .deb
 
 def source_files(repo: Path = REPO) -> list[str]:
-    """Tracked and untracked-but-not-ignored files of the project (what a wheel holds)."""
+    """Tracked and untracked-but-not-ignored files the Debian package is built from."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", *SOURCE_PATHS],
                          cwd=repo, capture_output=True, text=True, check=True).stdout
     return sorted(f for f in out.splitlines() if (repo / f).is_file())
@@ -98,73 +98,24 @@ def source_hash(repo: Path = REPO) -> str:
     return h.hexdigest()[:16]
 
 
-def build_ncd_wheel(cache: Path, repo: Path = REPO) -> Path:
-    """ncd's wheel from a clean copy of the source (no build files land in the tree)."""
-    outdir = cache / "wheels" / f"ncd-{source_hash(repo)}"
-    hits = sorted(outdir.glob("ncd-*.whl"))
+def build_ncd_deb(cache: Path, repo: Path = REPO) -> Path:
+    """ncd's Debian package (``scripts/build-deb.sh``: a clean copy of the source, Debian's
+    python3 and build tools), cached by the hash of its sources."""
+    outdir = cache / "ncd-debs" / f"ncd-{source_hash(repo)}"
+    hits = sorted(outdir.glob("ncd_*.deb"))
     if hits:
         return hits[0]
-    _log("building ncd's wheel (compiles the cffi extensions)")
-    with tempfile.TemporaryDirectory(prefix="ncd-lab-src-") as tmp:
-        src = Path(tmp) / "src"
-        for f in source_files(repo):
-            (src / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(repo / f, src / f)
-        wdir = Path(tmp) / "out"
-        res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                              str(wdir), str(src)], capture_output=True, text=True)
+    _log("building ncd's .deb (scripts/build-deb.sh)")
+    with tempfile.TemporaryDirectory(prefix="ncd-lab-deb-") as tmp:
+        res = subprocess.run([str(repo / "scripts/build-deb.sh"), "--outdir", tmp,
+                              "--no-lintian"], capture_output=True, text=True)
         if res.returncode != 0:
-            raise RuntimeError(f"pip wheel of ncd failed:\n{res.stdout[-3000:]}"
+            raise RuntimeError(f"scripts/build-deb.sh failed:\n{res.stdout[-3000:]}"
                                f"{res.stderr[-3000:]}")
-        whl = sorted(wdir.glob("ncd-*.whl"))[0]
+        deb = sorted(Path(tmp).glob("ncd_*.deb"))[0]
         outdir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(whl, outdir / whl.name)
-    return outdir / whl.name
-
-
-def dependency_wheels(cache: Path) -> list[Path]:
-    """Binary cp311 wheels of ncd's runtime deps, at the versions of this venv."""
-    pins = [f"{n}=={metadata.version(n)}" for n in PY_DEPS]
-    key = hashlib.sha256(" ".join(pins).encode()).hexdigest()[:16]
-    outdir = cache / "wheels" / f"deps-{key}"
-    done = outdir / ".complete"
-    if not done.exists():
-        _log(f"pip download {' '.join(pins)}")
-        res = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                              "--only-binary=:all:", "-d", str(outdir), *pins],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"pip download failed:\n{res.stderr[-3000:]}")
-        done.write_text("\n".join(pins) + "\n")
-    return sorted(outdir.glob("*.whl"))
-
-
-def install_wheel(whl: Path, root: Path) -> list[tuple[str, str]]:
-    """Unpack a wheel into Debian's dist-packages; returns its console scripts."""
-    site = root / "usr/lib/python3/dist-packages"
-    site.mkdir(parents=True, exist_ok=True)
-    scripts: list[tuple[str, str]] = []
-    with zipfile.ZipFile(whl) as z:
-        z.extractall(site)
-        for name in z.namelist():
-            if name.endswith(".dist-info/entry_points.txt"):
-                section = ""
-                for line in z.read(name).decode().splitlines():
-                    line = line.strip()
-                    if line.startswith("["):
-                        section = line.strip("[]")
-                    elif "=" in line and section == "console_scripts":
-                        cmd, target = (s.strip() for s in line.split("=", 1))
-                        scripts.append((cmd, target))
-    return scripts
-
-
-def write_console_script(root: Path, cmd: str, target: str) -> None:
-    module, func = target.split(":")
-    path = root / "usr/bin" / cmd
-    path.write_text(f"#!/usr/bin/python3.11\nimport sys\nfrom {module} import {func}\n"
-                    f"sys.exit({func}())\n")
-    path.chmod(0o755)
+        shutil.copy2(deb, outdir / deb.name)
+    return outdir / deb.name
 
 
 # ---------------------------------------------------------------- rootfs
@@ -279,9 +230,10 @@ def compile_python(root: Path) -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, wheels: list[Path]) -> str:
+def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, ncd_deb: Path) -> str:
     for _name, deb in sorted(debs.items()):
         packages.unpack(deb, root)
+    packages.unpack(ncd_deb, root)  # /usr/bin/{ncd,ncctl,ncd-vchan}, dist-packages/ncd
     merge_usr(root)
     prune(root)
     for d in ("proc", "sys", "dev", "run", "tmp", "var/log", "var/lib", "etc/xen", "lab"):
@@ -290,11 +242,6 @@ def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, wheels: list[Pa
     if not py3.exists():
         py3.symlink_to("python3.11")
     kver = install_modules(kroot, root)
-    scripts: list[tuple[str, str]] = []
-    for whl in wheels:
-        scripts += install_wheel(whl, root)
-    for cmd, target in scripts:
-        write_console_script(root, cmd, target)
     shutil.copy2(LAB_DIR / "init.sh", root / "init")
     (root / "init").chmod(0o755)
     for name in GUEST_FILES[1:]:
@@ -309,17 +256,17 @@ def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, wheels: list[Pa
 # ---------------------------------------------------------------- the build
 
 def prune_cache(cache: Path, keep: int = 3) -> None:
-    """Keep the newest ``keep`` image sets and ncd wheels (debs stay: they are shared)."""
-    for pattern in ("images/*", "wheels/ncd-*"):
+    """Keep the newest ``keep`` image sets and ncd .debs (Debian's debs stay: shared)."""
+    for pattern in ("images/*", "ncd-debs/ncd-*"):
         dirs = sorted((p for p in cache.glob(pattern) if p.is_dir()),
                       key=lambda p: p.stat().st_mtime, reverse=True)
         for old in dirs[keep:]:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _resolve() -> tuple[str, list[packages.Pkg]]:
+def _resolve(ncd_deb: Path) -> tuple[str, list[packages.Pkg]]:
     kernel = packages.kernel_package()
-    names = packages.closure(packages.ROOT_PACKAGES)
+    names = packages.closure([*packages.ROOT_PACKAGES, *packages.deb_depends(ncd_deb)])
     return kernel, packages.pin([*names, kernel, packages.HYPERVISOR_PACKAGE])
 
 
@@ -327,17 +274,17 @@ def build(cache: Path | None = None, repo: Path = REPO, force: bool = False,
           _refreshed: bool = False) -> Images:
     cache = cache or default_cache()
     cache.mkdir(parents=True, exist_ok=True)
+    ncd_deb = build_ncd_deb(cache, repo)
     try:
-        kernel, pins = _resolve()
+        kernel, pins = _resolve(ncd_deb)
     except RuntimeError as exc:  # stale or missing apt lists: refresh once
         _log(f"{exc}; running apt-get update")
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
-        kernel, pins = _resolve()
-    wheels = [*dependency_wheels(cache), build_ncd_wheel(cache, repo)]
+        kernel, pins = _resolve(ncd_deb)
     manifest: dict[str, object] = {
         "packages": {p.name: p.version for p in pins},
         "kernel_package": kernel,
-        "wheels": {w.name: _sha256_file(w) for w in wheels},
+        "ncd_deb": {ncd_deb.name: _sha256_file(ncd_deb)},
         "lab": {f: _sha256_file(LAB_DIR / f) for f in BUILD_INPUTS},
     }
     key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
@@ -358,7 +305,7 @@ def build(cache: Path | None = None, repo: Path = REPO, force: bool = False,
         kroot, hroot, root = t / "kernel", t / "hyp", t / "rootfs"
         packages.unpack(debs.pop(kernel), kroot)
         packages.unpack(debs.pop(packages.HYPERVISOR_PACKAGE), hroot)
-        kver = build_rootfs(root, debs, kroot, wheels)
+        kver = build_rootfs(root, debs, kroot, ncd_deb)
         stage = t / "out"
         stage.mkdir()
         xen_gz = next((hroot / "boot").glob("xen-4.17*.gz"))

@@ -143,3 +143,20 @@ def download(pkgs: Iterable[Pkg], debdir: Path) -> dict[str, Path]:
 def unpack(deb: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     _run(["dpkg-deb", "-x", str(deb), str(dest)])
+
+
+def deb_depends(deb: Path) -> list[str]:
+    """The real packages a .deb's ``Depends`` names (first alternatives; virtual packages,
+    such as python3-cffi-backend-api-min, left out: a real package provides them)."""
+    field = _run(["dpkg-deb", "-f", str(deb), "Depends"])
+    names = []
+    for dep in field.split(","):
+        name = dep.split("|")[0].split("(")[0].strip().split(":")[0]
+        if name and name not in EXCLUDED:
+            names.append(name)
+    if not names:
+        return []
+    out = subprocess.run(["apt-cache", "show", "--no-all-versions", *names],
+                         capture_output=True, text=True).stdout
+    real = {ln.split(None, 1)[1] for ln in out.splitlines() if ln.startswith("Package: ")}
+    return sorted(n for n in dict.fromkeys(names) if n in real)

@@ -27,11 +27,24 @@ def recv(port: int, timeout: float = 240) -> int:
     return 0
 
 
+def _connect(host: str, port: int, timeout: float, wait: float = 60) -> socket.socket:
+    """The receiver may still be starting (Python under TCG takes seconds, more on a
+    busy machine): retry refused connections for ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=timeout)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def send(host: str, port: int, path: str, timeout: float = 240) -> int:
     with open(path, "rb") as f:
         data = f.read()
-    t0 = time.monotonic()
-    with socket.create_connection((host, port), timeout=timeout) as s:
+    with _connect(host, port, timeout) as s:
+        t0 = time.monotonic()
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         s.recv(1)  # the receiver closes once it has read everything

@@ -34,12 +34,15 @@ counters as the vif metrics above, drops by reason included: ``spoofed_source``,
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Info, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -272,15 +275,33 @@ class Metrics:
         return out
 
 
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class MetricsServer:
     """The HTTP endpoint (``/metrics``) in a background thread; port 0 picks one."""
 
     def __init__(
         self, metrics: Metrics, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT
     ) -> None:
-        from prometheus_client import start_http_server
-
-        self._server, self._thread = start_http_server(port, address, metrics.registry)
+        # prometheus_client's own WSGI app on a server of ours: start_http_server returns
+        # its server and thread only since 0.17 (Debian 12 has 0.16)
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        server_class = type("_Server", (_ThreadingWSGIServer,), {"address_family": family})
+        self._server = make_server(
+            address, port, make_wsgi_app(metrics.registry), server_class, _QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="ncd-metrics", daemon=True
+        )
+        self._thread.start()
         self.address = address
         self.port: int = self._server.server_port
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on a Debian 12 machine (run as root): Debian packages, then a
 # virtualenv in .venv with ncd and the xensim simulator built and installed (editable)
-# with the test tools.
+# with the test tools, the Debian packaging tools and promtool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +35,23 @@ fi
 # xensim (the simulator: a development tool, its own distribution, never in ncd's
 # package) and ncd itself, both editable, with the test tools.
 .venv/bin/python -m pip install -q -e ./xensim -e '.[test]'
-echo "setup: done (.venv/bin/ncd-sim, .venv/bin/pytest)"
+
+# The Debian package's tools (tests/packaging builds the .deb): dpkg-dev, lintian and
+# the Build-Depends of debian/control, through the build script itself.
+./scripts/build-deb.sh --build-deps-only
+
+# promtool (`promtool check metrics` on a live scrape, tests/e2e/test_traffic.py): only
+# the binary, from Debian's prometheus package. Installing that package would pull
+# 96 MB, a dozen JavaScript packages and a Prometheus server service; promtool itself
+# is one static binary (48 MB), extracted into .venv/bin.
+if [ ! -x .venv/bin/promtool ]; then
+    echo "setup: extracting promtool from Debian's prometheus package into .venv/bin"
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"  # apt's _apt user downloads into it
+    (cd "$tmp" && apt-get download -q prometheus >/dev/null)
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb \
+        | tar -x -O ./usr/bin/promtool >"$tmp/promtool"
+    install -m 0755 "$tmp/promtool" .venv/bin/promtool
+    rm -rf "$tmp"
+fi
+echo "setup: done (.venv/bin/ncd-sim, .venv/bin/pytest, scripts/build-deb.sh)"

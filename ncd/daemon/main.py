@@ -169,11 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
+        loop_factory = None
     try:
-        return int(runner(Daemon(args.role, config).run()))
+        # asyncio.Runner rather than uvloop.run: the latter is new in uvloop 0.18 and
+        # Debian 12 has 0.17
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return int(runner.run(Daemon(args.role, config).run()))
     except (OSError, ControlError, ValueError) as exc:
         log.error("%s", exc)
         return 1

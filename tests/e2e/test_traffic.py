@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +197,23 @@ def test_udp_gso_frame_crosses_whole(net: Net, src: int, dst: int, ip: str) -> N
         recv.kill()
     assert got == {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     assert _vif_stats(net, src)["frames_tx"] - before <= 4  # not 40: segmented after the vchan
+def _promtool() -> str | None:
+    # scripts/setup.sh puts Debian's promtool in .venv/bin
+    beside = Path(PY).parent / "promtool"
+    return str(beside) if beside.is_file() else shutil.which("promtool")
+
+
+@pytest.mark.parametrize("domid", [0, 1], ids=["backend", "frontend"])
+def test_promtool_check_metrics_on_a_live_scrape(net: Net, domid: int) -> None:
+    promtool = _promtool()
+    if promtool is None:
+        pytest.skip("promtool not installed (scripts/setup.sh extracts Debian's)")
+    code = ("import urllib.request;print(urllib.request.urlopen("
+            f"'http://127.0.0.1:{net.metrics_port}/metrics',timeout=5).read().decode())")
+    text = net.sim.run(domid, [PY, "-c", code]).stdout
+    assert "ncd_vif_frames_total{" in text and "ncd_handshake_failures_total{" in text
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (
+        r.stdout + r.stderr
+    )
