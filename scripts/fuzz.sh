@@ -34,7 +34,7 @@ TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 mkdir -p "$OUT/corpus" "$OUT/logs" "$CRASHES"
 
 CFLAGS=(-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-    -g -O1 -std=gnu11 -Wall -Wextra -Werror -Ifuzz -Icext/vchan -Icext/tracker -Icext/pump)
+    -g -O1 -std=gnu11 -Wall -Wextra -Werror -Ifuzz -Icext/vchan -Icext/tracker -Icext/pump -Icext/forward)
 # every source file of a component (its internal file split may change)
 [ "${FUZZ_SELFTEST:-0}" = 1 ] && CFLAGS+=(-DFUZZ_SELFTEST)
 VCHAN_SRCS=(cext/vchan/*.c cext/tracker/*.c)
@@ -47,7 +47,7 @@ build() { # target -> binary
     case $t in
     frame) "$CC" "${CFLAGS[@]}" fuzz/fuzz_frame.c cext/pump/frame.c -o "$bin" ;;
     layout | ring) "$CC" "${CFLAGS[@]}" "fuzz/fuzz_$t.c" "${VCHAN_SRCS[@]}" "${VCHAN_LIBS[@]}" -o "$bin" ;;
-    pump) "$CC" "${CFLAGS[@]}" fuzz/fuzz_pump.c cext/pump/*.c "${VCHAN_SRCS[@]}" "${VCHAN_LIBS[@]}" -o "$bin" ;;
+    pump) "$CC" "${CFLAGS[@]}" fuzz/fuzz_pump.c cext/pump/*.c cext/forward/*.c "${VCHAN_SRCS[@]}" "${VCHAN_LIBS[@]}" -o "$bin" ;;
     esac
 }
 

@@ -238,10 +238,10 @@ def test_memcpy_and_grant_copy_throughput(doms: dict[int, Peer], capsys) -> None
         setup_world(doms, mode)
         for d in (doms[1], doms[2]):
             d.run(BLAST + "\nstart = None\nresult = 0")
-        doms[2].send(f"start = time.monotonic(); result = drain('B', {n * rec})")
-        doms[1].send(f"result = blast('A', {MACS['B']!r}, {MACS['A']!r}, {n}, {size})")
-        sent_s = doms[1].recv()
-        got, secs = doms[2].recv()
+        doms[2].submit(f"start = time.monotonic(); result = drain('B', {n * rec})")
+        doms[1].submit(f"result = blast('A', {MACS['B']!r}, {MACS['A']!r}, {n}, {size})")
+        sent_s = doms[1].result()
+        got, secs = doms[2].result()
         st = doms[0].run("from dataclasses import asdict; "
                          "result = asdict(sw.port_stats(ports['B']))")
         res[mode] = (got / max(secs, 1e-9) / 1e6, st["tx_frames"], st["drop_ring_full"], sent_s)

@@ -16,17 +16,18 @@ from ncd import __version__, config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFFILE = ROOT / "debian" / "ncd.toml"
-KEY_LINE = re.compile(r"^# ?([a-z_]+ = .*?)(?:\s+#.*)?$")
+KEY_LINE = re.compile(r"^# ?([a-z_]+ = .*?|\[switch\.NAME\])(?:\s+#.*)?$")
 
 
 def _defaults() -> dict[str, dict[str, object]]:
     """Every section and key ncd/config.py knows, with its default (the control socket
     as the installed units see it: NCD_RUNTIME_DIR=/run/ncd)."""
-    out = {}
-    for f in dataclasses.fields(config.Config):
-        section = f.default_factory()  # type: ignore[misc]
-        out[f.name] = dataclasses.asdict(section)
+    out: dict[str, dict[str, object]] = {}
+    for name, stype in config._SECTION_TYPES.items():
+        out[name] = dataclasses.asdict(stype())
     out["daemon"]["control_socket"] = "/run/ncd/ncd.sock"
+    # [switch.NAME] tables: the conffile documents one, NAME, with the defaults
+    out["switch"] = {"NAME": dataclasses.asdict(config.SwitchSection())}
     return out
 
 
@@ -41,7 +42,9 @@ def _uncommented(text: str) -> str:
 
 def test_conffile_lists_every_config_key_with_its_default() -> None:
     text = CONFFILE.read_text()
-    assert _defaults().keys() == set(config._SECTION_TYPES)
+    assert _defaults().keys() == {*config._SECTION_TYPES, "switch"}
+    assert {f.name for f in dataclasses.fields(config.Config)} == {*config._SECTION_TYPES,
+                                                                    "switches"}
     assert tomllib.loads(_uncommented(text)) == _defaults()
 
 
