@@ -389,7 +389,8 @@ class Vif(abc.ABC):
         self.datapath = None
         why = ended[0] if ended else None
         self._acc = self._acc.plus(dp.final_counters())
-        log.info("%s: channel down%s", self.name, f" ({why})" if why else "")
+        if why is None:  # an orderly disconnect; a channel that ended on its own is
+            log.info("%s: channel down", self.name)  # logged once, as the failure
 
     async def _release(self) -> None:
         had_tap, had_device = self.tap is not None, bool(self._device)

@@ -62,7 +62,7 @@ def test_bad_record_stops_only_that_port(net: Net, tmp_path: Path) -> None:
             10, "the stopped port logged")
         assert len(lines) == 1, lines
         assert re.search(r"stopped: bad_peer: .*300000", lines[0]), lines[0]
-        net.wait(lambda: "vif 2/0: channel down" in d0.log_text(), 10, "channel closed")
+        net.wait(lambda: "vif 2/0: failed (link_lost)" in d0.log_text(), 10, "channel closed")
 
         def bad_records() -> int:
             for v in net.stats(0)["vifs"]:
