@@ -1,5 +1,6 @@
 """contrib/grafana/ncd.json: every PromQL query names only metrics (and labels) the daemon
-exports, taken from ncd/metrics.py's registry; every exported metric is on the dashboard;
+exports, taken from ncd/metrics.py's registry (a vif and a switch registered); every
+exported metric is on the dashboard;
 with promtool installed, every query is valid PromQL."""
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def exported() -> tuple[set[str], set[str], set[str]]:
     """(sample names, family names, label names) a daemon's registry exports."""
     m = Metrics("backend", "0.0.0")
     m.add_vif(1, 0, lambda: VifCounters(drops={"bad_record": 1}), lambda: XenbusState.CONNECTED)
+    # one in-daemon switch, shaped as SwitchRegistry.snapshot() gives it (_SwitchCollector
+    # reads name, forwarded, ports, port_stops); ncd_tracker_entries reads the C tracker
+    m.add_switches(lambda: [{"name": "up", "forwarded": {(1, 2): (3, 180)}, "ports": 2,
+                             "port_stops": {"peer_closed": 1}}])
     samples, families, labels = set(), set(), set()
     for fam in m.registry.collect():
         families.add(fam.name)
@@ -110,7 +115,8 @@ def test_dashboard_is_grafana_json() -> None:
 
 def test_queries_name_only_exported_metrics_and_labels() -> None:
     samples, _, labels = exported()
-    assert "ncd_vif_frames_total" in samples  # the registry was read, not a stub
+    # the registry was read, not a stub, switches included
+    assert {"ncd_vif_frames_total", "ncd_forwarded_bytes_total", "ncd_tracker_entries"} <= samples
     bad = []
     for where, expr in queries():
         metrics, used = names_in(expr)
