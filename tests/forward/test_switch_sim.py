@@ -30,7 +30,7 @@ PATHS = {"A": "/local/domain/1/data/swa", "B": "/local/domain/2/data/swb",
 
 GUEST = """
 import hashlib, struct, time
-from ncd.vchan import framing as fr
+from tests import framecodec as fr
 from ncd.vchan.channel import VchanClient, VchanServer
 from ncd.xen.xenstore import XenStore
 xs = XenStore()
