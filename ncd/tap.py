@@ -8,10 +8,9 @@ an earlier owner must never be trusted. Offloads are ``TUN_F_*`` flags; which
 ones a vif uses follows from its negotiated features (:mod:`ncd.features`).
 
 Link settings (MAC, MTU, up, bridge, delete) go through rtnetlink (pyroute2).
-Everything works inside a named network namespace (``netns=``): the calling
-thread switches in for the duration of the call and back, so the TAP, its
-netlink socket and its bridge all live in that namespace. The daemon itself
-runs inside its domain's namespace and passes ``netns=None``.
+Everything acts in the calling thread's network namespace: the daemon runs inside
+its domain's namespace. (Tests that work on another namespace enter it around
+these calls: tests/netns.py.)
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ IFF_VNET_HDR = 0x4000
 
 VNET_HDR_SIZE = 10  # struct virtio_net_hdr
 IFNAMSIZ = 16
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = "/run/netns"
 TUN_PATH = "/dev/net/tun"
 
 # linux/ethtool.h, for reading back what the kernel made of our offloads
@@ -55,39 +52,6 @@ ETH_GSTRING_LEN = 32
 
 class TapError(OSError):
     """A TAP operation failed; the message names the device and the step."""
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def in_netns(netns: str | None) -> Iterator[None]:
-    """Run the block with the calling thread in network namespace ``netns`` (None: stay)."""
-    if netns is None:
-        yield
-        return
-    if "/" in netns or netns in ("", ".", ".."):
-        raise ValueError(f"bad netns name {netns!r}")
-    old = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            new = os.open(f"{NETNS_RUN_DIR}/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise TapError(exc.errno, f"netns {netns}: {exc.strerror}") from None
-        try:
-            if _libc.setns(new, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise TapError(err, f"setns({netns}): {os.strerror(err)}")
-        finally:
-            os.close(new)
-        try:
-            yield
-        finally:
-            if _libc.setns(old, CLONE_NEWNET) != 0:  # pragma: no cover - cannot fail
-                err = ctypes.get_errno()
-                raise TapError(err, f"setns(back from {netns}): {os.strerror(err)}")
-    finally:
-        os.close(old)
 
 
 def _check_name(name: str) -> bytes:
@@ -156,7 +120,6 @@ def open_tap(
     *,
     offloads: int = 0,
     vnet_hdr_size: int = VNET_HDR_SIZE,
-    netns: str | None = None,
 ) -> Tap:
     """Create (or attach to an existing persistent) TAP ``name`` and configure its fd.
 
@@ -167,11 +130,10 @@ def open_tap(
     raw = _check_name(name)
     if vnet_hdr_size not in (10, 12) and not 12 <= vnet_hdr_size <= 64:
         raise ValueError(f"vnet_hdr_size {vnet_hdr_size}: must be 10, 12 or up to 64")
-    with in_netns(netns):
-        try:
-            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise TapError(exc.errno, f"open {TUN_PATH}: {exc.strerror}") from None
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TapError(exc.errno, f"open {TUN_PATH}: {exc.strerror}") from None
     try:
         ifr = struct.pack("16sH22x", raw, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
         try:
@@ -195,15 +157,13 @@ def open_tap(
 
 
 @contextmanager
-def _iproute(netns: str | None, ipr: IPRoute | None) -> Iterator[IPRoute]:
+def _iproute(ipr: IPRoute | None) -> Iterator[IPRoute]:
     """``ipr`` if given (a long-lived socket: pyroute2 leaks ~2.6 KB of native memory per
-    IPRoute instance), else a new one in ``netns``."""
+    IPRoute instance), else a new one."""
     if ipr is not None:
-        if netns is not None:
-            raise ValueError("pass netns or ipr, not both")
         yield ipr
         return
-    with in_netns(netns), IPRoute() as new:
+    with IPRoute() as new:
         yield new
 
 
@@ -221,14 +181,13 @@ def configure(
     mtu: int | None = None,
     up: bool = True,
     bridge: str | None = None,
-    netns: str | None = None,
     ipr: IPRoute | None = None,
 ) -> None:
     """Set MAC / MTU, enslave to ``bridge`` (which must exist), bring up (or down).
 
-    ``ipr``: an open IPRoute to use instead of a new one (then ``netns`` must be None).
+    ``ipr``: an open IPRoute to use instead of a new one.
     """
-    with _iproute(netns, ipr) as ipr:
+    with _iproute(ipr) as ipr:
         idx = _index(ipr, name)
         try:
             if mac is not None:
@@ -260,12 +219,11 @@ def configure(
 def delete(
     name: str,
     *,
-    netns: str | None = None,
     missing_ok: bool = True,
     ipr: IPRoute | None = None,
 ) -> bool:
     """Remove interface ``name`` (persistent or not). Returns whether it existed."""
-    with _iproute(netns, ipr) as ipr:
+    with _iproute(ipr) as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             if missing_ok:
@@ -288,9 +246,9 @@ class LinkInfo:
     master: str | None
 
 
-def link_info(name: str, *, netns: str | None = None) -> LinkInfo:
+def link_info(name: str) -> LinkInfo:
     """MAC, MTU, admin state and bridge of ``name`` as the kernel reports them."""
-    with in_netns(netns), IPRoute() as ipr:
+    with IPRoute() as ipr:
         idx = _index(ipr, name)
         msg = ipr.link("get", index=idx)[0]
         master_idx = msg.get_attr("IFLA_MASTER")
@@ -312,12 +270,10 @@ def _ethtool(sock: socket.socket, name: bytes, buf: ctypes.Array[ctypes.c_char])
     fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifr)
 
 
-def active_features(name: str, *, netns: str | None = None) -> dict[str, bool]:
+def active_features(name: str) -> dict[str, bool]:
     """The kernel's active netdev features of ``name`` (as ``ethtool -k`` shows them)."""
     raw = _check_name(name)
-    with in_netns(netns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         info = ctypes.create_string_buffer(
             struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0)
         )

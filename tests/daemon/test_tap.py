@@ -7,6 +7,7 @@ import select
 import struct
 import subprocess
 import time
+from contextlib import nullcontext
 
 import pytest
 from pyroute2 import IPRoute
@@ -21,6 +22,7 @@ from ncd.features import (
     usable,
 )
 from ncd.tap import TapError
+from tests.netns import in_netns
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="needs root and /dev/net/tun"
@@ -45,13 +47,14 @@ def netns():
 
 
 def links(netns):
-    with tap.in_netns(netns), IPRoute() as ipr:
+    with in_netns(netns) if netns else nullcontext(), IPRoute() as ipr:
         return {m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
 
 
 def test_tap_lives_in_the_namespace_and_goes_with_its_fd(netns):
     host_before = links(None)
-    t = tap.open_tap("nctest0", netns=netns)
+    with in_netns(netns):
+        t = tap.open_tap("nctest0")
     try:
         assert "nctest0" in links(netns)
         assert "nctest0" not in links(None)
@@ -62,80 +65,81 @@ def test_tap_lives_in_the_namespace_and_goes_with_its_fd(netns):
 
 
 def test_offloads_set_explicitly_every_open(netns):
-    t = tap.open_tap("nctest0", offloads=TSO, netns=netns)
-    t.set_persist(True)
-    feats = tap.active_features("nctest0", netns=netns)
-    assert all(feats[f] for f in FEATS), feats
-    t.close()
-    assert "nctest0" in links(netns)  # persistent: survives its fd, offloads too
-    assert all(tap.active_features("nctest0", netns=netns)[f] for f in FEATS)
-    # re-open asking for none: what the earlier owner left must not stick
-    t = tap.open_tap("nctest0", netns=netns)  # default: none
-    feats = tap.active_features("nctest0", netns=netns)
-    assert not any(feats[f] for f in FEATS), feats
-    t.close()
-    t = tap.open_tap("nctest0", offloads=tun_offload_flags(Features.CSUM | Features.GSO_TCPV4),
-                     netns=netns)
-    feats = tap.active_features("nctest0", netns=netns)
-    assert feats["tx-checksum-ip-generic"] and feats["tx-tcp-segmentation"]
-    assert not feats["tx-tcp6-segmentation"]
-    t.close()
-    assert tap.delete("nctest0", netns=netns) is True
-    assert "nctest0" not in links(netns)
-    assert tap.delete("nctest0", netns=netns) is False
-    with pytest.raises(TapError, match="nctest0: no such interface"):
-        tap.delete("nctest0", netns=netns, missing_ok=False)
+    with in_netns(netns):
+        t = tap.open_tap("nctest0", offloads=TSO)
+        t.set_persist(True)
+        feats = tap.active_features("nctest0")
+        assert all(feats[f] for f in FEATS), feats
+        t.close()
+        assert "nctest0" in links(netns)  # persistent: survives its fd, offloads too
+        assert all(tap.active_features("nctest0")[f] for f in FEATS)
+        # re-open asking for none: what the earlier owner left must not stick
+        t = tap.open_tap("nctest0")  # default: none
+        feats = tap.active_features("nctest0")
+        assert not any(feats[f] for f in FEATS), feats
+        t.close()
+        t = tap.open_tap("nctest0", offloads=tun_offload_flags(Features.CSUM | Features.GSO_TCPV4))
+        feats = tap.active_features("nctest0")
+        assert feats["tx-checksum-ip-generic"] and feats["tx-tcp-segmentation"]
+        assert not feats["tx-tcp6-segmentation"]
+        t.close()
+        assert tap.delete("nctest0") is True
+        assert "nctest0" not in links(netns)
+        assert tap.delete("nctest0") is False
+        with pytest.raises(TapError, match="nctest0: no such interface"):
+            tap.delete("nctest0", missing_ok=False)
 
 
 def test_tap_probe_refuses_unknown_offloads_and_restores(netns) -> None:
     # the probe behind ncd.features.usable: EINVAL for flags this kernel does not know
-    with tap.open_tap("ncprobe0", netns=netns) as t:
+    with in_netns(netns), tap.open_tap("ncprobe0") as t:
         t.set_offloads(TUN_F_CSUM)
         assert not t.accepts_offloads(TUN_F_CSUM | 1 << 20)  # no such TUN_F_ bit
         assert t.offloads == TUN_F_CSUM
-        feats = tap.active_features("ncprobe0", netns=netns)
+        feats = tap.active_features("ncprobe0")
         assert feats["tx-checksum-ip-generic"] and not feats["tx-tcp-segmentation"]
         uso = t.accepts_offloads(TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6)
-        assert tap.active_features("ncprobe0", netns=netns) == feats  # restored
+        assert tap.active_features("ncprobe0") == feats  # restored
         got = usable(Features.ALL, t.accepts_offloads)
         assert got == (Features.ALL if uso else Features.ALL & ~Features.GSO_UDP_L4)
         if uso:  # Linux >= 6.2: what is negotiated is what the TAP is set to
             t.set_offloads(tun_offload_flags(got))
-            assert tap.active_features("ncprobe0", netns=netns)["tx-udp-segmentation"]
+            assert tap.active_features("ncprobe0")["tx-udp-segmentation"]
 
 
 def test_mac_mtu_up_bridge(netns):
-    with tap.in_netns(netns), IPRoute() as ipr:
+    with in_netns(netns), IPRoute() as ipr:
         ipr.link("add", ifname="ncbr0", kind="bridge")
-    with tap.open_tap("ncvif1.0", netns=netns):
-        tap.configure("ncvif1.0", mac="00:16:3e:0a:0b:0c", mtu=9000, bridge="ncbr0", netns=netns)
-        info = tap.link_info("ncvif1.0", netns=netns)
+    with in_netns(netns), tap.open_tap("ncvif1.0"):
+        tap.configure("ncvif1.0", mac="00:16:3e:0a:0b:0c", mtu=9000, bridge="ncbr0")
+        info = tap.link_info("ncvif1.0")
         assert (info.mac, info.mtu, info.up, info.master) == (
             "00:16:3e:0a:0b:0c",
             9000,
             True,
             "ncbr0",
         )
-        tap.configure("ncvif1.0", up=False, netns=netns)
-        assert tap.link_info("ncvif1.0", netns=netns).up is False
+        tap.configure("ncvif1.0", up=False)
+        assert tap.link_info("ncvif1.0").up is False
         with pytest.raises(TapError, match="bridge nobr does not exist"):
-            tap.configure("ncvif1.0", bridge="nobr", netns=netns)
+            tap.configure("ncvif1.0", bridge="nobr")
         with pytest.raises(TapError, match="ncvif1.0: set mac/mtu"):
-            tap.configure("ncvif1.0", mtu=20, netns=netns)
+            tap.configure("ncvif1.0", mtu=20)
 
 
 def test_errors_are_named(netns):
-    with pytest.raises(ValueError, match="bad interface name"):
-        tap.open_tap("x" * 16, netns=netns)
-    with pytest.raises(TapError, match="netns nonexistent-ns"):
-        tap.open_tap("nctest0", netns="nonexistent-ns")
-    with pytest.raises(TapError, match="nothere: no such interface"):
-        tap.configure("nothere", netns=netns)
-    # an existing non-TAP device of that name cannot be opened as a TAP
-    with tap.in_netns(netns), IPRoute() as ipr:
-        ipr.link("add", ifname="ncnottap", kind="bridge")
-    with pytest.raises(TapError, match="TUNSETIFF ncnottap: Invalid argument"):
-        tap.open_tap("ncnottap", netns=netns)
+    with pytest.raises(OSError, match="netns nonexistent-ns"), in_netns("nonexistent-ns"):
+        tap.open_tap("nctest0")
+    with in_netns(netns):
+        with pytest.raises(ValueError, match="bad interface name"):
+            tap.open_tap("x" * 16)
+        with pytest.raises(TapError, match="nothere: no such interface"):
+            tap.configure("nothere")
+        # an existing non-TAP device of that name cannot be opened as a TAP
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="ncnottap", kind="bridge")
+        with pytest.raises(TapError, match="TUNSETIFF ncnottap: Invalid argument"):
+            tap.open_tap("ncnottap")
 
 
 # ------------------------------------------------------------ traffic
@@ -185,19 +189,21 @@ def read_until(fd: int, want, timeout: float = 3.0) -> list[bytes]:
 
 
 def test_frames_cross_a_bridge_between_two_taps_with_gso(netns):
-    with tap.in_netns(netns), IPRoute() as ipr:
+    with in_netns(netns), IPRoute() as ipr:
         ipr.link("add", ifname="ncbr0", kind="bridge")
         ipr.link("set", index=ipr.link_lookup(ifname="ncbr0")[0], state="up")
-    a = tap.open_tap("nca", offloads=TSO, netns=netns)
-    b = tap.open_tap("ncb", offloads=TSO, netns=netns)  # accepts GSO
-    c = tap.open_tap("ncc", netns=netns)  # no offloads: the kernel must segment
+    with in_netns(netns):
+        a = tap.open_tap("nca", offloads=TSO)
+        b = tap.open_tap("ncb", offloads=TSO)  # accepts GSO
+        c = tap.open_tap("ncc")  # no offloads: the kernel must segment
     try:
         for t, mac in (
             (a, "00:16:3e:00:00:0a"),
             (b, "00:16:3e:00:00:0b"),
             (c, "00:16:3e:00:00:0c"),
         ):
-            tap.configure(t.name, mac=mac, bridge="ncbr0", netns=netns)
+            with in_netns(netns):
+                tap.configure(t.name, mac=mac, bridge="ncbr0")
         src, dst = bytes.fromhex("00163e0000aa"), bytes.fromhex("00163e0000bb")  # unknown: flood
         # 1. a small frame, no offload: arrives byte for byte on both other ports
         small = eth_ipv4_tcp(b"hello ncd " * 10, src, dst)

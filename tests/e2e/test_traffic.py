@@ -16,6 +16,7 @@ import pytest
 
 from ncd import tap as tapmod
 from tests.e2e.harness import PY, Net
+from tests.netns import in_netns
 
 MACS = {1: "00:16:3e:00:01:00", 2: "00:16:3e:00:02:00"}
 BIG = 256 << 20
@@ -49,9 +50,10 @@ def net(sim_module, tmp_path_factory) -> Iterator[Net]:
 def test_taps_exist_with_the_toolstack_settings(net: Net) -> None:
     assert {"ncvif1.0", "ncvif2.0"} <= net.links(0)
     for g in (1, 2):
-        info = tapmod.link_info("nc0", netns=net.sim.world.netns(g))
+        with in_netns(net.sim.world.netns(g)):
+            info = tapmod.link_info("nc0")
+            feats = tapmod.active_features("nc0")
         assert info.mac == MACS[g] and info.mtu == 1500 and info.up
-        feats = tapmod.active_features("nc0", netns=net.sim.world.netns(g))
         assert feats["tx-tcp-segmentation"], "TSO negotiated end to end"
 
 
@@ -93,7 +95,8 @@ def test_guest_to_guest_through_a_bridge_in_dom0(net: Net) -> None:
         for g in (1, 2):
             net.wait_connected(g, 1)
             net.addr(g, "nc1", f"198.18.3.{g}/24")
-            info = tapmod.link_info(f"ncvif{g}.1", netns=net.sim.world.netns(0))
+            with in_netns(net.sim.world.netns(0)):
+                info = tapmod.link_info(f"ncvif{g}.1")
             assert info.master == "ncbr0" and info.up
         for a, b in ((1, 2), (2, 1)):
             r = net.ping(a, f"198.18.3.{b}", count=5)
@@ -182,9 +185,11 @@ s.sendto(bytes.fromhex(sys.argv[4]), (sys.argv[1], int(sys.argv[2])))
 def test_udp_gso_frame_crosses_whole(net: Net, src: int, dst: int, ip: str) -> None:
     # Both ends advertise feature-gso-udp-l4 on this kernel (TAP has TUN_F_USO4/6), so the
     # TAP is set to it and a 40-segment UDP_SEGMENT send crosses as one record
-    feats = tapmod.active_features("nc0", netns=net.sim.world.netns(1))
+    with in_netns(net.sim.world.netns(1)):
+        feats = tapmod.active_features("nc0")
     assert feats["tx-udp-segmentation"], "USO negotiated end to end"
-    assert tapmod.active_features("ncvif1.0", netns=net.sim.world.netns(0))["tx-udp-segmentation"]
+    with in_netns(net.sim.world.netns(0)):
+        assert tapmod.active_features("ncvif1.0")["tx-udp-segmentation"]
     payload = bytes(range(250)) * 160  # 40 segments of 1000 bytes
     recv = net.sim.popen(dst, [PY, "-c", UDP_RECV, ip, "5310", str(len(payload))],
                          stdout=subprocess.PIPE, text=True)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from ncd.features import Negotiated
 from ncd.switch import Switch, parse_mac
-from ncd.vchan import framing as fr
 from ncd.vchan.channel import Vchan, local_pair
+from tests import framecodec as fr
 
 TIMEOUT = 10.0
 BCAST = "ff:ff:ff:ff:ff:ff"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from ncd.features import Features, Negotiated
 from ncd.switch import PortKind, PortState, parse_mac
-from ncd.vchan import framing as fr
+from tests import framecodec as fr
 
 from .helpers import BCAST, Guest, eth, mac, wait_for
 
@@ -423,7 +423,7 @@ def test_hostile_ring_index_closes_that_port_only(switch, guests, where) -> None
 ), min_size=1, max_size=12))
 def test_random_bytes_from_a_peer_never_hurt_the_switch(switch, chunks) -> None:
     """Whatever a peer writes into its ring, the switch forwards exactly the valid records
-    before the first bad one (as framing.parse reads the stream), then stops that port;
+    before the first bad one (as framecodec.parse reads the stream), then stops that port;
     another port keeps working."""
     sw = switch()
     a, b = Guest(sw, 1), Guest(sw, 2)

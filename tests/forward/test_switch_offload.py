@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from ncd.features import Features, Negotiated
 from ncd.switch import PortState
-from ncd.vchan import framing as fr
 from ncd.vchan.channel import local_pair
+from tests import framecodec as fr
 
 from . import pkt
 from .helpers import TIMEOUT, Guest, mac, wait_for

@@ -30,7 +30,7 @@ PATHS = {"A": "/local/domain/1/data/swa", "B": "/local/domain/2/data/swb",
 
 GUEST = """
 import hashlib, struct, time
-from ncd.vchan import framing as fr
+from tests import framecodec as fr
 from ncd.vchan.channel import VchanClient, VchanServer
 from ncd.xen.xenstore import XenStore
 xs = XenStore()
@@ -351,11 +351,13 @@ def test_ports_removed_and_unmapped_while_frames_flow(doms: dict[int, Peer], mod
         d0.run(f"""
 t = VchanClient.connect(xs, 2, {path!r})
 tp = sw.add_vchan(t, domid=2, mac="02:00:00:00:02:{r:02x}")
-time.sleep(0.05)
+deadline = time.monotonic() + 10  # until the flood reached this port (a busy machine)
+while sw.port_stats(tp).tx_frames == 0 and time.monotonic() < deadline:
+    time.sleep(0.005)
 st = sw.remove_port(tp)
 t.close()   # unmaps dom2's pages right after the handshake
 result = [st.tx_frames, st.drop_ring_full, st.drop_copy_failed]
-""".replace("time.sleep", "__import__('time').sleep"))
+""".replace("time.", "__import__('time')."))
         finals.append(d0.run("result = [st.tx_frames, st.drop_ring_full]"))
         d2.run("tmp.close(); result = 0")
     d1.run("flood_stop.set(); flood_thread.join(); result = flooded[0]")

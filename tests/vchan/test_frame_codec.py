@@ -1,4 +1,4 @@
-"""Record codec: the Python reference (ncd.vchan.framing) and the C parser agree,
+"""Record codec: the Python reference (tests/framecodec.py) and the C parser agree,
 round-trip, and reject every malformed length or vnet header (negotiation:
 tests/daemon/test_features.py)."""
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ncd.features import PROTOCOL_VERSION, Features
-from ncd.vchan import framing as fr
 from ncd.vchan._lib import ffi, lib
+from tests import framecodec as fr
 
 ALL = int(Features.ALL)
 

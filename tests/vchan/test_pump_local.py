@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ncd.features import Features, Negotiated
-from ncd.vchan import framing as fr
 from ncd.vchan.channel import Vchan, local_pair
 from ncd.vchan.pump import FramePump, PumpState, PumpStats
+from tests import framecodec as fr
 
 TIMEOUT = 10.0
 SNDBUF = 4 << 20

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from ncd.vchan import framing as fr
 from ncd.vchan.channel import local_pair
 from ncd.vchan.pump import FramePump
+from tests import framecodec as fr
 from tests.forward import pkt
 
 from .test_pump_local import End, settled

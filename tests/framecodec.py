@@ -1,7 +1,8 @@
 """Reference codec of ncd's frame record format, version 1 (docs/protocol.md).
 
-Pure Python, no I/O: the C pump (cext/pump) implements the same rules; tests hold
-the two against each other. A record on the vchan byte stream is::
+Pure Python, no I/O, test-only: the daemon parses records in C (cext/pump, cext/switch),
+which implements the same rules; tests hold the two against each other. A record on
+the vchan byte stream is::
 
     le32 rec_len | virtio_net_hdr (10 bytes, little-endian) | Ethernet frame
 
