@@ -1,6 +1,7 @@
 /* ncd frame pump: see pump.h. One thread, both directions, zero-copy. */
 #define _GNU_SOURCE
 #include "pump.h"
+#include "span.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,66 +55,7 @@ struct ncd_pump {
     int tx_wait_counted;
 };
 
-/* ---- two-iovec ring spans --------------------------------------------- */
-
-struct span {
-    struct iovec iov[2];
-    int cnt;
-    size_t len;
-};
-
-static void span_init(struct span *s, int cnt)
-{
-    s->cnt = cnt < 0 ? 0 : (cnt > 2 ? 2 : cnt);
-    s->len = 0;
-    for (int i = 0; i < s->cnt; i++)
-        s->len += s->iov[i].iov_len;
-}
-
-/* Describe bytes [off, off+len) of the span with at most two iovecs. */
-static int span_slice(const struct span *s, size_t off, size_t len, struct iovec *out)
-{
-    int n = 0;
-
-    for (int i = 0; i < s->cnt && len; i++) {
-        size_t l = s->iov[i].iov_len;
-        if (off >= l) {
-            off -= l;
-            continue;
-        }
-        size_t take = l - off < len ? l - off : len;
-        out[n].iov_base = (uint8_t *)s->iov[i].iov_base + off;
-        out[n].iov_len = take;
-        n++;
-        len -= take;
-        off = 0;
-    }
-    return n;
-}
-
-static void span_copy_out(const struct span *s, size_t off, void *dst, size_t len)
-{
-    struct iovec part[2];
-    int n = span_slice(s, off, len, part);
-    uint8_t *d = dst;
-
-    for (int i = 0; i < n; i++) {
-        memcpy(d, part[i].iov_base, part[i].iov_len);
-        d += part[i].iov_len;
-    }
-}
-
-static void span_copy_in(const struct span *s, size_t off, const void *src, size_t len)
-{
-    struct iovec part[2];
-    int n = span_slice(s, off, len, part);
-    const uint8_t *c = src;
-
-    for (int i = 0; i < n; i++) {
-        memcpy(part[i].iov_base, c, part[i].iov_len);
-        c += part[i].iov_len;
-    }
-}
+/* ---- two-iovec ring spans: span.h ------------------------------------ */
 
 /* ---- state ---------------------------------------------------------------- */
 
