@@ -107,6 +107,7 @@ class Bench:
         self.world = World(Path(args.dir) if args.dir else self.tmp / "world")
         self.prefix = args.netns_prefix or f"ncbs{os.getpid()}-"
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.retrans: dict[tuple[str, str], list[int]] = {}  # iperf3 retransmits per run
 
     # ---- helpers ------------------------------------------------------------------------
     def argv(self, domid: int, cmd: list[str]) -> list[str]:
@@ -239,7 +240,10 @@ class Bench:
         for _ in range(attempts):
             res = self._iperf_once(p, ["-R"] if reverse else [])
             if "error" not in res and "end" in res:
-                return float(res["end"]["sum_received"]["bits_per_second"]) / 1e9
+                end = res["end"]
+                self.retrans.setdefault(("tcp_rev" if reverse else "tcp_fwd", p.name), []).append(
+                    int(end.get("sum_sent", {}).get("retransmits", 0)))
+                return float(end["sum_received"]["bits_per_second"]) / 1e9
             last = str(res.get("error", res))[:300]
             print(f"  (iperf3 on {p.name}: {last}; again)", flush=True)
             time.sleep(0.5)
@@ -382,17 +386,21 @@ def tables(results: dict[str, dict[str, list[Any]]], s: dict[str, Any]) -> list[
             lines.append(f"| {label} | {fmt(m[pm][k])} | {fmt(m[pg][k])} | {fmt(m[pb][k])} | "
                          f"{r[f'{pm} / {pb} {k}']:.2f}x | {r[f'{pg} / {pb} {k}']:.2f}x | "
                          f"{r[f'{g.key} grant / memcpy {k}']:.2f}x |")
-    lines += ["", "Every round (in the order run):", "",
-              "| path | TCP fwd (Gbit/s) | TCP rev (Gbit/s) | RTT p50 (us) | RTT p99 (us) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Every round (rounds in order; TCP fwd = A -> B / F -> dom0; retransmits = "
+              "iperf3's TCP retransmissions per run, fwd / rev):", "",
+              "| path | TCP fwd (Gbit/s) | TCP rev (Gbit/s) | RTT p50 (us) | RTT p99 (us) "
+              "| retransmits |", "|---|---|---|---|---|---|"]
+    rx = s.get("retransmits", {})
     for g in GROUPS:
         for p in g.paths:
             rt = results["rtt"][p.name]
+            re_ = " / ".join(", ".join(f"{n:,}" for n in rx.get(f"{t} {p.name}", []))
+                             for t in ("tcp_fwd", "tcp_rev"))
             lines.append(
                 f"| {p.name} | {', '.join(fmt(x) for x in results['tcp_fwd'][p.name])} | "
                 f"{', '.join(fmt(x) for x in results['tcp_rev'][p.name])} | "
                 f"{', '.join(f'{x[0]:.0f}' for x in rt)} | "
-                f"{', '.join(f'{x[1]:.0f}' for x in rt)} |")
+                f"{', '.join(f'{x[1]:.0f}' for x in rt)} | {re_} |")
     lines += ["", "Targets (issue 10):", ""]
     for what, v, ok in s["targets"]:
         lines.append(f"* {what}: {v:.2f}x — {'met' if ok else '**not met**'}")
@@ -489,9 +497,14 @@ def main(argv: list[str] | None = None) -> int:
                                  else f"{v:.2f} Gbit/s")
                         print(f"round {rnd + 1} {test:7} {p.name:13} {shown}", flush=True)
         counters = b.counters()
+    except BaseException:
+        b.args.keep_logs = True  # the daemon logs say why
+        print(f"bench_switch: failed; daemon logs kept in {b.tmp}", file=sys.stderr)
+        raise
     finally:
         b.down()
     s = summarise(results)
+    s["retransmits"] = {f"{t} {p}": v for (t, p), v in b.retrans.items()}
     cmd = " ".join(["sudo", ".venv/bin/python", "bench/bench_switch.py",
                     *(argv if argv is not None else sys.argv[1:])])
     info = {"machine": machine(), "command": cmd, "git": git_rev(),
