@@ -394,7 +394,7 @@ def tables(results: dict[str, dict[str, list[Any]]], s: dict[str, Any]) -> list[
     for g in GROUPS:
         for p in g.paths:
             rt = results["rtt"][p.name]
-            re_ = " / ".join(", ".join(f"{n:,}" for n in rx.get(f"{t} {p.name}", []))
+            re_ = " / ".join(", ".join(str(n) for n in rx.get(f"{t} {p.name}", []))
                              for t in ("tcp_fwd", "tcp_rev"))
             lines.append(
                 f"| {p.name} | {', '.join(fmt(x) for x in results['tcp_fwd'][p.name])} | "
@@ -424,8 +424,9 @@ def report(results: dict[str, dict[str, list[Any]]], s: dict[str, Any], counters
         "same -> dom0 TAP in a bridge with dom0's address (tests/e2e/test_forwarding_chain.py;",
         "the drivers' switch in each copy mode); **one hop** = F's third vif straight to a",
         "dom0 TAP in a bridge with dom0's address. iperf3 one TCP stream per direction,",
-        f"ping {info['pings']} x {info['ping_interval'] * 1000:.0f} ms; each round runs the",
-        "compared paths of a test back to back, in an order rotating between rounds.",
+        f"ping {info['pings']} x {info['ping_interval'] * 1000:.0f} ms; each round runs the "
+        "compared paths of a test back to back,",
+        "in an order rotating between rounds.",
         "",
         f"Machine: Linux {mc['kernel']}, {mc['cores']} cores, {mc['cpu']}; load average "
         f"{info['load_before']} before, {info['load_after']} after",
@@ -464,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=4, help="iperf3 duration per run")
     ap.add_argument("--pings", type=int, default=200)
     ap.add_argument("--ping-interval", type=float, default=0.01, help="seconds")
-    ap.add_argument("--ring-bytes", type=int, default=0, help="every daemon's ring size each way")
+    ap.add_argument("--ring-bytes", type=int, default=0,
+                    help="every daemon's ring size each way (each guest fronts 3 vifs: "
+                    "1 MiB rings exceed gntalloc's default 1024 grants per guest)")
     ap.add_argument("--dir", help="the xensim world's directory (default: a temporary one)")
     ap.add_argument("--netns-prefix", help="the world's netns prefix (default ncbs<pid>-)")
     ap.add_argument("--json", help="also write the results as JSON here")
