@@ -232,6 +232,8 @@ class SwitchRegistry:
                 "fdb_entries": info.fdb_entries,
                 "grant_copy_calls": info.grant_copy_calls,
                 "grant_copy_segs": info.grant_copy_segs,
+                "rounds": info.rounds,
+                "wakeups": info.wakeups,
                 "forwarded": acct,
                 "port_stops": stops,
             })
