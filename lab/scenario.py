@@ -596,8 +596,8 @@ class Lab:
                        f">/dev/null 2>&1; do i=$((i+1)); [ $i -gt {secs * 5} ] && exit 1; "
                        "sleep 0.2; done", secs + 30)
         rec = {"backend_entries_removed": r.ok, "secs": round(time.monotonic() - t0, 1),
-               "driver_log": self.try_on(drv, "grep -iE 'gone|release|stop|removed' "
-                                              "/var/log/ncd-driver.log | tail -n 15").out}
+               "driver_log": self.try_on(drv, "tail -n 25 /var/log/ncd-driver.log; "
+                                              "ps | grep -c '[n]cd driver'").out}
         self.report["driver_release"] = rec
         log(f"driver domain {drv} after xl destroy of domain {gone}: backend entries "
             f"{'removed' if r.ok else 'still there'} after {rec['secs']}s")
