@@ -19,7 +19,8 @@ from lab import images
 from lab.console import LabError
 from lab.scenario import Lab, log
 
-STEPS = ["vchan", "facts", "kernel", "daemon"]
+STEPS = ["vchan", "facts", "kernel", "daemon", "switch", "driver-hop"]
+TWO_GUEST_STEPS = {"switch", "driver-hop"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="image cache (default $NCD_LAB_CACHE or ~/.cache/ncd-lab)")
     p.add_argument("--workdir", type=Path, default=None, help="logs and report")
     p.add_argument("--mb", type=int, default=4, help="MB per transfer (default 4)")
+    p.add_argument("--fwd-mb", type=int, default=4,
+                   help="MB per TCP transfer in the switch and driver-hop scenarios")
     p.add_argument("--vsp-baseline", action="store_true",
                    help="also time vchan-socket-proxy against itself (slow, flaky)")
     p.add_argument("--steps", default=",".join(STEPS),
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ncd-lab-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    lab = Lab(imgs, workdir, mb=args.mb, vsp_baseline=args.vsp_baseline)
+    lab = Lab(imgs, workdir, mb=args.mb, vsp_baseline=args.vsp_baseline, fwd_mb=args.fwd_mb,
+              two_guests=bool(TWO_GUEST_STEPS & set(steps)))
     lab.report.update({"images": str(imgs.dir), "steps": steps,
                        "kernel": imgs.manifest.get("kernel_version")})
     expired = threading.Event()
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watchdog, daemon=True).start()
     status = 0
     current = "boot"
+    failed: list[str] = []
     try:
         lab.boot()
         current = "dom0"
@@ -90,9 +95,19 @@ def main(argv: list[str] | None = None) -> int:
                 lab.kernel_path()
             elif step == "daemon":
                 lab.daemon_path()
+            elif step == "switch":
+                if not lab.run_scenario("switch", lab.switch_scenario):
+                    failed.append(step)
+            elif step == "driver-hop":
+                if not lab.run_scenario("driver-hop", lab.driver_hop_scenario):
+                    failed.append(step)
             lab.report.setdefault("step_secs", {})[step] = round(time.monotonic() - t, 1)
+        if failed:
+            current = ",".join(failed)
+            raise LabError(f"scenario(s) failed: {', '.join(failed)}")
         current = "destroy"
-        lab.destroy_guest(expect_backend_cleanup="daemon" in steps)
+        with_daemons = ({"daemon"} | TWO_GUEST_STEPS) & set(steps)
+        lab.destroy_guest(expect_backend_cleanup=bool(with_daemons))
         current = "done"
     except (LabError, OSError, ValueError) as exc:
         status = 1

@@ -27,7 +27,7 @@ DOM0_ARGS = "console=hvc0 earlyprintk=xen rdinit=/init loglevel=6 ncdlab.agent=/
 
 @dataclass
 class QemuConfig:
-    memory_mb: int = 1536
+    memory_mb: int = 1792  # dom0 768 MB + two 320 MB guests + Xen
     dom0_mem_mb: int = 768
     smp: int = 2
     extra_xen_args: str = ""

@@ -20,6 +20,7 @@ from lab.images import Images
 from lab.qemu import Qemu, QemuConfig
 
 GUEST_NAME = "labguest"
+GUEST2_NAME = "labguest2"
 GUEST_CFG = """name = "{name}"
 type = "pv"
 kernel = "/boot/vmlinux"
@@ -39,6 +40,14 @@ NCD_NET = ("198.18.2.1", "198.18.2.2", 24)
 NCD_MAC = "00:16:3e:5e:00:02"
 KERNEL_MAC = "00:16:3e:5e:00:01"
 IPERF_SECS = 5
+# forwarding scenarios: guest1 <-> guest2 on dom0's switch sw0; dom0 bridge <- guest1's
+# `ncd driver` (switch "up") <- guest2
+SWITCH_NET = ("198.18.3.1", "198.18.3.2", 24)
+SWITCH_MACS = ("00:16:3e:5e:01:01", "00:16:3e:5e:01:02")
+HOP_NET = ("198.18.4.1", "198.18.4.3", 24)  # dom0's bridge ncbr0, guest 2
+HOP_BRIDGE = "ncbr0"
+HOP_MACS = ("00:16:3e:5e:02:01", "00:16:3e:5e:02:02")
+FWD_PING_COUNT = 5
 
 
 def log(msg: str) -> None:
@@ -56,6 +65,12 @@ class Lab:
     qemu: Qemu | None = None
     con: Console | None = None
     domid: int | None = None
+    domid2: int | None = None
+    two_guests: bool = False
+    fwd_mb: int = 4
+    # daemons running: domid -> (role, pid); vifs attached: (backend, frontend, devid)
+    daemons: dict[int, tuple[str, int]] = field(default_factory=dict)
+    vifs: set[tuple[int, int, int]] = field(default_factory=set)
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -69,6 +84,26 @@ class Lab:
         if self.domid is None:
             raise LabError("no guest")
         return self.domid
+
+    @property
+    def guest2_id(self) -> int:
+        if self.domid2 is None:
+            raise LabError("no second guest")
+        return self.domid2
+
+    def on(self, dom: int, cmd: str, timeout: float = 60, what: str = "") -> Result:
+        """Run ``cmd`` in domain ``dom`` (0: dom0, else a guest); must succeed."""
+        if dom == 0:
+            return self.dom0(cmd, timeout, what)
+        return self.c.guest(dom, cmd, timeout).check(what)
+
+    def try_on(self, dom: int, cmd: str, timeout: float = 60) -> Result:
+        return self.c.run(cmd, timeout) if dom == 0 else self.c.guest(dom, cmd, timeout)
+
+    def submit_on(self, dom: int, cmd: str, timeout: float) -> str:
+        if dom == 0:
+            return self.c.submit(cmd, timeout)
+        return self.c.submit(self.c.guest_cmd(dom, cmd, timeout), timeout + 20)
 
     def dom0(self, cmd: str, timeout: float = 60, what: str = "") -> Result:
         return self.c.run(cmd, timeout).check(what)
@@ -122,16 +157,29 @@ class Lab:
         if any("sim" in lib for lib in libs) or not any("libxengnttab" in lib for lib in libs):
             raise LabError(f"ncd did not load Xen's own libraries: {libs}")
 
+    def create_guest(self, name: str, mem_mb: int) -> int:
+        cfg = GUEST_CFG.format(name=name, mem=mem_mb)
+        self.dom0(f"printf %s {shlex.quote(cfg)} > /etc/xen/{name}.cfg")
+        self.dom0(f"xl create /etc/xen/{name}.cfg", 180, f"xl create {name}")
+        return int(self.dom0(f"xl domid {name}").out.strip())
+
     def start_guest(self, mem_mb: int = 320) -> None:
-        cfg = GUEST_CFG.format(name=GUEST_NAME, mem=mem_mb)
-        self.dom0(f"printf %s {shlex.quote(cfg)} > /etc/xen/{GUEST_NAME}.cfg")
+        """Guest 1 (and, for the forwarding scenarios, guest 2: created right after it,
+        both boot at once)."""
         t0 = time.monotonic()
-        self.dom0(f"xl create /etc/xen/{GUEST_NAME}.cfg", 180, "xl create")
-        self.domid = int(self.dom0(f"xl domid {GUEST_NAME}").out.strip())
+        self.domid = self.create_guest(GUEST_NAME, mem_mb)
+        if self.two_guests:
+            self.domid2 = self.create_guest(GUEST2_NAME, mem_mb)
         self.dom0(f"python3 /lab/agent.py guest-wait {self.domid} 240", 260, "guest agent")
         secs = round(time.monotonic() - t0, 1)
         log(f"guest {GUEST_NAME} (domid {self.domid}) agent up {secs}s after xl create")
         self.report["guest"] = {"domid": self.domid, "agent_secs_after_create": secs}
+        if self.domid2 is not None:
+            self.dom0(f"python3 /lab/agent.py guest-wait {self.domid2} 240", 260,
+                      "guest 2 agent")
+            secs2 = round(time.monotonic() - t0, 1)
+            log(f"guest {GUEST2_NAME} (domid {self.domid2}) agent up {secs2}s after xl create")
+            self.report["guest2"] = {"domid": self.domid2, "agent_secs_after_create": secs2}
         maps = self.guest("python3 -c \"import ncd.xen._lib, ncd._hotpath;"
                           "print(open('/proc/self/maps').read())\"", 120, "guest ncd imports").out
         libs = sorted({ln.split()[-1] for ln in maps.splitlines() if "libxen" in ln})
@@ -306,11 +354,9 @@ class Lab:
         a0, a1, plen = NCD_NET
         rep: dict[str, Any] = {}
         self.report["ncd_daemon"] = rep
-        self.dom0("setsid ncd backend > /var/log/ncd-backend.log 2>&1 < /dev/null &",
-                  30, "start ncd backend")
-        self.guest("setsid ncd frontend > /var/log/ncd-frontend.log 2>&1 < /dev/null &",
-                   30, "start ncd frontend")
-        self.dom0(f"ncctl attach {d} --devid 0 --mac {NCD_MAC}", 60, "ncctl attach")
+        self.ensure_daemon(0, "backend")
+        self.ensure_daemon(d, "frontend")
+        self.attach(d, 0, f"--mac {NCD_MAC}")
         self.wait_vif(f"ncvif{d}.0", "nc0")
         self.dom0(f"ip addr add {a0}/{plen} dev ncvif{d}.0 && ip link set ncvif{d}.0 up")
         self.guest(f"ip addr add {a1}/{plen} dev nc0 && ip link set nc0 up")
@@ -339,13 +385,155 @@ class Lab:
         if bad_tcp:
             raise LabError(f"TCP over ncd failed: {bad_tcp}\nstats: {rep['ncctl_stats']}\n"
                            + "\n".join(rep["metrics"]))
-        self.dom0(f"ncctl detach {d} 0", 60, "ncctl detach")
+        self.detach(d, 0)
         self.dom0(f"i=0; while ip link show ncvif{d}.0 >/dev/null 2>&1; do i=$((i+1)); "
                   "[ $i -gt 100 ] && exit 1; sleep 0.2; done", 60, "TAP gone after detach")
-        self.dom0(f"ncctl attach {d} --devid 0 --mac {NCD_MAC}", 60, "ncctl re-attach")
+        self.attach(d, 0, f"--mac {NCD_MAC}", what="ncctl re-attach")
         self.wait_vif(f"ncvif{d}.0", "nc0")
         rep["reattached"] = True
         log(f"ncd daemon path: {rep}")
+
+    # ------------------------------------------------------------ daemons and vifs
+    def ensure_daemon(self, dom: int, role: str, args: str = "") -> None:
+        """Start ``ncd ROLE ARGS`` in ``dom`` unless that role already runs there (another
+        role is stopped first: one daemon per domain)."""
+        cur = self.daemons.get(dom)
+        if cur and cur[0] == role:
+            return
+        if cur:
+            self.stop_daemon(dom)
+        log_file = f"/var/log/ncd-{role}.log"
+        r = self.on(dom, f"setsid ncd {role} {args} > {log_file} 2>&1 < /dev/null & "
+                         "echo $!", 30, f"start ncd {role} in domain {dom}")
+        self.daemons[dom] = (role, int(r.out.split()[-1]))
+
+    def stop_daemon(self, dom: int) -> None:
+        """SIGTERM the daemon in ``dom`` and wait until it exited. A guest's PID 1 is the
+        agent, which does not reap orphans: an exited daemon stays a zombie (state Z)."""
+        role, pid = self.daemons.pop(dom)
+        self.on(dom, f"kill {pid}; i=0; while [ -e /proc/{pid} ] && "
+                     f"[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -c1)\" != Z ]; "
+                     "do i=$((i+1)); [ $i -gt 150 ] && exit 1; sleep 0.2; done", 60,
+                f"ncd {role} in domain {dom} exits on SIGTERM")
+
+    def attach(self, fe: int, devid: int, opts: str, backend: int = 0,
+               what: str = "ncctl attach") -> None:
+        be = f" --backend {backend}" if backend else ""
+        self.dom0(f"ncctl attach {fe} --devid {devid} {opts}{be}", 60, what)
+        self.vifs.add((backend, fe, devid))
+
+    def detach(self, fe: int, devid: int, backend: int = 0) -> None:
+        be = f" --backend {backend}" if backend else ""
+        self.dom0(f"ncctl detach {fe} {devid}{be}", 90, f"ncctl detach {fe} {devid}{be}")
+        self.vifs.discard((backend, fe, devid))
+
+    def wait_links(self, links: list[tuple[int, str]], timeout: float = 120) -> None:
+        """Wait until every (domain, interface) exists."""
+        deadline = time.monotonic() + timeout
+        missing = links
+        while time.monotonic() < deadline:
+            missing = [(d, n) for d, n in links
+                       if not self.try_on(d, f"ip link show {n}", 30).ok]
+            if not missing:
+                return
+            time.sleep(2)
+        raise LabError(f"interfaces did not appear: {missing}")
+
+    def ping(self, src: int, addr: str, count: int = FWD_PING_COUNT) -> dict[str, float]:
+        r = self.try_on(src, f"ping -c {count} -i 0.2 -W 5 {addr}", 30 + 6 * count)
+        return ping_summary(r.out)
+
+    # ------------------------------------------------------------ forwarding scenarios
+    def run_scenario(self, name: str, body: Any) -> bool:
+        """Run ``body() -> (ok, details)``; print ``lab: scenario NAME: OK|FAILED ...``."""
+        t0 = time.monotonic()
+        try:
+            ok, details = body()
+            error = ""
+        except LabError as exc:
+            ok, details, error = False, {}, str(exc)
+        secs = round(time.monotonic() - t0, 1)
+        rec = {"ok": ok, "secs": secs, **details}
+        if error:
+            rec["error"] = error[-4000:]
+        self.report.setdefault("scenarios", {})[name] = rec
+        print(scenario_line(name, ok, secs, details, error), flush=True)
+        return ok
+
+    def switch_scenario(self) -> tuple[bool, dict[str, Any]]:
+        """guest1 <-> guest2 through dom0's in-daemon switch sw0 (no TAP in dom0)."""
+        g1, g2 = self.guest_id, self.guest2_id
+        a1, a2, plen = SWITCH_NET
+        rep: dict[str, Any] = {}
+        self.ensure_daemon(0, "backend")
+        self.ensure_daemon(g1, "frontend")
+        self.ensure_daemon(g2, "frontend")
+        # guest 1 may still have devid 0 (the daemon step's TAP vif): devid 1 here
+        self.attach(g1, 1, f"--switch sw0 --mac {SWITCH_MACS[0]}")
+        self.attach(g2, 0, f"--switch sw0 --mac {SWITCH_MACS[1]}")
+        self.wait_links([(g1, "nc1"), (g2, "nc0")])
+        self.on(g1, f"ip addr add {a1}/{plen} dev nc1 && ip link set nc1 up")
+        self.on(g2, f"ip addr add {a2}/{plen} dev nc0 && ip link set nc0 up")
+        rep["ncctl_list"] = self.try_on(0, "ncctl list").out
+        if f"ncvif{g1}.1" in self.try_on(0, "ls /sys/class/net").out:
+            raise LabError(f"a switch port got a TAP in dom0: ncvif{g1}.1")
+        rep["ping_1_to_2"] = self.ping(g1, a2)
+        rep["ping_2_to_1"] = self.ping(g2, a1)
+        rep["tcp"] = [self.tcp_between(g1, g2, a2, self.fwd_mb, 5310),
+                      self.tcp_between(g2, g1, a1, self.fwd_mb, 5311)]
+        rep["ncctl_stats"] = self.try_on(0, "ncctl stats").out[-3000:]
+        ok = fwd_ok([rep["ping_1_to_2"], rep["ping_2_to_1"]], rep["tcp"])
+        self.detach(g1, 1)
+        self.detach(g2, 0)
+        return ok, rep
+
+    def driver_hop_scenario(self) -> tuple[bool, dict[str, Any]]:
+        """dom0 (bridge ncbr0) <- guest 1 (`ncd driver --uplink-switch up`) <- guest 2."""
+        g1, g2 = self.guest_id, self.guest2_id
+        a0, a2, plen = HOP_NET
+        rep: dict[str, Any] = {}
+        self.ensure_daemon(0, "backend")
+        # guest 1 becomes a driver domain: its other vifs go first (one daemon per domain)
+        for be, fe, devid in sorted(self.vifs):
+            if fe == g1 or be == g1:
+                self.detach(fe, devid, be)
+        self.ensure_daemon(g1, "driver", "--uplink-switch up")
+        self.ensure_daemon(g2, "frontend")
+        self.dom0(f"(brctl addbr {HOP_BRIDGE} 2>/dev/null || true) && "
+                  f"ip addr add {a0}/{plen} dev {HOP_BRIDGE} && ip link set {HOP_BRIDGE} up",
+                  60, f"bridge {HOP_BRIDGE}")
+        self.attach(g1, 2, f"--mac {HOP_MACS[0]} --bridge {HOP_BRIDGE} --trunk")
+        self.attach(g2, 1, f"--mac {HOP_MACS[1]} --switch up", backend=g1)
+        rep["xenstore_backend_perms"] = self.try_on(
+            0, f"xenstore-ls -p /local/domain/{g1}/backend 2>&1 | head -40").out
+        self.wait_links([(0, f"ncvif{g1}.2"), (g2, "nc1")])
+        self.on(g2, f"ip addr add {a2}/{plen} dev nc1 && ip link set nc1 up")
+        rep["ping_2_to_dom0"] = self.ping(g2, a0)
+        rep["ping_dom0_to_2"] = self.ping(0, a2)
+        rep["tcp"] = [self.tcp_between(g2, 0, a0, self.fwd_mb, 5320),
+                      self.tcp_between(0, g2, a2, self.fwd_mb, 5321)]
+        rep["ncctl_list_dom0"] = self.try_on(0, "ncctl list").out
+        rep["ncctl_list_driver"] = self.try_on(g1, "ncctl list 2>&1").out[-3000:]
+        rep["ncctl_stats_driver"] = self.try_on(g1, "ncctl stats 2>&1").out[-3000:]
+        rep["driver_log"] = self.try_on(g1, "tail -n 40 /var/log/ncd-driver.log").out[-4000:]
+        ok = fwd_ok([rep["ping_2_to_dom0"], rep["ping_dom0_to_2"]], rep["tcp"])
+        return ok, rep
+
+    def tcp_between(self, src: int, dst: int, addr: str, mb: int, port: int) -> dict[str, Any]:
+        """``mb`` MB over TCP from domain ``src`` to ``dst`` (at ``addr``); sha256 both ends."""
+        size = mb << 20
+        self.on(src, f"head -c {size} /dev/urandom > /tmp/tcp-tx-{port}", 120)
+        rid = self.submit_on(dst, f"python3 /lab/tcpxfer.py recv {port}", 300)
+        time.sleep(4)
+        send = self.try_on(src, f"python3 /lab/tcpxfer.py send {addr} {port} "
+                                f"/tmp/tcp-tx-{port}", 280)
+        got = self.c.wait(rid, "tcpxfer recv", 320)
+        self.try_on(src, f"rm -f /tmp/tcp-tx-{port}")
+        rec = tcp_record(src, dst, size, send.ok, send.out, got.ok, got.out)
+        if not rec["ok"]:
+            rec["stderr"] = (send.err + got.err)[-1500:]
+        log(f"TCP domain {src}->{dst}: {rec}")
+        return rec
 
     def wait_vif(self, backend_tap: str, frontend_tap: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -384,13 +572,35 @@ class Lab:
     # ------------------------------------------------------------ teardown
     def destroy_guest(self, expect_backend_cleanup: bool = False) -> None:
         d = self.guest_id
+        if self.domid2 is not None:
+            # guest 2 first: its vifs may be backed by guest 1's driver
+            g2 = self.domid2
+            self.dom0(f"xl destroy {GUEST2_NAME}", 120, "xl destroy guest 2")
+            self.domid2 = None
+            if self.daemons.get(d, ("",))[0] == "driver":
+                self.observe_driver_release(d, g2)
         self.dom0(f"xl destroy {GUEST_NAME}", 120, "xl destroy")
         if expect_backend_cleanup:
-            self.dom0(f"i=0; while ip link show ncvif{d}.0 >/dev/null 2>&1 || "
+            # every TAP of this guest (ncvif<d>.<devid>) and its backend entries must go
+            self.dom0(f"i=0; while ls /sys/class/net | grep -q '^ncvif{d}[.]' || "
                       f"xenstore-read /local/domain/0/backend/ncvif/{d} >/dev/null 2>&1; do "
                       "i=$((i+1)); [ $i -gt 150 ] && exit 1; sleep 0.2; done", 60,
                       "backend cleanup after xl destroy")
         self.domid = None
+
+    def observe_driver_release(self, drv: int, gone: int, secs: int = 30) -> None:
+        """Observation, not a check: does the driver domain notice that the domain it
+        backed is gone (``@releaseDomain`` on real Xen) and remove its backend entries?"""
+        t0 = time.monotonic()
+        r = self.c.run(f"i=0; while xenstore-read /local/domain/{drv}/backend/ncvif/{gone} "
+                       f">/dev/null 2>&1; do i=$((i+1)); [ $i -gt {secs * 5} ] && exit 1; "
+                       "sleep 0.2; done", secs + 30)
+        rec = {"backend_entries_removed": r.ok, "secs": round(time.monotonic() - t0, 1),
+               "driver_log": self.try_on(drv, "tail -n 25 /var/log/ncd-driver.log; "
+                                              "ps | grep -c '[n]cd driver'").out}
+        self.report["driver_release"] = rec
+        log(f"driver domain {drv} after xl destroy of domain {gone}: backend entries "
+            f"{'removed' if r.ok else 'still there'} after {rec['secs']}s")
 
     def collect_logs(self, dest: Path) -> None:
         """Everything worth reading after a run (best effort; dom0 may be gone)."""
@@ -410,10 +620,13 @@ class Lab:
         for name, cmd in cmds.items():
             r = self.c.run(cmd, 60)
             (dest / name).write_text(r.out + (("\n--- stderr ---\n" + r.err) if r.err else ""))
-        if self.domid is not None:
-            for name, cmd in {"guest-ncd-frontend.txt": "cat /var/log/ncd-frontend.log",
-                              "guest-dmesg.txt": "dmesg | tail -n 300"}.items():
-                r = self.c.guest(self.domid, cmd, 60)
+        for tag, dom in (("guest", self.domid), ("guest2", self.domid2)):
+            if dom is None:
+                continue
+            for name, cmd in {f"{tag}-ncd-frontend.txt": "cat /var/log/ncd-frontend.log",
+                              f"{tag}-ncd-driver.txt": "cat /var/log/ncd-driver.log",
+                              f"{tag}-dmesg.txt": "dmesg | tail -n 300"}.items():
+                r = self.c.guest(dom, cmd, 60)
                 (dest / name).write_text(r.out + r.err)
 
 
@@ -436,3 +649,46 @@ def iperf_mbit(out: str) -> float | None:
         return round(summary["bits_per_second"] / 1e6, 1)
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def tcp_record(src: int, dst: int, size: int, send_ok: bool, send_out: str,
+               recv_ok: bool, recv_out: str) -> dict[str, Any]:
+    """One TCP transfer's result from tcpxfer's ``SHA256 BYTES SECS`` lines."""
+    tx = (send_out.split() + ["", "0", "0"])[:3]
+    rx = (recv_out.split() + ["", "0", "0"])[:3]
+    try:
+        got, secs = int(rx[1]), float(rx[2])
+    except ValueError:
+        got, secs = 0, 0.0
+    rec: dict[str, Any] = {"from": src, "to": dst, "bytes": size, "bytes_received": got,
+                           "ok": bool(send_ok and recv_ok and rx[0] and rx[0] == tx[0]
+                                      and got == size),
+                           "secs": secs}
+    if rec["ok"] and secs:
+        rec["mbit"] = round(size * 8 / secs / 1e6, 1)
+    return rec
+
+
+def fwd_ok(pings: list[dict[str, float]], tcps: list[dict[str, Any]]) -> bool:
+    """A forwarding scenario passes when every ping got an answer and every transfer
+    arrived whole with the sender's sha256 (a lost first echo while ARP resolves is fine)."""
+    return (bool(pings) and all(p.get("received", 0) >= 1 for p in pings)
+            and bool(tcps) and all(t.get("ok") for t in tcps))
+
+
+def scenario_line(name: str, ok: bool, secs: float, details: dict[str, Any],
+                  error: str = "") -> str:
+    """``lab: scenario NAME: OK|FAILED (Ns) ping ... tcp ...`` (one line)."""
+    parts = [f"lab: scenario {name}: {'OK' if ok else 'FAILED'} ({secs:g}s)"]
+    for key, val in details.items():
+        if key.startswith("ping") and isinstance(val, dict):
+            parts.append(f"{key} {val.get('received', 0):g}/{val.get('sent', 0):g}"
+                         + (f" avg {val['avg_ms']:g}ms" if "avg_ms" in val else ""))
+    for t in details.get("tcp", []):
+        state = f"{t.get('mbit', '?')} Mbit/s" if t.get("ok") else \
+            f"FAILED {t.get('bytes_received', 0)}/{t.get('bytes', 0)} B"
+        parts.append(f"tcp {t.get('from')}->{t.get('to')} {t.get('bytes', 0) >> 20} MB "
+                     f"sha256 {state}")
+    if error:
+        parts.append("error: " + " ".join(error.split())[:300])
+    return ", ".join(parts)

@@ -1,8 +1,9 @@
 """TCP transfer with a checksum, run inside the lab images (stdlib only).
 
 ``tcpxfer.py recv PORT``            accept one connection, print ``SHA256 BYTES SECS``
-``tcpxfer.py send HOST PORT FILE``  send FILE, half-close, wait for the receiver to close,
-                                    print ``SHA256 BYTES SECS``
+``tcpxfer.py send HOST PORT FILE``  send FILE (connecting as soon as the receiver listens,
+                                    up to 90 s), half-close, wait for the receiver to
+                                    close, print ``SHA256 BYTES SECS`` (SECS from connect)
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ def recv(port: int, timeout: float = 240) -> int:
     return 0
 
 
-def _connect(host: str, port: int, timeout: float, wait: float = 60) -> socket.socket:
-    """The receiver may still be starting (Python under TCG takes seconds, more on a
-    busy machine): retry refused connections for ``wait`` seconds."""
+def connect(host: str, port: int, timeout: float, wait: float = 90) -> socket.socket:
+    """Connect, retrying while nobody listens yet (the receiver, started first, may
+    still be starting Python in a slow guest)."""
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -43,7 +44,7 @@ def _connect(host: str, port: int, timeout: float, wait: float = 60) -> socket.s
 def send(host: str, port: int, path: str, timeout: float = 240) -> int:
     with open(path, "rb") as f:
         data = f.read()
-    with _connect(host, port, timeout) as s:
+    with connect(host, port, timeout) as s:
         t0 = time.monotonic()
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)

@@ -115,3 +115,73 @@ def test_source_files_are_the_projects(tmp_path):
     assert any(f.startswith("ncd/") for f in files)
     assert not any(f.endswith((".so", ".o", ".pyc")) for f in files)
     assert all(Path(images.REPO, f).is_file() for f in files)
+
+
+def test_tcp_record_from_tcpxfer_lines():
+    ok = scenario.tcp_record(1, 2, 4 << 20, True, "abc 4194304 2.0\n", True, "abc 4194304 2.1\n")
+    assert ok["ok"] and ok["bytes_received"] == 4 << 20 and ok["mbit"] == round(
+        (4 << 20) * 8 / 2.1 / 1e6, 1)
+    short = scenario.tcp_record(1, 2, 4 << 20, True, "abc 4194304 2.0", True, "abd 4096 1.0")
+    assert not short["ok"] and short["bytes_received"] == 4096 and "mbit" not in short
+    # a receiver that printed nothing (timed out) or garbage
+    for out in ("", "Traceback x y"):
+        rec = scenario.tcp_record(0, 2, 1 << 20, True, "abc 1048576 1.0", False, out)
+        assert not rec["ok"] and rec["bytes_received"] == 0
+    # both sides empty: equal empty hashes are not a success
+    assert not scenario.tcp_record(0, 2, 0, True, "", True, "")["ok"]
+
+
+def test_fwd_ok_needs_every_ping_answered_and_every_transfer_whole():
+    good_ping = {"sent": 5.0, "received": 4.0}
+    tcp = [{"ok": True}, {"ok": True}]
+    assert scenario.fwd_ok([good_ping, good_ping], tcp)
+    assert not scenario.fwd_ok([good_ping, {"sent": 5.0, "received": 0.0}], tcp)
+    assert not scenario.fwd_ok([good_ping, {}], tcp)  # ping printed no summary
+    assert not scenario.fwd_ok([good_ping], [{"ok": True}, {"ok": False}])
+    assert not scenario.fwd_ok([], tcp) and not scenario.fwd_ok([good_ping], [])
+
+
+def test_scenario_line():
+    details = {"ping_1_to_2": {"sent": 5.0, "received": 5.0, "avg_ms": 21.5},
+               "ping_2_to_1": {"sent": 5.0, "received": 4.0},
+               "tcp": [{"from": 1, "to": 2, "bytes": 4 << 20, "ok": True, "mbit": 17.2},
+                       {"from": 2, "to": 1, "bytes": 4 << 20, "ok": False,
+                        "bytes_received": 4096}],
+               "ncctl_list": "ignored"}
+    line = scenario.scenario_line("switch", False, 61.25, details)
+    assert line == ("lab: scenario switch: FAILED (61.25s), ping_1_to_2 5/5 avg 21.5ms, "
+                    "ping_2_to_1 4/5, tcp 1->2 4 MB sha256 17.2 Mbit/s, "
+                    "tcp 2->1 4 MB sha256 FAILED 4096/4194304 B")
+    err = scenario.scenario_line("driver-hop", False, 3, {}, "ncctl attach failed:\n  EACCES")
+    assert err == "lab: scenario driver-hop: FAILED (3s), error: ncctl attach failed: EACCES"
+    assert "\n" not in err
+    assert scenario.scenario_line("switch", True, 1, {}).startswith("lab: scenario switch: OK")
+
+
+def test_tcpxfer_sender_waits_for_a_late_receiver(tmp_path):
+    import socket
+    import threading
+
+    from lab import tcpxfer
+
+    with socket.socket() as probe:  # a free port nobody listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    got: dict[str, bytes] = {}
+
+    def late_receiver() -> None:
+        time.sleep(1.0)
+        with socket.create_server(("127.0.0.1", port)) as srv:
+            conn, _ = srv.accept()
+            with conn:
+                got["data"] = conn.recv(16)
+
+    t = threading.Thread(target=late_receiver)
+    t.start()
+    t0 = time.monotonic()
+    with tcpxfer.connect("127.0.0.1", port, timeout=10, wait=20) as s:
+        s.sendall(b"hello")
+    t.join(10)
+    assert got["data"] == b"hello" and 0.9 < time.monotonic() - t0 < 15
+    with pytest.raises(ConnectionRefusedError):  # nobody ever listens: gives up
+        tcpxfer.connect("127.0.0.1", port, timeout=5, wait=0.6)

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("NCD_LAB") != "1",
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lab")
-    steps = os.environ.get("NCD_LAB_STEPS", "vchan,facts,kernel,daemon")
+    steps = os.environ.get("NCD_LAB_STEPS",
+                           "vchan,facts,kernel,daemon,switch,driver-hop")
     cmd = [str(REPO / "lab" / "run"), "--workdir", str(workdir), "--steps", steps,
            "--mb", os.environ.get("NCD_LAB_MB", "4")]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHON": sys.executable},
@@ -74,3 +75,13 @@ def test_daemon_path(report):
     assert d["ping_dom0_to_guest"]["received"] > 0 and d["ping_guest_to_dom0"]["received"] > 0
     assert all(t["ok"] for t in d["tcp"]) and len(d["tcp"]) == 2
     assert d["reattached"]
+
+
+@pytest.mark.parametrize("name", ["switch", "driver-hop"])
+def test_forwarding_scenarios(report, name):
+    if name not in report["steps"]:
+        pytest.skip(f"{name} step not run")
+    sc = report["scenarios"][name]
+    assert sc["ok"], sc.get("error")
+    assert len(sc["tcp"]) == 2 and all(t["ok"] for t in sc["tcp"])
+    assert {t["from"] for t in sc["tcp"]} == {t["to"] for t in sc["tcp"]}  # both ways
