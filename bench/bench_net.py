@@ -20,7 +20,6 @@ appended to bench/RESULTS.md with the machine and the command. Addresses come fr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.iperf import iperf_once  # noqa: E402
 from ncd.control import ControlClient, ControlError  # noqa: E402
 from xensim import paths  # noqa: E402
 from xensim.world import World  # noqa: E402
@@ -163,26 +163,10 @@ class Bench:
         raise RuntimeError(f"iperf3 {extra} on {p.name} failed: {last}")
 
     def _iperf_once(self, p: Path_, extra: list[str]) -> dict:
-        srv = subprocess.Popen(["ip", "netns", "exec", p.server_ns, "iperf3", "-s", "-1", "-B",
-                                p.server_ip], env=p.env_server, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(50):
-                r = sh(["iperf3", "-c", p.server_ip, "-t", str(self.args.seconds), "-J",
-                        *extra], p.client_ns, p.env_client, check=False,
-                       timeout=self.args.seconds + 30)
-                if "Connection refused" in r.stdout + r.stderr:
-                    time.sleep(0.1)
-                    continue
-                try:
-                    return dict(json.loads(r.stdout))
-                except ValueError:
-                    return {"error": f"rc {r.returncode}: {r.stdout[-200:]} {r.stderr[-200:]}"}
-            raise RuntimeError("iperf3 server did not come up")
-        finally:
-            if srv.poll() is None:
-                srv.kill()
-            srv.wait()
+        return iperf_once(
+            ["ip", "netns", "exec", p.server_ns], p.env_server,
+            lambda argv, tmo: sh(argv, p.client_ns, p.env_client, check=False, timeout=tmo),
+            p.server_ip, self.args.seconds, extra)
 
     def tcp(self, p: Path_, streams: int, reverse: bool = False) -> float:
         extra = ["-P", str(streams)] + (["-R"] if reverse else [])

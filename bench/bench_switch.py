@@ -46,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.iperf import iperf_once  # noqa: E402
 from ncd.control import ControlClient, ControlError  # noqa: E402
 from xensim import paths  # noqa: E402
 from xensim.world import World  # noqa: E402
@@ -250,26 +251,10 @@ class Bench:
         raise RuntimeError(f"iperf3 on {p.name} failed: {last}")
 
     def _iperf_once(self, p: Path_, extra: list[str]) -> dict[str, Any]:
-        srv = subprocess.Popen(self.argv(p.server, ["iperf3", "-s", "-1", "-B", p.server_ip]),
-                               env=self.world.exec_env(p.server), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(50):
-                r = self.run(p.client, ["iperf3", "-c", p.server_ip, "-t", str(self.args.seconds),
-                                        "-J", *extra], check=False,
-                             timeout=self.args.seconds + 30)
-                if "Connection refused" in r.stdout + r.stderr:
-                    time.sleep(0.1)
-                    continue
-                try:
-                    return dict(json.loads(r.stdout))
-                except ValueError:
-                    return {"error": f"rc {r.returncode}: {r.stdout[-200:]} {r.stderr[-200:]}"}
-            raise RuntimeError("iperf3 server did not come up")
-        finally:
-            if srv.poll() is None:
-                srv.kill()
-            srv.wait()
+        return iperf_once(
+            self.argv(p.server, []), self.world.exec_env(p.server),
+            lambda argv, tmo: self.run(p.client, argv, check=False, timeout=tmo),
+            p.server_ip, self.args.seconds, extra)
 
     def rtt(self, p: Path_) -> tuple[float, float]:
         n, i = self.args.pings, self.args.ping_interval
