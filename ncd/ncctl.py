@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,11 +39,6 @@ StoreFactory = Callable[[], Store]
 
 class CliError(Exception):
     """Shown as ``ncctl: error: <message>``, exit status 1."""
-
-
-def random_mac() -> str:
-    """A MAC in Xen's OUI 00:16:3e, as libxl picks one."""
-    return layout.XEN_OUI + "".join(f":{b:02x}" for b in secrets.token_bytes(3))
 
 
 def open_xenstore() -> Store:
@@ -237,41 +231,10 @@ def merged_options(args: argparse.Namespace) -> vifspec.VifOptions:
     return opts
 
 
-def attach_options(
-    store: Store,
-    frontend: int,
-    opts: vifspec.VifOptions,
-    *,
-    mac: str | None = None,
-    backend: int | None = None,
-) -> layout.VifSpec:
-    """Write the entries of ``opts`` for ``frontend`` (shared by ncctl and declared vifs).
-
-    ``backend``: the backend domid when the caller knows it (a ``backend`` in ``opts``
-    is then an error), else ``opts.backend`` resolved, else 0.
-    """
-    if backend is None:
-        backend = 0 if opts.backend is None else domains.resolve(store, opts.backend, "backend")
-    rate = opts.rate.entry if opts.rate is not None else None
-    return layout.attach(
-        store,
-        backend=backend,
-        frontend=frontend,
-        mac=opts.mac or mac or random_mac(),
-        devid=opts.devid,
-        mtu=opts.mtu if opts.mtu is not None else layout.MTU_DEFAULT,
-        bridge=opts.bridge,
-        switch=opts.switch,
-        trunk=bool(opts.trunk),
-        ips=opts.ips,
-        extra=layout.libxl_entries(rate=rate, vifname=opts.vifname),
-    )
-
-
 def cmd_attach(args: argparse.Namespace, store: Store, out: TextIO, err: TextIO) -> None:
     opts = merged_options(args)
     frontend = domains.resolve(store, args.domain)
-    spec = attach_options(store, frontend, opts)
+    spec = vifspec.attach(store, frontend, opts)
     for note in opts.notes:
         err.write(f"ncctl: note: {note}\n")
     extra = f" bridge {spec.bridge}" if spec.bridge else ""

@@ -28,11 +28,14 @@ strtoull reads it as octal, silently).
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import parse
+from . import domains, layout, parse
+from .layout import Store
 from .parse import BadEntry
 
 UINT32_MAX = (1 << 32) - 1
@@ -259,3 +262,56 @@ def parse_vifspec(words: Iterable[str]) -> VifOptions:
     if values.get("switch") is not None and values.get("vifname") is not None:
         raise BadEntry("vifspec: vifname: a switch port has no TAP to name")
     return VifOptions(**values, notes=tuple(notes))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- writing it
+
+
+def random_mac() -> str:
+    """A MAC in Xen's OUI 00:16:3e, as libxl picks one (its 4th byte below 0x80)."""
+    r = secrets.token_bytes(3)
+    return _xen_mac(r)
+
+
+def stable_mac(name: str, devid: int) -> str:
+    """The MAC of a declared vif without ``mac``: libxl's form, from a hash of the domain's
+    name and the devid, so the guest keeps its MAC across reboots (libxl keeps the one it
+    generated in the domain's stored config for the same reason)."""
+    return _xen_mac(hashlib.sha256(f"{name}/{devid}".encode()).digest()[:3])
+
+
+def _xen_mac(r: bytes) -> str:
+    return f"{layout.XEN_OUI}:{r[0] & 0x7F:02x}:{r[1]:02x}:{r[2]:02x}"
+
+
+def attach(
+    store: Store,
+    frontend: int,
+    opts: VifOptions,
+    *,
+    backend: int | None = None,
+    mac: str | None = None,
+) -> layout.VifSpec:
+    """Write the entries of a vif as ``opts`` says (one transaction, :func:`layout.attach`).
+
+    ``backend``: the backend's domid when the caller has it (a declared vif: the daemon
+    itself), else ``opts.backend`` resolved by name or domid, else 0. ``mac``: used when
+    ``opts`` has none, else a random one.
+    """
+    if backend is None:
+        backend = 0 if opts.backend is None else domains.resolve(store, opts.backend, "backend")
+    return layout.attach(
+        store,
+        backend=backend,
+        frontend=frontend,
+        mac=opts.mac or mac or random_mac(),
+        devid=opts.devid,
+        mtu=opts.mtu if opts.mtu is not None else layout.MTU_DEFAULT,
+        bridge=opts.bridge,
+        switch=opts.switch,
+        trunk=bool(opts.trunk),
+        ips=opts.ips,
+        extra=layout.libxl_entries(
+            rate=opts.rate.entry if opts.rate is not None else None, vifname=opts.vifname
+        ),
+    )
