@@ -520,6 +520,8 @@ def main(
     args = build_parser().parse_args(argv)
     factory = store_factory or open_xenstore
     try:
+        if args.cmd == "list" and (args.domains or args.backend != "0") and not args.xl:
+            raise CliError("DOMAIN and --backend are for list --xl")
         if args.cmd in ("attach", "detach") or getattr(args, "xl", False):
             store = factory()
             try:

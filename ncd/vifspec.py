@@ -45,6 +45,7 @@ RATE_INTERVAL_DEFAULT_US = 50_000  # xl: "The default is 50ms"
 # libxlu_vif.c's regular expressions, as xl matches them (POSIX ERE)
 _BYTES_PER_SEC_RE = re.compile(r"([0-9]+)([GMK]?)([Bb])/s")
 _INTERVAL_RE = re.compile(r"([0-9]+)([mu]?)(s?)")
+_NCD_TAP_RE = re.compile(r"ncvif\d+\.\d+")  # layout.backend_ifname's names
 _UNIT = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
 _TIME_US = {"": 1_000_000, "m": 1000, "u": 1}  # no suffix, or "s": seconds
 
@@ -228,8 +229,15 @@ def parse_vifspec(words: Iterable[str]) -> VifOptions:
             raise BadEntry(f"{where}: empty value")
         if key == "mac":
             values["mac"] = parse.mac(where, value)
-        elif key in ("bridge", "vifname"):
+        elif key == "bridge":
             values[key] = parse.ifname(where, value)
+        elif key == "vifname":
+            values[key] = parse.ifname(where, value)
+            if _NCD_TAP_RE.fullmatch(value):
+                raise BadEntry(
+                    f"{where}: {value} has the form of ncd's own TAP names "
+                    "(ncvif<domid>.<devid>): another vif's, or the default"
+                )
         elif key == "ip":
             values["ips"] = parse.ip_list(where, value)
         elif key == "rate":
@@ -300,6 +308,12 @@ def attach(
     """
     if backend is None:
         backend = 0 if opts.backend is None else domains.resolve(store, opts.backend, "backend")
+    if opts.vifname is not None:
+        for fe, devid in layout.list_backend_devices(store, backend):
+            if layout.read_vifname(store, backend, fe, devid) == opts.vifname:
+                raise layout.AttachError(
+                    f"vifname {opts.vifname} is taken by domain {fe} devid {devid}"
+                )
     return layout.attach(
         store,
         backend=backend,

@@ -75,7 +75,7 @@ class DeclaredVifs:
         if fe == self.domid:
             log.warning("%s: that is this daemon's own domain; not attached", what)
             return
-        if layout.read_optional(self.xs, layout.backend_dir(self.domid, fe, vif.devid)):
+        if layout.read_optional(self.xs, layout.backend_dir(self.domid, fe, vif.devid)) is not None:
             log.info("%s: already attached", what)
             return
         try:

@@ -27,8 +27,13 @@ def vif(domain: str, spec: str) -> str:
 
 
 def test_vif_tables_and_devids(tmp_path: Path) -> None:
-    cfg = load(tmp_path, vif("web", "bridge=xenbr0,rate=100Mb/s") + vif("db", "")
-               + vif("web", "devid=2,mac=00:16:3e:00:00:07") + vif("web", "switch=sw0"))
+    cfg = load(
+        tmp_path,
+        vif("web", "bridge=xenbr0,rate=100Mb/s")
+        + vif("db", "")
+        + vif("web", "devid=2,mac=00:16:3e:00:00:07")
+        + vif("web", "switch=sw0"),
+    )
     got = [(v.domain, v.devid, v.mac) for v in cfg.vifs]
     assert got == [
         ("web", 3, vifspec.stable_mac("web", 3)),  # after the highest given, as libxl
@@ -41,18 +46,23 @@ def test_vif_tables_and_devids(tmp_path: Path) -> None:
     assert load(tmp_path, "").vifs == ()
 
 
-@pytest.mark.parametrize("text,msg", [
-    (vif("web", "colour=red"), "vif[0]: vifspec: unknown key 'colour'"),
-    (vif("web", "") + vif("web", "rate=1Mb"), "vif[1]: vifspec: rate: invalid rate '1Mb'"),
-    (vif("web", "backend=0"), "vif[0].spec: backend: a declared vif's backend is the "
-     "daemon that declares it"),
-    (vif("web", "devid=1") + vif("web", "devid=1"), "vif: domain 'web' has devid 1 twice"),
-    (vif("7", ""), "vif[0].domain: '7' is not a domain name"),
-    (vif("", ""), "vif[0].domain: '' is not a domain name"),
-    ('[[vif]]\ndomain = "web"\n', "vif[0].spec: expected a string"),
-    ('[[vif]]\ndomain = "web"\nspec = ""\nmac = "x"\n', "unknown key vif[0].mac"),
-    ('[vif]\ndomain = "web"\n', "vif: expected [[vif]] tables"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        (vif("web", "colour=red"), "vif[0]: vifspec: unknown key 'colour'"),
+        (vif("web", "") + vif("web", "rate=1Mb"), "vif[1]: vifspec: rate: invalid rate '1Mb'"),
+        (
+            vif("web", "backend=0"),
+            "vif[0].spec: backend: a declared vif's backend is the daemon that declares it",
+        ),
+        (vif("web", "devid=1") + vif("web", "devid=1"), "vif: domain 'web' has devid 1 twice"),
+        (vif("7", ""), "vif[0].domain: '7' is not a domain name"),
+        (vif("", ""), "vif[0].domain: '' is not a domain name"),
+        ('[[vif]]\ndomain = "web"\n', "vif[0].spec: expected a string"),
+        ('[[vif]]\ndomain = "web"\nspec = ""\nmac = "x"\n', "unknown key vif[0].mac"),
+        ('[vif]\ndomain = "web"\n', "vif: expected [[vif]] tables"),
+    ],
+)
 def test_bad_vif_tables_name_the_key(tmp_path: Path, text: str, msg: str) -> None:
     with pytest.raises(ConfigError) as e:
         load(tmp_path, text)
@@ -63,9 +73,10 @@ def declared(tmp_path: Path, tree, text: str) -> DeclaredVifs:  # type: ignore[n
     return DeclaredVifs(tree.conn(0), 0, load(tmp_path, text).vifs)
 
 
-def test_reconcile_attaches_by_name_once_per_domain(tmp_path: Path, tree) -> None:  # type: ignore[no-untyped-def]
-    d = declared(tmp_path, tree, vif("domU1", "mac=00:16:3e:00:00:31,rate=1MB/s@20ms")
-                 + vif("nobody", ""))
+def test_reconcile_attaches_by_name_once_per_domain(tmp_path: Path, tree, caplog) -> None:  # type: ignore[no-untyped-def]
+    d = declared(
+        tmp_path, tree, vif("domU1", "mac=00:16:3e:00:00:31,rate=1MB/s@20ms") + vif("nobody", "")
+    )
     c = tree.conn(0)
     d.reconcile()
     assert layout.list_backend_devices(c, 0) == [(1, 0)]
@@ -75,6 +86,14 @@ def test_reconcile_attaches_by_name_once_per_domain(tmp_path: Path, tree) -> Non
     before = dict(tree.nodes)
     d.reconcile()
     assert tree.nodes == before  # nothing twice
+    # a daemon restarted (a new DeclaredVifs) finds it there and leaves it
+    again = declared(tmp_path, tree, vif("domU1", "mac=00:16:3e:00:00:32"))
+    with caplog.at_level(logging.INFO, "ncd.declared"):
+        again.reconcile()
+    assert tree.nodes == before and again.handled == {(1, 0)}
+    assert [r.getMessage() for r in caplog.records] == [
+        "declared vif 'domU1' devid 0 (domain 1): already attached"
+    ]
     # the operator detaches it: it stays detached while that domain lives
     layout.remove_entries(c, 0, 1, 0)
     d.reconcile()
@@ -97,10 +116,16 @@ def test_reconcile_refuses_ambiguous_names_and_itself(tmp_path: Path, tree, capl
         d.reconcile()
     assert layout.list_backend_devices(c, 0) == []
     msgs = [r.getMessage() for r in caplog.records]
-    assert msgs.count("declared vif for 'domU1': domains 1, 2 share that name; attaching "
-                      "to none") == 1
-    assert msgs.count("declared vif 'Domain-0' devid 0 (domain 0): that is this daemon's own "
-                      "domain; not attached") == 1
+    assert (
+        msgs.count("declared vif for 'domU1': domains 1, 2 share that name; attaching to none") == 1
+    )
+    assert (
+        msgs.count(
+            "declared vif 'Domain-0' devid 0 (domain 0): that is this daemon's own "
+            "domain; not attached"
+        )
+        == 1
+    )
     c.write("/local/domain/2/name", "domU2")
     d.reconcile()
     assert layout.list_backend_devices(c, 0) == [(1, 0)]

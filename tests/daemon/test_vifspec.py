@@ -96,8 +96,17 @@ def test_every_key() -> None:
         devid=3,
         trunk=True,
     )
-    assert o.given() == {"mac", "bridge", "ip", "rate", "vifname", "mtu", "backend",
-                         "devid", "trunk"}
+    assert o.given() == {
+        "mac",
+        "bridge",
+        "ip",
+        "rate",
+        "vifname",
+        "mtu",
+        "backend",
+        "devid",
+        "trunk",
+    }
     assert parse_vifspec(["switch=sw0", "trunk=0"]) == VifOptions(switch="sw0", trunk=False)
     assert parse_vifspec(["backend=7"]).backend == "7"
 
@@ -124,8 +133,11 @@ def test_ignored_keys_leave_a_note() -> None:
 @pytest.mark.parametrize(
     "spec,msg",
     [
-        ("colour=red", "vifspec: unknown key 'colour' (ncd knows mac, bridge, ip, rate, "
-         "vifname, mtu, backend, devid, switch, trunk, type, model, accel, script)"),
+        (
+            "colour=red",
+            "vifspec: unknown key 'colour' (ncd knows mac, bridge, ip, rate, "
+            "vifname, mtu, backend, devid, switch, trunk, type, model, accel, script)",
+        ),
         ("MAC=00:16:3e:00:00:01", "vifspec: unknown key 'MAC'"),
         ("mac", "vifspec: mac: needs a value (mac=...)"),
         ("bridge=", "vifspec: bridge: empty value"),
@@ -134,6 +146,7 @@ def test_ignored_keys_leave_a_note() -> None:
         ("mac=00:16:3e:00:00", "vifspec: mac: not a MAC address"),
         ("bridge=a-bridge-name-too-long", "vifspec: bridge: not an interface name"),
         ("vifname=a/b", "vifspec: vifname: not an interface name"),
+        ("vifname=ncvif3.0", "vifspec: vifname: ncvif3.0 has the form of ncd's own TAP names"),
         ("ip=198.18.0.300", "vifspec: ip: not an IPv4 or IPv6 address: '198.18.0.300'"),
         ("ip=224.0.0.1", "vifspec: ip: 224.0.0.1 cannot be a vif's own address"),
         ("rate=100Mbit/s", "vifspec: rate: invalid rate '100Mbit/s'"),
@@ -144,8 +157,10 @@ def test_ignored_keys_leave_a_note() -> None:
         ("backend=32752", "vifspec: backend: 32752 out of range 0..32751"),
         ("switch=sw.0", "vifspec: switch: not a switch name"),
         ("trunk=yes", "vifspec: trunk: expected 0 or 1, got 'yes'"),
-        ("switch=sw0,bridge=br0", "vifspec: switch: a vif is a switch port or a TAP in a "
-         "bridge, not both"),
+        (
+            "switch=sw0,bridge=br0",
+            "vifspec: switch: a vif is a switch port or a TAP in a bridge, not both",
+        ),
         ("switch=sw0,vifname=v0", "vifspec: vifname: a switch port has no TAP to name"),
         ("type=ioemu", "vifspec: type: ioemu is an emulated NIC"),
         ("type=pv", "vifspec: type: 'pv' is not vif or ioemu"),

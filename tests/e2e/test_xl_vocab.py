@@ -39,13 +39,25 @@ def test_attach_by_name_with_an_xl_vifspec(net: Net) -> None:
     assert _xs(net, f"{be}/rate") == "625000,50000"  # libxl's "bytes,usec"
     assert _xs(net, f"{be}/bridge") == "xenbr0"
     net.wait_connected(g, 0)
-    assert f"master xenbr0" in net.ip(0, "-o", "link", "show", f"ncvif{g}.0")
+    assert "master xenbr0" in net.ip(0, "-o", "link", "show", f"ncvif{g}.0")
     net.addr(g, "nc0", "198.18.5.2/24")
     assert net.ping_ok(g, "198.18.5.1")
 
     rows = net.ncctl("list", "--xl", "guest1").stdout.splitlines()
-    assert rows[0].split() == ["Dom", "Idx", "BE", "Mac", "Addr.", "handle", "state",
-                               "evt-ch", "ring-ref", "BE-path", "STATE", "IFNAME"]
+    assert rows[0].split() == [
+        "Dom",
+        "Idx",
+        "BE",
+        "Mac",
+        "Addr.",
+        "handle",
+        "state",
+        "evt-ch",
+        "ring-ref",
+        "BE-path",
+        "STATE",
+        "IFNAME",
+    ]
     cols = rows[1].split()
     assert cols[:6] == [str(g), "0", "0", MAC, "0", "4"]  # frontend Connected
     evtch, ring_ref = int(cols[6]), int(cols[7])
@@ -55,8 +67,10 @@ def test_attach_by_name_with_an_xl_vifspec(net: Net) -> None:
 
     bad = net.ncctl("attach", "guest1", "mac=00:16:3e:00:00:02,colour=red", check=False)
     assert (bad.returncode, bad.stderr) == (
-        1, "ncctl: error: vifspec: unknown key 'colour' (ncd knows mac, bridge, ip, rate, "
-        "vifname, mtu, backend, devid, switch, trunk, type, model, accel, script)\n")
+        1,
+        "ncctl: error: vifspec: unknown key 'colour' (ncd knows mac, bridge, ip, rate, "
+        "vifname, mtu, backend, devid, switch, trunk, type, model, accel, script)\n",
+    )
     bad = net.ncctl("attach", "nosuchguest", check=False)
     assert bad.stderr == "ncctl: error: domain 'nosuchguest': no domain of that name\n"
 
@@ -92,14 +106,19 @@ def test_declared_vif_follows_its_domain_name(net: Net, tmp_path: Path) -> None:
     first = _new_guest(net, "guest1")  # exists before the daemon starts
     be = net.start(0, "backend", "--config", str(conf))
     _declared_up(net, first)
-    assert re.search(rf"declared vif 'guest1' devid 0 \(domain {first}\): attached",
-                     be.log_text())
+    assert re.search(rf"declared vif 'guest1' devid 0 \(domain {first}\): attached", be.log_text())
 
     net.sim.world.destroy(first)
-    net.wait(lambda: _xs(net, f"/local/domain/0/backend/ncvif/{first}") is None, 10,
-             "the old domain's backend entries removed")
-    net.wait(lambda: net.vif(0, first, 0) is None and "gst1" not in net.links(0), 10,
-             "the old vif and its TAP gone")
+    net.wait(
+        lambda: _xs(net, f"/local/domain/0/backend/ncvif/{first}") is None,
+        10,
+        "the old domain's backend entries removed",
+    )
+    net.wait(
+        lambda: net.vif(0, first, 0) is None and "gst1" not in net.links(0),
+        10,
+        "the old vif and its TAP gone",
+    )
 
     second = _new_guest(net, "guest1")  # a reboot: same name, new domid
     assert second != first
@@ -107,7 +126,6 @@ def test_declared_vif_follows_its_domain_name(net: Net, tmp_path: Path) -> None:
     assert _xs(net, f"/local/domain/0/backend/ncvif/{first}") is None
     assert [(v["domid"], v["devid"]) for v in net.vifs(0)] == [(second, 0)]
     # no ncctl: every attach came from the daemon's own declaration
-    assert re.search(rf"declared vif 'guest1' devid 0 \(domain {second}\): attached",
-                     be.log_text())
+    assert re.search(rf"declared vif 'guest1' devid 0 \(domain {second}\): attached", be.log_text())
     # domains of other names got nothing
     assert _xs(net, "/local/domain/0/backend/ncvif/1") is None

@@ -15,7 +15,9 @@ def test_create_with_a_name(sim) -> None:  # type: ignore[no-untyped-def]
     assert r.stdout == "guest1\n"
     r = ncd_sim("create", "--dir", d, "--name", "guest1", check=False)
     assert (r.returncode, r.stderr) == (
-        1, "ncd-sim: domain with name 'guest1' already exists (domain 3)\n")
+        1,
+        "ncd-sim: domain with name 'guest1' already exists (domain 3)\n",
+    )
     r = ncd_sim("create", "--dir", d, "--name", "domU2", check=False)
     assert r.returncode == 1 and "already exists (domain 2)" in r.stderr
     for bad in ("42", "a/b", ""):
