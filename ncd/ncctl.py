@@ -193,35 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- commands
 
-_FLAG_KEYS = {
-    "mac": "mac",
-    "bridge": "bridge",
-    "switch": "switch",
-    "trunk": "trunk",
-    "ip": "ips",
-    "rate": "rate",
-    "vifname": "vifname",
-    "mtu": "mtu",
-    "backend": "backend",
-    "devid": "devid",
-}
+# the attach flags that set a vifspec key (``--ip`` sets ``ips``)
+_FLAG_KEYS = (
+    "mac",
+    "bridge",
+    "switch",
+    "trunk",
+    "ip",
+    "rate",
+    "vifname",
+    "mtu",
+    "backend",
+    "devid",
+)
 
 
 def merged_options(args: argparse.Namespace) -> vifspec.VifOptions:
     """The vifspec's settings and the flags' in one; a setting given both ways is an error."""
     spec = vifspec.parse_vifspec(args.vifspec)
     changes: dict[str, Any] = {}
-    for key, attr in _FLAG_KEYS.items():
+    for key in _FLAG_KEYS:
         flag = getattr(args, key)
         if flag is None:
             continue
         if key in spec.given():
             raise CliError(f"{key}: given both as --{key} and in the vifspec")
-        changes[attr] = flag
-    opts = dataclasses.replace(spec, **changes)
-    if opts.switch is not None and opts.bridge is not None:
-        raise CliError("switch: a vif is a switch port or a TAP in a bridge, not both")
-    return opts
+        changes["ips" if key == "ip" else key] = flag
+    return dataclasses.replace(spec, **changes).checked()
 
 
 def cmd_attach(args: argparse.Namespace, store: Store, out: TextIO, err: TextIO) -> None:

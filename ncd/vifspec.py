@@ -129,6 +129,14 @@ class VifOptions:
     trunk: bool | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # keys accepted and ignored
 
+    def checked(self) -> VifOptions:
+        """Self, if its keys go together (BadEntry names the one that does not)."""
+        if self.switch is not None and self.bridge is not None:
+            raise BadEntry("switch: a vif is a switch port or a TAP in a bridge, not both")
+        if self.switch is not None and self.vifname is not None:
+            raise BadEntry("vifname: a switch port has no TAP to name")
+        return self
+
     def given(self) -> set[str]:
         """The keys this spec sets (``ip`` for ``ips``)."""
         out = {
@@ -265,11 +273,7 @@ def parse_vifspec(words: Iterable[str]) -> VifOptions:
                 f"{where}: ncd runs no hotplug script (it joins the bridge "
                 f"itself, as vif-bridge does): {value!r} is not vif-bridge"
             )
-    if values.get("switch") is not None and values.get("bridge") is not None:
-        raise BadEntry("vifspec: switch: a vif is a switch port or a TAP in a bridge, not both")
-    if values.get("switch") is not None and values.get("vifname") is not None:
-        raise BadEntry("vifspec: vifname: a switch port has no TAP to name")
-    return VifOptions(**values, notes=tuple(notes))  # type: ignore[arg-type]
+    return VifOptions(**values, notes=tuple(notes)).checked()  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- writing it

@@ -81,6 +81,7 @@ def test_flags_and_vifspec_mix_but_never_overlap(tree) -> None:  # type: ignore[
             ["switch=sw0", "--bridge", "br0"],
             "switch: a vif is a switch port or a TAP in a bridge, not both",
         ),
+        (["switch=sw0", "--vifname", "v0"], "vifname: a switch port has no TAP to name"),
         (["colour=red"], "vifspec: unknown key 'colour'"),
         (["rate=100Mb"], "vifspec: rate: invalid rate '100Mb'"),
     ]:

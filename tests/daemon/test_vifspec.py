@@ -159,9 +159,9 @@ def test_ignored_keys_leave_a_note() -> None:
         ("trunk=yes", "vifspec: trunk: expected 0 or 1, got 'yes'"),
         (
             "switch=sw0,bridge=br0",
-            "vifspec: switch: a vif is a switch port or a TAP in a bridge, not both",
+            "switch: a vif is a switch port or a TAP in a bridge, not both",
         ),
-        ("switch=sw0,vifname=v0", "vifspec: vifname: a switch port has no TAP to name"),
+        ("switch=sw0,vifname=v0", "vifname: a switch port has no TAP to name"),
         ("type=ioemu", "vifspec: type: ioemu is an emulated NIC"),
         ("type=pv", "vifspec: type: 'pv' is not vif or ioemu"),
         ("script=vif-route", "vifspec: script: ncd runs no hotplug script"),
