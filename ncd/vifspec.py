@@ -32,7 +32,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import domains, layout, parse
 from .layout import Store
@@ -140,38 +140,16 @@ class VifOptions:
     def given(self) -> set[str]:
         """The keys this spec sets (``ip`` for ``ips``)."""
         out = {
-            k
-            for k in (
-                "mac",
-                "bridge",
-                "rate",
-                "vifname",
-                "mtu",
-                "backend",
-                "devid",
-                "switch",
-                "trunk",
-            )
-            if getattr(self, k) is not None
+            f.name
+            for f in fields(self)
+            if f.name not in ("ips", "notes") and getattr(self, f.name) is not None
         }
         return out | ({"ip"} if self.ips else set())
 
 
-KEYS = (
-    "mac",
-    "bridge",
-    "ip",
-    "rate",
-    "vifname",
-    "mtu",
-    "backend",
-    "devid",
-    "switch",
-    "trunk",
-    "type",
-    "model",
-    "accel",
-    "script",
+# the keys ncd takes, in xl-network-configuration(5)'s words (the last four: see above)
+KEYS = tuple(
+    "mac bridge ip rate vifname mtu backend devid switch trunk type model accel script".split()
 )
 _REFUSED = {
     "gatewaydev": "vif-route's gateway device: ncd does not route, it bridges or switches",
