@@ -51,7 +51,11 @@ class DeclaredVifs:
 
     def reconcile(self) -> None:
         """Attach every declared vif whose domain exists and was not handled yet."""
-        names = domains.names(self.xs)
+        try:
+            names = domains.names(self.xs)
+        except OSError as exc:  # a driver domain may not list /local/domain (EACCES)
+            self._warn_once("names", "declared vifs: cannot list the domains: %s", exc)
+            return
         alive = set(names)
         self.handled = {(d, i) for d, i in self.handled if d in alive}
         for i, vif in enumerate(self.vifs):

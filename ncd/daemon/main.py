@@ -115,6 +115,8 @@ class Daemon:
             if backs and self.config.vifs:  # [[vif]]: attached by domain name
                 vifs = DeclaredVifs(xs, domid, self.config.vifs)
                 role_tasks.append(loop.create_task(vifs.run(), name="declared vifs"))
+            elif self.config.vifs:
+                log.warning("[[vif]] tables ignored: only a backend attaches declared vifs")
             tasks.extend(role_tasks)
             tasks.append(loop.create_task(self._status_loop()))
             interval = self.notifier.watchdog_interval

@@ -130,3 +130,15 @@ def test_reconcile_refuses_ambiguous_names_and_itself(tmp_path: Path, tree, capl
     d.reconcile()
     assert layout.list_backend_devices(c, 0) == [(1, 0)]
     assert layout.read_backend(c, 0, 1, 0).mac == vifspec.stable_mac("domU1", 0)
+
+
+def test_reconcile_without_the_right_to_list_domains(tmp_path: Path, tree, caplog) -> None:  # type: ignore[no-untyped-def]
+    # a driver domain (here domain 2) may not list /local/domain: one warning, no crash
+    d = DeclaredVifs(tree.conn(2), 2, load(tmp_path, vif("domU1", "")).vifs)
+    tree.conn(0).set_perms("/local/domain", [layout.Perm(0, "n")])
+    with caplog.at_level(logging.WARNING, "ncd.declared"):
+        d.reconcile()
+        d.reconcile()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and msgs[0].startswith("declared vifs: cannot list the domains: ")
+    assert "Permission denied" in msgs[0]
