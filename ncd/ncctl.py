@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Attach a new ncvif. VIFSPEC is xl's vifspec (xl-network-configuration(5)):"
         " key=value items separated by commas or given as separate arguments: mac, bridge, "
         "ip (space-separated), rate (RATE/s[@INTERVAL]), vifname, mtu, backend, devid, and "
-        "ncd's switch=NAME and trunk. A setting given both as a flag and in VIFSPEC is an "
-        "error.",
+        "ncd's switch=NAME and trunk; type=vif, model and accel are ignored (as xl does for "
+        "a paravirtual vif), script takes only vif-bridge, any other key is an error. A "
+        "setting given twice, or both as a flag and in VIFSPEC, is an error.",
     )
     a.add_argument("domain", metavar="DOMAIN", help="the guest (frontend): a name or a domid")
     a.add_argument(
@@ -520,6 +521,8 @@ def main(
     try:
         if args.cmd == "list" and (args.domains or args.backend != "0") and not args.xl:
             raise CliError("DOMAIN and --backend are for list --xl")
+        if args.cmd == "list" and args.xl and args.json:
+            raise CliError("list: --xl prints xl's table; --json prints the daemon's list")
         if args.cmd in ("attach", "detach") or getattr(args, "xl", False):
             store = factory()
             try:

@@ -182,6 +182,8 @@ def test_list_xl_columns(tree, tmp_path) -> None:  # type: ignore[no-untyped-def
     assert rc == 0 and [r.split()[0] for r in out.splitlines()] == ["Dom", "2"]
     rc, out, err = run(["list", "domU2"], tree, socket=tmp_path / "none.sock")
     assert (rc, out, err) == (1, "", "ncctl: error: DOMAIN and --backend are for list --xl\n")
+    rc, out, err = run(["list", "--xl", "--json"], tree, socket=tmp_path / "none.sock")
+    assert (rc, out) == (1, "") and err.startswith("ncctl: error: list: --xl prints")
 
 
 def _actions(p: argparse.ArgumentParser):  # type: ignore[no-untyped-def]
