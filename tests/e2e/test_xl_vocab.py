@@ -38,7 +38,7 @@ def test_attach_by_name_with_an_xl_vifspec(net: Net) -> None:
     be = f"/local/domain/0/backend/ncvif/{g}/0"
     assert _xs(net, f"{be}/rate") == "625000,50000"  # libxl's "bytes,usec"
     assert _xs(net, f"{be}/bridge") == "xenbr0"
-    net.wait_connected(g, 0)
+    net.wait_connected(g, 0, timeout=30)
     assert "master xenbr0" in net.ip(0, "-o", "link", "show", f"ncvif{g}.0")
     net.addr(g, "nc0", "198.18.5.2/24")
     assert net.ping_ok(g, "198.18.5.1")
@@ -74,10 +74,10 @@ def test_attach_by_name_with_an_xl_vifspec(net: Net) -> None:
     bad = net.ncctl("attach", "nosuchguest", check=False)
     assert bad.stderr == "ncctl: error: domain 'nosuchguest': no domain of that name\n"
 
-    out = net.ncctl("detach", "guest1", MAC).stdout
+    out = net.ncctl("detach", "guest1", MAC, "--timeout", "30").stdout
     assert out == f"detached domain {g} devid 0: closed\n"
     assert _xs(net, be) is None
-    net.wait(lambda: f"ncvif{g}.0" not in net.links(0), 10, "TAP removed")
+    net.wait(lambda: f"ncvif{g}.0" not in net.links(0), 30, "TAP removed")
 
 
 DECLARED = """
@@ -90,7 +90,7 @@ spec = "mac=00:16:3e:00:00:31,vifname=gst1,rate=100Mb/s"
 def _declared_up(net: Net, g: int) -> None:
     """guest ``g``'s declared vif Connected and passing traffic (ping both ways)."""
     net.start(g, "frontend")
-    net.wait_connected(g, 0, timeout=20)
+    net.wait_connected(g, 0, timeout=30)
     assert _xs(net, f"/local/domain/0/backend/ncvif/{g}/0/vifname") == "gst1"
     assert _xs(net, f"/local/domain/0/backend/ncvif/{g}/0/rate") == "625000,50000"
     assert _xs(net, f"/local/domain/{g}/device/ncvif/0/mac") == "00:16:3e:00:00:31"
@@ -111,12 +111,12 @@ def test_declared_vif_follows_its_domain_name(net: Net, tmp_path: Path) -> None:
     net.sim.world.destroy(first)
     net.wait(
         lambda: _xs(net, f"/local/domain/0/backend/ncvif/{first}") is None,
-        10,
+        30,
         "the old domain's backend entries removed",
     )
     net.wait(
         lambda: net.vif(0, first, 0) is None and "gst1" not in net.links(0),
-        10,
+        30,
         "the old vif and its TAP gone",
     )
 
