@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ncd import vifspec
 from ncd.parse import BadEntry
@@ -184,3 +186,27 @@ def test_macs_in_xens_oui() -> None:
     assert vifspec.stable_mac("guest1", 0) == vifspec.stable_mac("guest1", 0)
     assert vifspec.stable_mac("guest1", 0) != vifspec.stable_mac("guest1", 1)
     assert vifspec.stable_mac("guest1", 0) != vifspec.stable_mac("guest2", 0)
+
+
+_ALPHABET = st.sampled_from(list("mac=bridge,ip rate@/sKMGBbu0123456789:.-_ fx\x00\u0663"))
+
+
+@given(st.lists(st.text(_ALPHABET, max_size=30), max_size=3))
+def test_any_text_parses_or_is_refused_naming_a_key(words: list[str]) -> None:
+    try:
+        o = parse_vifspec(words)
+    except BadEntry as e:
+        assert str(e).split(":")[0] in ("vifspec", "switch", "vifname"), str(e)
+    else:
+        assert o.checked() is o
+
+
+@given(st.text(_ALPHABET, max_size=30))
+def test_any_rate_text_parses_or_is_refused(text: str) -> None:
+    try:
+        r = parse_rate("rate", text)
+    except BadEntry as e:
+        assert str(e).startswith("rate: ")
+    else:
+        assert 0 <= r.bytes_per_interval < 2**64 and 0 < r.interval_usecs < 2**32
+        assert r.entry == f"{r.bytes_per_interval},{r.interval_usecs}"
