@@ -299,7 +299,7 @@ class Vif(abc.ABC):
         log.info("%s: %s ready, starting the handshake", self.name, self.ifname)
         raw = self._read_peer_state()
         self._peer_raw, self._peer_seen = raw, True
-        acts = self.machine.peer_changed(raw)  # before start: only remembered (or a Fail)
+        acts = self.machine.peer_changed(raw, self._now())  # before start: only remembered
         if self.machine.state == XenbusState.UNKNOWN:
             acts += self.machine.start()
         await self._apply(acts)
@@ -311,7 +311,7 @@ class Vif(abc.ABC):
         raw = self._read_peer_state()
         if not self._peer_seen or raw != self._peer_raw:
             self._peer_raw, self._peer_seen = raw, True
-            await self._apply(self.machine.peer_changed(raw))
+            await self._apply(self.machine.peer_changed(raw, self._now()))
         if self.datapath is not None:
             why = self.datapath.ended()
             if why is not None:
@@ -380,7 +380,7 @@ class Vif(abc.ABC):
         fd, loop = dp.done_fd(), self._loop
         loop.add_reader(fd, self.poke, "pump")
         self._channel.push("pump reader", lambda: loop.remove_reader(fd))
-        acts = self.machine.setup_done()
+        acts = self.machine.setup_done(self._now())
         if not self.machine.channel_up:  # overtaken by a Disconnect
             await self._channel.close()
         return acts
