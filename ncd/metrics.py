@@ -68,6 +68,7 @@ class VifCounters:
     notifications_received: int = 0
     notifications_spurious: int = 0  # received events that carried no work (late EOI)
     watch_events_coalesced: int = 0  # xenstore watch events folded into a later look
+    watch_backoffs: int = 0  # times the peer's watch was dropped a while (its events idle)
     tracked_foreign_pages: int = 0
 
     def plus(self, other: VifCounters) -> VifCounters:
@@ -86,6 +87,7 @@ class VifCounters:
             notifications_received=self.notifications_received + other.notifications_received,
             notifications_spurious=self.notifications_spurious + other.notifications_spurious,
             watch_events_coalesced=self.watch_events_coalesced + other.watch_events_coalesced,
+            watch_backoffs=self.watch_backoffs + other.watch_backoffs,
             tracked_foreign_pages=other.tracked_foreign_pages,
         )
 
@@ -129,6 +131,11 @@ class _VifCollector(Collector):
             "Xenstore watch events folded into a later look at the vif's entries",
             labels=lab,
         )
+        backoffs = CounterMetricFamily(
+            "ncd_vif_watch_backoffs",
+            "Times the watch on the peer's directory was dropped a while, its events idle",
+            labels=lab,
+        )
         pages = GaugeMetricFamily(
             "ncd_vif_tracked_foreign_pages", "Foreign pages in the tracker for this vif", labels=lab
         )
@@ -147,6 +154,7 @@ class _VifCollector(Collector):
             notes.add_metric([*ids, "received"], snap.notifications_received)
             spurious.add_metric(ids, snap.notifications_spurious)
             coalesced.add_metric(ids, snap.watch_events_coalesced)
+            backoffs.add_metric(ids, snap.watch_backoffs)
             pages.add_metric(ids, snap.tracked_foreign_pages)
             state.add_metric(ids, int(st))
             if st in by_state:
@@ -154,7 +162,9 @@ class _VifCollector(Collector):
         vifs = GaugeMetricFamily("ncd_vifs", "Vifs of this daemon by XenbusState", labels=["state"])
         for st, n in by_state.items():
             vifs.add_metric([st.label], n)
-        yield from (frames, nbytes, drops, waits, notes, spurious, coalesced, pages, state, vifs)
+        yield from (
+            frames, nbytes, drops, waits, notes, spurious, coalesced, backoffs, pages, state, vifs
+        )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -391,11 +391,11 @@ class XenbusMachine:
             return []
         if self.state == XenbusState.CLOSED:
             return self.restart()
+        S = XenbusState
         if self.role is Role.BACKEND:
-            ready = self.state == XenbusState.INIT_WAIT and self.peer_state == XenbusState.CONNECTED
+            ready = self.state == S.INIT_WAIT and self.peer_state == S.CONNECTED
         else:
-            ready = (self.state == XenbusState.INITIALISING
-                     and self.peer_state == XenbusState.INIT_WAIT)
+            ready = self.state == S.INITIALISING and self.peer_state == S.INIT_WAIT
         return self._setup() if ready else []
 
     def restart(self) -> list[Action]:

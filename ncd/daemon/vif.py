@@ -37,6 +37,7 @@ from ncd import tap as tapmod
 from ncd.config import Config
 from ncd.features import ETH_MAX, Features, advertise, usable
 from ncd.metrics import Metrics, VifCounters
+from ncd.ratelog import RateLog
 from ncd.xen.aio import Watch, run_in_transaction
 from ncd.xen.xenstore import WatchEvent, XenStore
 from ncd.xenbus import (
@@ -59,6 +60,16 @@ from .switches import SwitchRegistry
 from .undo import Undo, UndoStack
 
 log = logging.getLogger("ncd.vif")
+
+# Watch events that change nothing (a peer writing its directory over and over) are
+# coalesced, as the late EOI of the event channel (cext/vchan/vchan_eoi.c): after
+# IDLE_FREE wakeups in a row that led to no action, the peer's watch is dropped for
+# IDLE_FIRST seconds, doubling up to IDLE_MAX, so xenstored sends none of the writes
+# meanwhile; set again, it fires once at once and the level is read again. A wakeup
+# that acts resets it: an honest peer's state changes are followed at once.
+IDLE_FREE = 4
+IDLE_FIRST = 0.005
+IDLE_MAX = 0.1
 
 OUR_FEATURES = Features.ALL  # what we would accept; what this kernel's TAP allows is advertised
 # A switch port has no TAP of its own: it accepts what a vchan record may carry (the
@@ -135,6 +146,12 @@ class Vif(abc.ABC):
         self._device = UndoStack(self.name)
         self._channel = UndoStack(self.name)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._plog = RateLog(log, self.name)  # the lines the peer causes
+        self._acted = False  # the last wakeup led to an action
+        self._idle = 0  # wakeups in a row that led to none
+        self._coalesced = 0  # watch events folded into a later look
+        self._backoffs = 0  # times the peer's watch was dropped for a while
+        self._peer_watch: Watch | None = None
 
     # ---- role hooks ------------------------------------------------------------------
     @property
@@ -204,7 +221,8 @@ class Vif(abc.ABC):
 
     def counters(self) -> VifCounters:
         dp = self.datapath
-        return self._acc.plus(VifCounters() if dp is None else dp.counters())
+        own = VifCounters(watch_events_coalesced=self._coalesced, watch_backoffs=self._backoffs)
+        return self._acc.plus(own if dp is None else own.plus(dp.counters()))
 
     def info(self) -> dict[str, Any]:
         now = time.time()
@@ -233,6 +251,7 @@ class Vif(abc.ABC):
                 if self._stop:
                     await self._apply(self.machine.close())
                     break
+                self._acted = False
                 try:
                     if not self.loaded:
                         await self._try_load()
@@ -254,9 +273,11 @@ class Vif(abc.ABC):
             w = Watch(self.xs, path, self.events)  # type: ignore[arg-type]
             w.start()
             self._life.push(f"watch on {path}", w.close)
+        self._peer_watch = w
         self.ctx.metrics.add_vif(self.guest, self.devid, self.counters, lambda: self.state)
         self._life.push("metrics", lambda: self.ctx.metrics.remove_vif(self.guest, self.devid))
         self._life.push("retry timer", self._timer.cancel)
+        self._life.push("suppressed log lines", self._plog.flush)
         self._life.push("device", self._device.close)
 
     async def _teardown(self) -> None:
@@ -265,13 +286,23 @@ class Vif(abc.ABC):
 
     # ---- the loop --------------------------------------------------------------------
     async def _next_event(self) -> None:
+        self._idle = 0 if self._acted else self._idle + 1
         ev = await self.events.get()
+        w = self._peer_watch
+        if self._idle > IDLE_FREE and isinstance(ev, WatchEvent) and w and not self._stop:
+            self._backoffs += 1
+            w.close()
+            await asyncio.sleep(min(IDLE_FIRST * 2 ** (self._idle - IDLE_FREE - 1), IDLE_MAX))
+            w.start()  # fires at once: the next look reads the level
+        seen = 0
         while True:
             if isinstance(ev, WatchEvent):
                 self._on_watch(ev.path)
+                seen += 1
             if self.events.empty():
                 break
             ev = self.events.get_nowait()
+        self._coalesced += max(seen - 1, 0)
 
     def _on_watch(self, path: str) -> None:
         """A watch fired for ``path`` (the level is re-read anyway; roles may note edges)."""
@@ -318,7 +349,7 @@ class Vif(abc.ABC):
                 await self._apply(self.machine.link_lost(why, self._now()))
         acts = self._timer_expired()
         if acts:
-            log.info("%s: retrying the handshake", self.name)
+            self._plog.info("%s: retrying the handshake", self.name)
             await self._apply(acts)
 
     async def _internal_error(self, exc: Exception) -> None:
@@ -347,12 +378,16 @@ class Vif(abc.ABC):
 
     # ---- actions ---------------------------------------------------------------------
     async def _apply(self, actions: Sequence[Action]) -> None:
+        if actions:
+            self._acted = True
         for act in actions:
             if isinstance(act, SetState):
                 await self._write_state(act.state)
                 if act.state == XenbusState.CONNECTED:
                     self.connected_since = time.time()
-                    log.info("%s: connected (%s <-> dom%d)", self.name, self.ifname, self.peer)
+                    self._plog.info(
+                        "%s: connected (%s <-> dom%d)", self.name, self.ifname, self.peer
+                    )
                 elif act.state in (XenbusState.CLOSING, XenbusState.CLOSED):
                     self.connected_since = None
             elif isinstance(act, Setup):
@@ -390,7 +425,7 @@ class Vif(abc.ABC):
         why = ended[0] if ended else None
         self._acc = self._acc.plus(dp.final_counters())
         if why is None:  # an orderly disconnect; a channel that ended on its own is
-            log.info("%s: channel down", self.name)  # logged once, as the failure
+            self._plog.info("%s: channel down", self.name)  # logged once, as the failure
 
     async def _release(self) -> None:
         had_tap, had_device = self.tap is not None, bool(self._device)
@@ -405,7 +440,7 @@ class Vif(abc.ABC):
         self.last_error = fail.reason
         at = self.machine.get_timer()
         retry = f"; retry in {at - self._now():.3g}s" if fail.kind.retry and at is not None else ""
-        log.warning("%s: failed (%s): %s%s", self.name, fail.kind.label, fail.reason, retry)
+        self._plog.warning("%s: failed (%s): %s%s", self.name, fail.kind.label, fail.reason, retry)
         self.ctx.metrics.handshake_failed(fail.kind.label)
 
     async def _fail_locally(self, reason: str) -> None:

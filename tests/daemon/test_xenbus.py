@@ -676,8 +676,9 @@ def test_timer_is_never_due_before_a_failure_plus_its_delay(steps):
 # ------------------------------------------------------------ the peer goes through the backoff
 
 
-def flap(m: XenbusMachine, states_: list[bytes], seconds: float, setup_ok: bool,
-         step: float = 0.001) -> list[float]:
+def flap(
+    m: XenbusMachine, states_: list[bytes], seconds: float, setup_ok: bool, step: float = 0.001
+) -> list[float]:
     """Feed the peer's states in turn every ``step`` for ``seconds`` (the timer fired
     when due, setups completed or failed at once, as a daemon would); the times of
     the setups started."""

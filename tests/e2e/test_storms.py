@@ -1,0 +1,194 @@
+"""What a storm from one hostile guest costs dom0's backend, and that it stays bounded.
+
+Guest 2 runs no ncd: tests/e2e/stormpeer.py is its frontend (a real handshake on
+the tests' Xen bindings), then it storms: event-channel notifications, xenstore
+writes in its device directory, state flaps with good pages, state flaps with a
+control page the backend must refuse. Guest 1 is an honest frontend passing ping
+and a checksummed TCP transfer to dom0 through the storm.
+
+The bound is on consumption, not speed: the backend's CPU time (utime + stime from
+/proc/PID/stat) over the storm's own measured duration is at most MAX_CPU of one
+core, whatever the machine's load (a loaded machine stretches the storm, not the
+share of it the backend burns). The bounds come from the late EOI of the event
+channel (cext/vchan/vchan_eoi.c), the coalesced watch events (ncd/daemon/vif.py),
+the backoff every peer-driven re-setup goes through (ncd/xenbus.py) and the per-vif
+rate limit of peer-caused log lines (ncd/ratelog.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import PY, ROOT, Daemon, Net
+
+MAX_CPU = 0.10  # of one core, for the whole backend process, honest traffic included
+STORM_S = 4.0
+CONFIG = "[channel]\nreconnect_delay = 0.25\nreconnect_delay_max = 2.0\n"
+DOM0_IP, GUEST1_IP = "198.18.1.1", "198.18.1.2"
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def backend(net: Net, tmp_path: Path) -> Daemon:
+    cfg = tmp_path / "ncd.toml"
+    cfg.write_text(CONFIG)
+    d0 = net.start(0, "backend", "--config", str(cfg))
+    net.start(1, "frontend")
+    net.attach(1, 0, "00:16:3e:00:01:00")
+    net.attach(2, 0, "00:16:3e:00:02:00")  # guest 2: the test's hostile frontend
+    net.wait_connected(1, 0)
+    net.addr(0, "ncvif1.0", f"{DOM0_IP}/24")
+    net.addr(1, "nc0", f"{GUEST1_IP}/24")
+    net.wait(lambda: net.ping_ok(1, DOM0_IP, count=1), 10, "guest 1 -> dom0")
+    net.wait_state(0, 2, 0, "InitWait")
+    return d0
+
+
+class Storm:
+    """stormpeer.py running in guest 2."""
+
+    def __init__(self, net: Net, mode: str, seconds: float) -> None:
+        self.proc = net.sim.popen(
+            2,
+            [PY, "-m", "tests.e2e.stormpeer", mode, str(seconds)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(ROOT),
+        )
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.readline().strip()
+        assert out, f"stormpeer ended (rc {self.proc.poll()})"
+        return out
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def result(self) -> tuple[int, float]:
+        m = re.fullmatch(r"storm (\d+) ([\d.]+)", self.line())
+        assert m, "no storm line"
+        return int(m.group(1)), float(m.group(2))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def storms(net: Net) -> Iterator[list[Storm]]:
+    made: list[Storm] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def vif_stats(net: Net, domid: int, guest: int) -> dict:
+    return next(v for v in net.stats(domid)["vifs"] if (v["domid"], v["devid"]) == (guest, 0))
+
+
+def storm_with_traffic(net: Net, d0: Daemon, storm: Storm) -> tuple[int, float, float]:
+    """Run the storm while guest 1 pings dom0 and sends it a checksummed TCP stream;
+    (storm count, storm seconds, backend CPU share over the storm)."""
+    nbytes = 8 << 20
+    recv = net.receiver(0, DOM0_IP, 5301)
+    send = net.sender(1, DOM0_IP, 5301, nbytes, mbps=nbytes / (1 << 20) / STORM_S)
+    cpu0 = cpu_seconds(d0.pid)
+    storm.go()
+    ping = net.ping(1, DOM0_IP, count=20, interval=0.1)
+    count, elapsed = storm.result()
+    cpu = cpu_seconds(d0.pid) - cpu0
+    sent, got = net.result(send), net.result(recv)
+    assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+    assert got["bytes"] == sent["bytes"] == nbytes
+    assert got["sha256"] == sent["sha256"]
+    assert d0.alive()
+    print(f"storm: {count} in {elapsed:.2f}s, backend CPU {cpu:.3f}s ({cpu / elapsed:.1%})")
+    return count, elapsed, cpu / elapsed
+
+
+def test_notification_storm_costs_the_backend_little(net: Net, backend: Daemon, storms) -> None:
+    storm = Storm(net, "notify", STORM_S)
+    storms.append(storm)
+    assert storm.line() == "connected"
+    net.wait_state(0, 2, 0, "Connected")
+    before = vif_stats(net, 0, 2)
+    count, elapsed, share = storm_with_traffic(net, backend, storm)
+    after = vif_stats(net, 0, 2)
+    assert count >= 100_000, (count, elapsed)  # a storm worth the name
+    spurious = after["notifications_spurious"] - before["notifications_spurious"]
+    received = after["notifications_received"] - before["notifications_received"]
+    # the backend took a few hundred of them, all recognised as carrying no work
+    assert 0 < received < count / 100, (received, count)
+    assert spurious >= received * 0.9, (spurious, received)
+    assert share <= MAX_CPU, f"backend at {share:.1%} of a core during {count} notifies"
+    assert net.vif(0, 2, 0)["state"] == "Connected"  # a storm is no protocol error
+
+
+def test_xenstore_write_storm_costs_the_backend_little(net: Net, backend: Daemon, storms) -> None:
+    storm = Storm(net, "writes", STORM_S)
+    storms.append(storm)
+    assert storm.line() == "connected"
+    net.wait_state(0, 2, 0, "Connected")
+    before = vif_stats(net, 0, 2)
+    count, elapsed, share = storm_with_traffic(net, backend, storm)
+    after = vif_stats(net, 0, 2)
+    assert count >= 1000, (count, elapsed)
+    # the watch was dropped a while, again and again (at most every 5 ms)
+    backoffs = after["watch_backoffs"] - before["watch_backoffs"]
+    assert 1 <= backoffs <= elapsed / 0.005, backoffs
+    assert after["watch_events_coalesced"] >= before["watch_events_coalesced"]
+    assert share <= MAX_CPU, f"backend at {share:.1%} of a core during {count} writes"
+    assert net.vif(0, 2, 0)["state"] == "Connected"
+
+
+def test_state_flapping_with_good_pages_costs_the_backend_little(
+    net: Net, backend: Daemon, storms
+) -> None:
+    storm = Storm(net, "states", STORM_S)
+    storms.append(storm)
+    assert storm.line() == "connected"
+    count, elapsed, share = storm_with_traffic(net, backend, storm)
+    assert count >= 1000, (count, elapsed)
+    connects = backend.log_text().count("vif 2/0: connected")
+    # one setup per backoff delay (0.25 s doubling to 2 s), not one per two writes
+    assert connects <= 2 + elapsed / 0.25, connects
+    assert share <= MAX_CPU, f"backend at {share:.1%} of a core during {count} state writes"
+
+
+def test_refused_setups_go_through_the_backoff(net: Net, backend: Daemon, storms) -> None:
+    storm = Storm(net, "refused", STORM_S)
+    storms.append(storm)
+    fails0 = net.stats(0)["handshake_failures"]["setup_failed"]
+    count, elapsed, share = storm_with_traffic(net, backend, storm)
+    failed = net.stats(0)["handshake_failures"]["setup_failed"] - fails0
+    assert count >= 1000, (count, elapsed)
+    # at most one refused setup per delay (0.25, 0.5, 1, 2, 2 ...): was one per two writes
+    assert 1 <= failed <= 2 + elapsed / 0.25, (failed, count)
+    lines = [ln for ln in backend.log_text().splitlines() if "vif 2/0: failed" in ln]
+    assert len(lines) <= failed
+    assert share <= MAX_CPU, f"backend at {share:.1%} of a core during {count} state writes"
+    # the peer behaves: a good page, a fresh handshake; connected within the backoff's cap
+    assert storm.line() == "behaving"
+    net.wait_state(0, 2, 0, "Connected", timeout=2.0 + 3.0)
