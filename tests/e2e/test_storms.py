@@ -20,12 +20,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import PY, ROOT, Daemon, Net
+from tests.e2e.stormpeer import FEATURES
 
 MAX_CPU = 0.10  # of one core, for the whole backend process, honest traffic included
 STORM_S = 4.0
@@ -192,3 +194,37 @@ def test_refused_setups_go_through_the_backoff(net: Net, backend: Daemon, storms
     # the peer behaves: a good page, a fresh handshake; connected within the backoff's cap
     assert storm.line() == "behaving"
     net.wait_state(0, 2, 0, "Connected", timeout=2.0 + 3.0)
+
+
+def test_backend_flapping_its_state_is_logged_at_a_bounded_rate(net: Net, tmp_path: Path) -> None:
+    """No backend daemon: the test is a malicious backend (dom0's xenstore) flapping
+    its state InitWait / Closed under an honest frontend for FLAP_S seconds."""
+    cfg = tmp_path / "ncd.toml"
+    cfg.write_text(CONFIG)
+    d1 = net.start(1, "frontend", "--config", str(cfg))
+    net.attach(1, 0, "00:16:3e:00:01:00")
+    net.wait_state(1, 1, 0, "Initialising")
+    xs = net.toolstack()
+    be = "/local/domain/0/backend/ncvif/1/0"
+    state = f"{be}/state"
+    flap_s, writes = 6.0, 0
+    try:
+        for k, v in FEATURES.items():  # what a backend publishes before InitWait
+            xs.write(f"{be}/{k}", v)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < flap_s:
+            xs.write(state, "2")
+            xs.write(state, "6")
+            writes += 2
+        elapsed = time.monotonic() - t0
+    finally:
+        xs.close()
+    assert writes >= 1000, writes
+    assert net.stop(d1) == 0  # the vif's end reports what is still suppressed
+    lines = [ln for ln in d1.log_text().splitlines() if "vif 1/0: " in ln]
+    reports = [ln for ln in lines if "similar messages suppressed" in ln]
+    others = [ln for ln in lines if ln not in reports]
+    # burst 10, then one per 5 s; ready/released/closing lines are not the peer's doing
+    assert len(others) <= 10 + elapsed / 5.0 + 6, others
+    assert 1 <= len(reports) <= elapsed / 5.0 + 2, reports
+    assert sum(int(re.search(r": (\d+) similar", ln).group(1)) for ln in reports) >= 1
