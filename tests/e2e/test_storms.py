@@ -228,3 +228,34 @@ def test_backend_flapping_its_state_is_logged_at_a_bounded_rate(net: Net, tmp_pa
     assert len(others) <= 10 + elapsed / 5.0 + 6, others
     assert 1 <= len(reports) <= elapsed / 5.0 + 2, reports
     assert sum(int(re.search(r": (\d+) similar", ln).group(1)) for ln in reports) >= 1
+
+
+def test_notification_storm_on_a_switch_port_costs_the_backend_little(
+    net: Net, tmp_path: Path, storms
+) -> None:
+    """The same storm against a port of the in-daemon switch (its one thread serves
+    every port: the storm must not take it from guest 1)."""
+    cfg = tmp_path / "ncd.toml"
+    cfg.write_text(CONFIG + '[switch.sw0]\ntap = "ncsw0"\n')
+    d0 = net.start(0, "backend", "--config", str(cfg))
+    net.addr(0, "ncsw0", f"{DOM0_IP}/24")
+    net.start(1, "frontend")
+    for guest in (1, 2):
+        mac = f"00:16:3e:00:0{guest}:00"
+        net.ncctl("attach", str(guest), "--devid", "0", "--mac", mac, "--switch", "sw0")
+    net.wait_connected(1, 0)
+    net.addr(1, "nc0", f"{GUEST1_IP}/24")
+    net.wait(lambda: net.ping_ok(1, DOM0_IP, count=1), 10, "guest 1 -> dom0 through sw0")
+    net.wait_state(0, 2, 0, "InitWait")
+    storm = Storm(net, "notify", STORM_S)
+    storms.append(storm)
+    assert storm.line() == "connected"
+    net.wait_state(0, 2, 0, "Connected")
+    before = vif_stats(net, 0, 2)
+    count, elapsed, share = storm_with_traffic(net, d0, storm)
+    after = vif_stats(net, 0, 2)
+    assert count >= 100_000, (count, elapsed)
+    spurious = after["notifications_spurious"] - before["notifications_spurious"]
+    assert 0 < spurious < count / 100, (spurious, count)
+    assert share <= MAX_CPU, f"backend at {share:.1%} of a core during {count} notifies"
+    assert net.vif(0, 2, 0)["state"] == "Connected"
