@@ -69,6 +69,7 @@ class VifCounters:
     notifications_spurious: int = 0  # received events that carried no work (late EOI)
     watch_events_coalesced: int = 0  # xenstore watch events folded into a later look
     watch_backoffs: int = 0  # times the peer's watch was dropped a while (its events idle)
+    channel_setups: int = 0  # channels brought up (a flapping peer shows here)
     tracked_foreign_pages: int = 0
 
     def plus(self, other: VifCounters) -> VifCounters:
@@ -88,6 +89,7 @@ class VifCounters:
             notifications_spurious=self.notifications_spurious + other.notifications_spurious,
             watch_events_coalesced=self.watch_events_coalesced + other.watch_events_coalesced,
             watch_backoffs=self.watch_backoffs + other.watch_backoffs,
+            channel_setups=self.channel_setups + other.channel_setups,
             tracked_foreign_pages=other.tracked_foreign_pages,
         )
 
@@ -136,6 +138,9 @@ class _VifCollector(Collector):
             "Times the watch on the peer's directory was dropped a while, its events idle",
             labels=lab,
         )
+        setups = CounterMetricFamily(
+            "ncd_vif_channel_setups", "Channels brought up (mapped or granted)", labels=lab
+        )
         pages = GaugeMetricFamily(
             "ncd_vif_tracked_foreign_pages", "Foreign pages in the tracker for this vif", labels=lab
         )
@@ -155,6 +160,7 @@ class _VifCollector(Collector):
             spurious.add_metric(ids, snap.notifications_spurious)
             coalesced.add_metric(ids, snap.watch_events_coalesced)
             backoffs.add_metric(ids, snap.watch_backoffs)
+            setups.add_metric(ids, snap.channel_setups)
             pages.add_metric(ids, snap.tracked_foreign_pages)
             state.add_metric(ids, int(st))
             if st in by_state:
@@ -162,9 +168,8 @@ class _VifCollector(Collector):
         vifs = GaugeMetricFamily("ncd_vifs", "Vifs of this daemon by XenbusState", labels=["state"])
         for st, n in by_state.items():
             vifs.add_metric([st.label], n)
-        yield from (
-            frames, nbytes, drops, waits, notes, spurious, coalesced, backoffs, pages, state, vifs
-        )
+        yield from (frames, nbytes, drops, waits, notes, spurious, coalesced, backoffs)
+        yield from (setups, pages, state, vifs)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -148,8 +148,9 @@ class ReleaseDevice:
 
 class FailKind(enum.Enum):
     """Why a device failed: ``label`` is its metrics label, ``retry`` whether the
-    machine arms its retry timer (a peer that wrote nonsense is not retried: its
-    next state change is)."""
+    machine always arms its retry timer (the failure must say when it happened). A
+    peer that wrote nonsense arms it when the time is known: its next state change
+    is followed once the delay passed, not at once."""
 
     BAD_STATE = ("bad_state", False)  # the peer's state key is not a state
     ILL_TIMED = ("ill_timed", False)  # a peer state impossible in ours

@@ -151,6 +151,7 @@ class Vif(abc.ABC):
         self._idle = 0  # wakeups in a row that led to none
         self._coalesced = 0  # watch events folded into a later look
         self._backoffs = 0  # times the peer's watch was dropped for a while
+        self._setups = 0  # channels brought up
         self._peer_watch: Watch | None = None
 
     # ---- role hooks ------------------------------------------------------------------
@@ -221,7 +222,11 @@ class Vif(abc.ABC):
 
     def counters(self) -> VifCounters:
         dp = self.datapath
-        own = VifCounters(watch_events_coalesced=self._coalesced, watch_backoffs=self._backoffs)
+        own = VifCounters(
+            watch_events_coalesced=self._coalesced,
+            watch_backoffs=self._backoffs,
+            channel_setups=self._setups,
+        )
         return self._acc.plus(own if dp is None else own.plus(dp.counters()))
 
     def info(self) -> dict[str, Any]:
@@ -293,7 +298,10 @@ class Vif(abc.ABC):
             self._backoffs += 1
             w.close()
             await asyncio.sleep(min(IDLE_FIRST * 2 ** (self._idle - IDLE_FREE - 1), IDLE_MAX))
-            w.start()  # fires at once: the next look reads the level
+            try:
+                w.start()  # fires at once: the next look reads the level
+            except OSError as exc:  # the store is going away: the daemon reports that
+                log.warning("%s: cannot watch %s again: %s", self.name, w.path, exc)
         seen = 0
         while True:
             if isinstance(ev, WatchEvent):
@@ -407,6 +415,7 @@ class Vif(abc.ABC):
         except (OSError, ValueError) as exc:
             return self.machine.setup_failed(str(exc), self._now())
         self.datapath = dp
+        self._setups += 1
         why: list[str | None] = []  # why it ended, read before the teardown steps run
         self._channel.push("channel counters", lambda: self._close_datapath(dp, why))
         for what, undo in dp.undo_steps():  # e.g. vchan, then switch port: removed first
@@ -439,7 +448,7 @@ class Vif(abc.ABC):
         self.failures += 1
         self.last_error = fail.reason
         at = self.machine.get_timer()
-        retry = f"; retry in {at - self._now():.3g}s" if fail.kind.retry and at is not None else ""
+        retry = f"; retry in {at - self._now():.3g}s" if at is not None else ""
         self._plog.warning("%s: failed (%s): %s%s", self.name, fail.kind.label, fail.reason, retry)
         self.ctx.metrics.handshake_failed(fail.kind.label)
 
