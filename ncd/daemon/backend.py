@@ -124,7 +124,7 @@ class BackendVif(Vif):
             fe = layout.read_optional(self.xs, f"{self.peer_dir}/state")
             if layout.state_of(fe) is XenbusState.CONNECTED:  # with a fresh vchan: set up again
                 self._published = False
-                acts += self.machine.peer_changed(fe)
+                acts += self.machine.peer_changed(fe, self._now())
         return acts
 
     def describe(self) -> dict[str, Any]:
