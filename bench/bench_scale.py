@@ -80,6 +80,12 @@ def smaps(pid: int) -> dict[str, float]:
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(vals: list[float], q: float) -> float:
     s = sorted(vals)
     return s[min(len(s) - 1, int(len(s) * q))]
@@ -284,6 +290,12 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         log(f"scale: {args.guests} guests up, daemons answering in {time.monotonic() - t0:.1f}s")
         be_pid = s.procs[0].pid
         be_before = smaps(be_pid)
+        who = {
+            "backend": [be_pid],
+            "frontends": [s.procs[g].pid for g in s.guests],
+            **{d: [s.world.state.pids[d]] for d in ("xenstored", "broker")},
+        }
+        cpu0 = {k: sum(cpu_s(p) for p in pids) for k, pids in who.items()}
         watch = StateWatch(s.world, s.guests)
         try:
             watch.armed.wait(5)
@@ -291,6 +303,7 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
             s.attach_all()
             s.wait(lambda: len(watch.latencies()) == len(s.guests), 60, "every vif Connected")
             attach_burst = time.monotonic() - t1
+            attach_cpu = {k: sum(cpu_s(p) for p in pids) - cpu0[k] for k, pids in who.items()}
         finally:
             watch.close()
         lat = list(watch.latencies().values())
@@ -327,6 +340,7 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
             "p99_s": pct(lat, 0.99),
             "max_s": max(lat),
             "burst_s": attach_burst,
+            "cpu_s": attach_cpu,
         },
         "backend": {
             "before_mb": be_before,
@@ -391,6 +405,9 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{a['p50_s']:.3f} / {a['p99_s']:.3f} / {a['max_s']:.3f} | p99 < 1 s |",
         f"| all {r['guests']} Connected, from the toolstack process's start (s) | "
         f"{a['burst_s']:.2f} | |",
+        "| CPU used meanwhile (s): backend / xenstored / broker / all frontends | "
+        f"{a['cpu_s']['backend']:.2f} / {a['cpu_s']['xenstored']:.2f} / "
+        f"{a['cpu_s']['broker']:.2f} / {a['cpu_s']['frontends']:.2f} | |",
         f"| one busy vif (Gbit/s) | {t['one_median']:.2f} | |",
         f"| {r['busy']} busy vifs, aggregate (Gbit/s) | {t['busy_median']:.2f} "
         f"({t['ratio']:.2f}x one) | >= 0.9x |",
