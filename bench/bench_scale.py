@@ -301,7 +301,13 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
             watch.armed.wait(5)
             t1 = time.monotonic()
             s.attach_all()
-            s.wait(lambda: len(watch.latencies()) == len(s.guests), 60, "every vif Connected")
+            try:
+                s.wait(lambda: len(watch.latencies()) == len(s.guests), 60, "every vif")
+            except RuntimeError as exc:
+                late = sorted(set(s.guests) - set(watch.latencies()))
+                raise RuntimeError(
+                    f"{exc}: {len(late)} not Connected (domains {late[:10]})"
+                ) from None
             attach_burst = time.monotonic() - t1
             attach_cpu = {k: sum(cpu_s(p) for p in pids) - cpu0[k] for k, pids in who.items()}
         finally:
@@ -326,6 +332,10 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                     per_vif.append(each)
                 log(f"scale: round {rnd + 1}, {n} busy vif(s): {gbit:.2f} Gbit/s")
         be_busy = smaps(be_pid)
+    except BaseException:
+        s.args.keep_logs = True  # the daemon logs say why
+        log(f"bench_scale: failed; daemon logs kept in {s.tmp}")
+        raise
     finally:
         s.down()
     n = len(s.guests)
