@@ -11,10 +11,11 @@ waits), and divides the deltas by the frames the vif moved (both directions: dat
 ACKs). A voluntary context switch of a pump thread is one sleep -> wake-up. With
 ``--strace`` each test runs a second time under ``strace -c -f`` attached to the
 ``ncd-pump`` threads of both daemons (ptrace slows them: read the per-frame syscall
-mix, not the rate).
+mix, not the rate); with ``--perf`` once more under ``perf record`` of the same threads
+(the top kernel and user symbols).
 
     sudo .venv/bin/python bench/bench_wakeups.py [--seconds 4] [--pings 400] [--strace]
-        [--json OUT]
+        [--perf] [--json OUT]
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ COUNTERS = (
     "ring_full_waits",
 )
 ROLES = ("backend", "frontend")
+PERF_TOP = 6
 
 
 def threads(pid: int) -> dict[int, dict[str, Any]]:
@@ -136,6 +138,34 @@ def strace_run(probe: Probe, fn: Callable[[], Any], tmp: Path) -> dict[str, Any]
     return res
 
 
+def perf_run(probe: Probe, fn: Callable[[], Any], tmp: Path) -> dict[str, list[list[Any]]]:
+    """Run ``fn`` with ``perf record`` on each daemon's pump threads; the top symbols
+    (share of the samples, symbol) per daemon."""
+    procs = {}
+    for role, tids in probe.pump_tids().items():
+        data = tmp / f"perf-{role}.data"
+        argv = ["perf", "record", "-q", "-o", str(data), "-t", ",".join(map(str, tids))]
+        procs[role] = (
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            data,
+        )
+    time.sleep(0.5)
+    fn()
+    res: dict[str, list[list[Any]]] = {}
+    for role, (p, data) in procs.items():
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+        rep = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--sort", "sym"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        top = re.findall(r"^\s+([\d.]+)%\s+\[[.k]\]\s+(\S+)", rep, re.M)[:PERF_TOP]
+        res[role] = [[float(share), sym] for share, sym in top]
+    return res
+
+
 TESTS: list[tuple[str, str, list[str] | None]] = [
     ("tcp1", "TCP guest -> dom0, 1 stream", []),
     ("tcp1r", "TCP dom0 -> guest, 1 stream", ["-R"]),
@@ -156,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         "--strace",
         action="store_true",
         help="also run each test under strace -c on the pump threads",
+    )
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="also run each iperf3 test under perf record on the pump threads",
     )
     ap.add_argument("--json", help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -181,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = {"delta": probe.delta(a, probe.snap()), "wall": time.monotonic() - t0}
             if args.strace and extra is not None:
                 results[key]["strace"] = strace_run(probe, fn, tmp)
+            if args.perf and extra is not None:
+                results[key]["perf"] = perf_run(probe, fn, tmp)
             print(f"{key}: done", file=sys.stderr, flush=True)
     finally:
         b.down()
@@ -222,6 +259,18 @@ def table(results: dict[str, Any]) -> list[str]:
                 f"{v['notifications_received'] / n:.3f} | {v['ring_full_waits']:,} | "
                 f"{pump['cpu'] * 1e6 / n:.2f} | {sc} |"
             )
+    if any("perf" in r for r in results.values()):
+        lines += [
+            "",
+            "| test | daemon | perf: top symbols of the pump threads (share of samples) |",
+            "|---|---|---|",
+        ]
+        for key, label, _ in TESTS:
+            for role in ROLES:
+                top = results.get(key, {}).get("perf", {}).get(role)
+                if top:
+                    syms = ", ".join(f"{sym} {share:.1f}%" for share, sym in top)
+                    lines.append(f"| {label} | {role} | {syms} |")
     return lines
 
 
