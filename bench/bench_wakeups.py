@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,25 +179,8 @@ TESTS: list[tuple[str, str, list[str] | None]] = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=4, help="iperf3 duration per test")
-    ap.add_argument("--pings", type=int, default=400, help="echo requests of the ping test")
-    ap.add_argument(
-        "--strace",
-        action="store_true",
-        help="also run each test under strace -c on the pump threads",
-    )
-    ap.add_argument(
-        "--perf",
-        action="store_true",
-        help="also run each iperf3 test under perf record on the pump threads",
-    )
-    ap.add_argument("--json", help="write the results as JSON here")
-    args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench_wakeups: needs root", file=sys.stderr)
-        return 1
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every test once on a fresh world (``args``: seconds, pings, strace, perf)."""
     b = bench_net.Bench(
         argparse.Namespace(seconds=args.seconds, rounds=1, pings=args.pings, ring_bytes=0)
     )
@@ -221,7 +205,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key}: done", file=sys.stderr, flush=True)
     finally:
         b.down()
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=4, help="iperf3 duration per test")
+    ap.add_argument("--pings", type=int, default=400, help="echo requests of the ping test")
+    ap.add_argument(
+        "--strace",
+        action="store_true",
+        help="also run each test under strace -c on the pump threads",
+    )
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="also run each iperf3 test under perf record on the pump threads",
+    )
+    ap.add_argument("--json", help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_wakeups: needs root", file=sys.stderr)
+        return 1
+    results = run(args)
     print("\n".join(table(results)))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -230,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| test | daemon | frames (tx + rx) | pump wake-ups / frame | event-loop wake-ups / "
-        "frame | involuntary switches / frame (pump) | notifications sent / received per "
-        "frame | ring-full waits | pump CPU us / frame | syscalls / frame (pump, strace) |",
+        "| test | daemon | frames (tx + rx) | pump sleeps / frame | event-loop wake-ups / "
+        "frame | pump preemptions / frame | notifications sent / received per "
+        "frame | ring-full waits | pump CPU us / frame | syscalls / frame (pump, strace): "
+        "the top four |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key, label, _ in TESTS:
