@@ -33,8 +33,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # xensim (the simulator: a development tool, its own distribution, never in ncd's
-# package) and ncd itself, both editable, with the test tools.
-.venv/bin/python -m pip install -q -e ./xensim -e '.[test]'
+# package) and ncd itself, both editable, with the test tools and bench/run's plotting
+# (matplotlib).
+.venv/bin/python -m pip install -q -e ./xensim -e '.[test,bench]'
 
 # The Debian package's tools (tests/packaging builds the .deb): dpkg-dev, lintian and
 # the Build-Depends of debian/control, through the build script itself.
