@@ -187,15 +187,29 @@ def test_two_guests_on_an_ovs_bridge(sim: SimWorld, ovs2: Ovs, net: Net, tmp_pat
     transfer_ok(net, 1, 2, "198.18.30.2", 8 << 20, 5701)
     transfer_ok(net, 2, 1, "198.18.30.1", 8 << 20, 5702)
 
+    # kill -9: the TAPs and their ports outlive the daemon; the restarted one re-adds them
+    backend = net.daemons[0]
+    net.kill9(backend)
+    backend = net.restart(backend)
+    net.wait_connected(1, 0, timeout=30)
+    net.wait_connected(2, 0, timeout=30)
+    net.wait(lambda: net.ping_ok(1, "198.18.30.2", count=1), 20, "guest 1 -> 2 after restart")
+    assert o.vsctl("port-to-br", "ncvif2.0") == "ovsbr0"
+
     net.ncctl("detach", "2", "0")
     net.wait(lambda: net.vif(0, 2, 0) is None, 15, "vif 2/0 released")
     assert "ncvif2.0" not in o.ports() and "ncvif2.0" not in net.links(0)
     assert "ncvif1.0" in o.ports()
-    backend = net.daemons[0]
-    assert net.stop(backend) == 0, backend.log_text()
-    assert o.ports() == {"ovsbr0"}, o.ports()  # nothing of ncd's left in the database
+
+    # a crashed daemon's vif removed meanwhile: its stale TAP and its port go at the start
+    net.kill9(backend)
+    sim.run(0, ["xenstore-rm", "/local/domain/0/backend/ncvif/1/0"])
+    assert "ncvif1.0" in o.ports()
+    backend = net.restart(backend)
+    net.wait(lambda: "ncvif1.0" not in o.ports(), 15, "the stale TAP's OVS port removed")
+    assert "removed stale ncvif1.0" in backend.log_text()
     assert "ncvif1.0" not in net.links(0)
-    assert "is a port of Open vSwitch bridge ovsbr0" in backend.log_text()
+    assert o.ports() == {"ovsbr0"}, o.ports()  # nothing of ncd's left in the database
 
 
 def test_vlans_separate_guests(sim3: SimWorld, ovs3: Ovs, tmp_path: Path) -> None:
