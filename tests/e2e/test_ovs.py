@@ -10,101 +10,21 @@ reach each other and not the guest on VLAN 20 (which reaches dom0's VLAN 20 port
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ncd import tap as tapmod
-from tests.conftest import have
 from tests.e2e.harness import Net
 from tests.needs import require_root
 from tests.netns import in_netns
+from tests.ovsdaemons import Ovs, have_ovs
 from tests.simworld import SimWorld
 
 from .test_forwarding import transfer_ok
 
-SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 UUID = "5f1b6b0e-3c1e-4d7a-9a55-0d6c1f2e7a01"
-
-
-class Ovs:
-    """ovsdb-server (in this namespace; a Unix socket reaches every namespace) and
-    ovs-vswitchd (in ``netns``) on a database of their own under ``d``."""
-
-    def __init__(self, d: Path, netns: str) -> None:
-        d.mkdir()
-        self.dir = d
-        self.db = f"unix:{d}/db.sock"
-        self.env = {
-            "OVS_RUNDIR": str(d),
-            "OVS_LOGDIR": str(d),
-            "OVS_DBDIR": str(d),
-            "OVS_SYSCONFDIR": str(d),
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-        subprocess.run(["ovsdb-tool", "create", str(d / "conf.db"), str(SCHEMA)], check=True)
-        self._spawn(
-            [],
-            [
-                "ovsdb-server",
-                str(d / "conf.db"),
-                f"--remote=p{self.db}",
-                f"--unixctl={d}/ovsdb-server.ctl",
-                f"--log-file={d}/ovsdb-server.log",
-                "--no-chdir",
-            ],
-        )
-        self.vsctl("--retry", "--no-wait", "init")
-        self._spawn(
-            ["ip", "netns", "exec", netns],
-            [
-                "ovs-vswitchd",
-                self.db,
-                f"--unixctl={d}/ovs-vswitchd.ctl",
-                f"--log-file={d}/ovs-vswitchd.log",
-                "--no-chdir",
-            ],
-        )
-
-    def _spawn(self, prefix: list[str], cmd: list[str]) -> None:
-        with open(self.dir / f"{cmd[0]}.out", "wb") as out:
-            self.procs.append(
-                subprocess.Popen(
-                    [*prefix, *cmd], env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
-                )
-            )
-
-    def vsctl(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run(
-            ["ovs-vsctl", f"--db={self.db}", "--timeout=30", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check and r.returncode != 0:
-            raise AssertionError(f"ovs-vsctl {' '.join(args)}: {r.stderr}")
-        return r.stdout.strip()
-
-    def ports(self) -> set[str]:
-        """Every Port row's name (bridges' own internal ports included)."""
-        out = self.vsctl("--bare", "--columns=name", "list", "Port")
-        return set(out.split())
-
-    def close(self) -> None:
-        for br in self.vsctl("list-br", check=False).split():
-            self.vsctl("--if-exists", "del-br", br, check=False)
-        for p in reversed(self.procs):  # ovs-vswitchd first, then its database
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 @pytest.fixture
@@ -119,7 +39,7 @@ def sim3(tmp_path: Path) -> Iterator[SimWorld]:
 
 def _ovs(sim: SimWorld, tmp_path: Path) -> Iterator[Ovs]:
     require_root("a xensim world: network namespaces")
-    if not (have("ovs-vsctl") and have("ovsdb-server") and SCHEMA.exists()):
+    if not have_ovs():
         pytest.skip("needs Open vSwitch (Debian's openvswitch-switch; scripts/setup.sh)")
     o = Ovs(tmp_path / "ovs", sim.world.netns(0))
     try:
