@@ -1,18 +1,22 @@
-"""systemd/ncd-backend.service under a real systemd, on xensim.
+"""systemd/ncd-backend.service and ncd-frontend.service under a real systemd, on xensim.
 
-This machine runs no systemd (PID 1 is the sandbox's own init), so the test boots one:
-Debian's /lib/systemd/systemd as PID 1 of new PID, mount, cgroup and network namespaces
-(``unshare``), in a cgroup2 subtree of its own, with a private /run and a unit path
-(``$SYSTEMD_UNIT_PATH``) holding only Debian's basic targets and the unit as shipped, plus
-a drop-in for what differs on xensim: no ConditionVirtualization=xen, ExecStart runs this
-checkout's ncd with Debian's python3 (what /usr/bin/ncd runs), the world's environment
-(xenstored socket, shim libraries), NetworkNamespacePath= dom0's namespace, WatchdogSec=2s
-(30s as shipped) and the log in a file. The unit's sandboxing stays as shipped.
+This machine runs no systemd (PID 1 is the sandbox's own init), so the test boots one per
+domain, as each Xen domain has its own: Debian's /lib/systemd/systemd as PID 1 of new
+PID, mount, cgroup and network namespaces (``unshare``), in a cgroup2 subtree of its own,
+with a private /run and a unit path (``$SYSTEMD_UNIT_PATH``) holding only Debian's basic
+targets and the unit as shipped, plus a drop-in for what differs on xensim: no
+ConditionVirtualization=xen, ExecStart runs this checkout's ncd with Debian's python3
+(what /usr/bin/ncd runs), the domain's environment (xenstored socket, shim libraries),
+NetworkNamespacePath= the domain's namespace, WatchdogSec=4s (30s as shipped) and the log
+in a file. The units' sandboxing stays as shipped.
 
-Through systemctl in that manager: READY and STATUS arrive (ActiveState, StatusText), the
-watchdog is pinged (WatchdogTimestamp advances; the daemon outlives several periods), a
-``kill -9`` is restarted by Restart= (new MainPID, vif back to Connected), and ``systemctl
-stop`` closes the vif (backend state Closed, TAP gone)."""
+Through systemctl in each manager: READY and STATUS arrive (ActiveState, StatusText), the
+sandbox holds (capabilities, no_new_privs, seccomp), the watchdog is pinged
+(WatchdogTimestamp advances; the daemons outlive several periods), a ``kill -9`` is
+restarted by Restart= (new MainPID, the vif back to Connected), and ``systemctl stop``
+closes the vif (state Closed or removed, TAP gone). Where Open vSwitch is installed the
+backend's vif is in an OVS bridge (a private one, tests/ovsdaemons.py), so ovs-vsctl
+runs inside the unit's sandbox too."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +34,6 @@ from typing import Any
 import pytest
 
 from ncd.control import ControlClient, ControlError
-from tests.e2e.harness import Net
 from tests.needs import require_root
 from tests.ovsdaemons import Ovs, have_ovs
 from tests.simworld import SimWorld
@@ -37,7 +41,6 @@ from xensim import paths
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = Path("/lib/systemd/systemd")
-UNIT = "ncd-backend.service"
 # Debian's targets a service's default dependencies reach (sysinit, basic, shutdown...);
 # copied without their .wants directories, so nothing else starts
 TARGETS = (
@@ -54,14 +57,14 @@ TARGETS = (
     "multi-user",
     "shutdown",
 )
-WATCHDOG_S = 2
+WATCHDOG_S = 4  # pinged every 2 s: slack for a loaded machine (30 s as shipped)
 MAC = "00:16:3e:5d:00:01"
 
 BOOT = """#!/bin/sh
-# PID 1 to be: dom0's namespace kept reachable, a private /run and cgroup2 view
+# PID 1 to be: the domain's netns kept reachable, a private /run and cgroup2 view
 set -eu
-touch "$1/dom0.netns"
-mount --bind "/run/netns/$2" "$1/dom0.netns"
+touch "$1/domain.netns"
+mount --bind "/run/netns/$2" "$1/domain.netns"
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 exec env -i container=ncd-test SYSTEMD_UNIT_PATH="$1/units" \
@@ -69,7 +72,7 @@ exec env -i container=ncd-test SYSTEMD_UNIT_PATH="$1/units" \
 """
 
 TARGET = """[Unit]
-Description=ncd test: the basic targets and the backend unit
+Description=ncd test: the basic targets and {unit}
 Requires=basic.target
 Wants={unit}
 After=basic.target
@@ -80,11 +83,11 @@ ConditionVirtualization=
 
 [Service]
 ExecStart=
-ExecStart=/usr/bin/python3 -m ncd.daemon.main backend --config {d}/ncd.toml
+ExecStart=/usr/bin/python3 -m ncd.daemon.main {role} --config {d}/ncd.toml
 {env}
-NetworkNamespacePath={d}/dom0.netns
+NetworkNamespacePath={d}/domain.netns
 WatchdogSec={watchdog}s
-StandardOutput=append:{d}/backend.log
+StandardOutput=append:{d}/daemon.log
 StandardError=inherit
 """
 
@@ -100,17 +103,20 @@ def cgroup2_mount() -> Path | None:
 class Systemd:
     """A systemd booted as PID 1 of its own namespaces; close() ends it and its cgroups."""
 
-    def __init__(self, d: Path, netns: str, env: dict[str, str]) -> None:
+    def __init__(self, d: Path, role: str, netns: str, env: dict[str, str], config: str) -> None:
+        d.mkdir()
         self.dir = d
+        self.unit = unit = f"ncd-{role}.service"
         units = d / "units"
-        (units / f"{UNIT}.d").mkdir(parents=True)
+        (units / f"{unit}.d").mkdir(parents=True)
         for t in TARGETS:
             shutil.copy(f"/lib/systemd/system/{t}.target", units)
-        shutil.copy(ROOT / "systemd" / UNIT, units)
-        (units / "ncd-test.target").write_text(TARGET.format(unit=UNIT))
+        shutil.copy(ROOT / "systemd" / unit, units)
+        (units / "ncd-test.target").write_text(TARGET.format(unit=unit))
+        (d / "ncd.toml").write_text(config)
         lines = "\n".join(f'Environment="{k}={v}"' for k, v in sorted(env.items()))
-        (units / f"{UNIT}.d" / "xensim.conf").write_text(
-            DROPIN.format(env=lines, d=d, watchdog=WATCHDOG_S)
+        (units / f"{unit}.d" / "xensim.conf").write_text(
+            DROPIN.format(role=role, env=lines, d=d, watchdog=WATCHDOG_S)
         )
         boot = d / "boot.sh"
         boot.write_text(BOOT)
@@ -187,7 +193,7 @@ class Systemd:
         return r.stdout
 
     def show(self, *props: str) -> dict[str, str]:
-        out = self.systemctl("show", UNIT, *(f"--property={p}" for p in props))
+        out = self.systemctl("show", self.unit, *(f"--property={p}" for p in props))
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def control(self) -> ControlClient:
@@ -195,8 +201,42 @@ class Systemd:
         return ControlClient(Path(f"/proc/{self.pid1}/root/run/ncd/ncd.sock"), timeout=5)
 
     def log(self) -> str:
-        p = self.dir / "backend.log"
+        p = self.dir / "daemon.log"
         return p.read_text(errors="replace") if p.exists() else ""
+
+    def proc_status(self, pid: str) -> str:
+        """/proc/PID/status of a process of this manager (PID as systemd reports it)."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.pid1), "-m", "-p", "cat", f"/proc/{pid}/status"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def kill9(self, pid: str) -> None:
+        subprocess.run(["nsenter", "-t", str(self.pid1), "-m", "-p", "kill", "-9", pid], check=True)
+
+    def vif_state(self) -> str | None:
+        """The state of the daemon's one vif (None: no answer or no vif)."""
+        try:
+            with self.control() as c:
+                vifs = c.call("list")["vifs"]
+        except (ControlError, OSError):
+            return None
+        return vifs[0]["state"] if vifs else None
+
+    def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = pred()
+            if r:
+                return r
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.unit}: timed out waiting for {what}\n{self.log()[-3000:]}\n"
+                    f"{self.systemctl('status', self.unit, check=False)}"
+                )
+            time.sleep(0.1)
 
     def close(self) -> None:
         """SIGKILL to PID 1 ends its PID namespace (every process in it), and with the
@@ -242,122 +282,117 @@ def world() -> Iterator[SimWorld]:
         shutil.rmtree(d)
 
 
-def _wait(pred: Callable[[], Any], timeout: float, what: str, sd: Systemd) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = pred()
-        if r:
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out waiting for {what}\n{sd.log()[-3000:]}\n"
-                f"{sd.systemctl('status', UNIT, check=False)}"
-            )
-        time.sleep(0.1)
+def _xs_state(world: SimWorld, path: str) -> str:
+    r = world.run(0, ["xenstore-read", f"{path}/state"], check=False)
+    return r.stdout.strip() if r.returncode == 0 else "removed"
 
 
-def test_backend_unit_under_systemd(world: SimWorld, tmp_path: Path) -> None:
-    """Where Open vSwitch is installed the vif is in an OVS bridge (a private one, as in
-    tests/e2e/test_ovs.py): ovs-vsctl then runs inside the unit's sandbox too."""
-    env = {k: v for k, v in paths.domain_env(world.dir, 0).items() if k != paths.ENV_RUNTIME}
-    env["PYTHONPATH"] = str(ROOT)
+BE = "/local/domain/0/backend/ncvif/1/0"
+FE = "/local/domain/1/device/ncvif/0"
+
+
+def test_units_under_systemd(world: SimWorld) -> None:
     d = world.dir.parent
     o = Ovs(d / "ovs", world.world.netns(0)) if have_ovs() else None
-    (d / "ncd.toml").write_text(f'[backend]\novs_db = "{o.db}"\n' if o else "")
-    net = Net(world, tmp_path)
+    sds: dict[int, Systemd] = {}
     try:
         if o:
             o.vsctl("add-br", "ovsbr0", "--", "set", "Bridge", "ovsbr0", "datapath_type=netdev")
-        sd = Systemd(d, world.world.netns(0), env)
-    except BaseException:
-        net.close()
-        if o:
-            o.close()
-        raise
-    try:
-        net.start(1, "frontend")
-        net.ncctl("attach", "1", "--mac", MAC, *(["--bridge", "ovsbr0"] if o else []))
-
-        def vif_state() -> str | None:
-            try:
-                with sd.control() as c:
-                    vifs = c.call("list")["vifs"]
-            except (ControlError, OSError):
-                return None
-            return vifs[0]["state"] if vifs else None
-
-        def be_state() -> str:
-            r = world.run(
-                0, ["xenstore-read", "/local/domain/0/backend/ncvif/1/0/state"], check=False
+        for domid, role in ((0, "backend"), (1, "frontend")):
+            env = paths.domain_env(world.dir, domid)
+            del env[paths.ENV_RUNTIME]  # the unit's own: RuntimeDirectory=ncd
+            env["PYTHONPATH"] = str(ROOT)
+            config = f'[backend]\novs_db = "{o.db}"\n' if o and role == "backend" else ""
+            sds[domid] = Systemd(d / f"sd{domid}", role, world.world.netns(domid), env, config)
+        be, fe = sds[0], sds[1]
+        world.run(
+            0,
+            [
+                sys.executable,
+                "-m",
+                "ncd.ncctl",
+                "attach",
+                "1",
+                "--mac",
+                MAC,
+                *(["--bridge", "ovsbr0"] if o else []),
+            ],
+        )
+        pids, pinged = {}, {}
+        for sd in sds.values():
+            sd.wait(lambda sd=sd: sd.vif_state() == "Connected", 30, "the vif Connected")
+            sd.wait(
+                lambda sd=sd: sd.show("StatusText")["StatusText"] == "1 of 1 vifs connected",
+                10,
+                "STATUS with the vif connected",
             )
-            return r.stdout.strip() if r.returncode == 0 else "removed"
-
-        _wait(lambda: vif_state() == "Connected", 30, "vif 1/0 Connected", sd)
-        net.wait_state(1, 1, 0)
-        p = _wait(
-            lambda: (s := sd.show("StatusText"))["StatusText"] == "1 of 1 vifs connected" and s,
-            10,
-            "STATUS with the vif connected",
-            sd,
-        )
-        p = sd.show(
-            "ActiveState",
-            "SubState",
-            "MainPID",
-            "WatchdogUSec",
-            "NRestarts",
-            "WatchdogTimestampMonotonic",
-            "Type",
-            "StatusText",
-        )
-        assert (p["ActiveState"], p["SubState"], p["Type"]) == ("active", "running", "notify"), p
-        assert p["WatchdogUSec"] == f"{WATCHDOG_S}s" and p["NRestarts"] == "0", p
-        pid, pinged = p["MainPID"], int(p["WatchdogTimestampMonotonic"])
-        assert "ncvif1.0" in net.links(0)
+            p = sd.show(
+                "ActiveState",
+                "SubState",
+                "Type",
+                "MainPID",
+                "WatchdogUSec",
+                "NRestarts",
+                "WatchdogTimestampMonotonic",
+            )
+            assert (p["ActiveState"], p["SubState"], p["Type"]) == (
+                "active",
+                "running",
+                "notify",
+            ), p
+            assert p["WatchdogUSec"] == f"{WATCHDOG_S}s" and p["NRestarts"] == "0", p
+            pids[sd], pinged[sd] = p["MainPID"], int(p["WatchdogTimestampMonotonic"])
+            status = sd.proc_status(p["MainPID"])
+            # the unit's least privilege held: CAP_NET_ADMIN only, no_new_privs, seccomp
+            assert "\nCapBnd:\t0000000000001000\n" in status, status
+            assert "\nNoNewPrivs:\t1\n" in status and "\nSeccomp:\t2\n" in status, status
+        assert "ncvif1.0" in _links(world, 0) and "nc0" in _links(world, 1)
         if o:
             assert o.vsctl("port-to-br", "ncvif1.0") == "ovsbr0"
-        status = subprocess.run(
-            ["nsenter", "-t", str(sd.pid1), "-m", "-p", "cat", f"/proc/{pid}/status"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        # the unit's least privilege held: CAP_NET_ADMIN only, no new privileges, seccomp
-        assert "\nCapBnd:\t0000000000001000\n" in status, status
-        assert "\nNoNewPrivs:\t1\n" in status and "\nSeccomp:\t2\n" in status, status
 
-        time.sleep(4 * WATCHDOG_S)  # several watchdog periods: pinged, so not killed
-        q = sd.show("ActiveState", "MainPID", "NRestarts", "WatchdogTimestampMonotonic")
-        assert (q["ActiveState"], q["MainPID"], q["NRestarts"]) == ("active", pid, "0"), q
-        assert int(q["WatchdogTimestampMonotonic"]) > pinged, (p, q)
+        time.sleep(3 * WATCHDOG_S)  # several watchdog periods: pinged, so not killed
+        for sd in sds.values():
+            q = sd.show("ActiveState", "MainPID", "NRestarts", "WatchdogTimestampMonotonic")
+            assert (q["ActiveState"], q["MainPID"], q["NRestarts"]) == ("active", pids[sd], "0"), q
+            assert int(q["WatchdogTimestampMonotonic"]) > pinged[sd], q
 
-        subprocess.run(["nsenter", "-t", str(sd.pid1), "-p", "-m", "kill", "-9", pid], check=True)
-        _wait(lambda: sd.show("NRestarts")["NRestarts"] == "1", 30, "a restart", sd)
-        _wait(lambda: vif_state() == "Connected", 30, "vif 1/0 Connected again", sd)
-        r = sd.show("ActiveState", "MainPID")
-        assert r["ActiveState"] == "active" and r["MainPID"] not in (pid, "0"), r
-        net.wait_state(1, 1, 0)
+        for sd in (be, fe):  # kill -9: Restart=on-failure brings it back, the vif with it
+            sd.kill9(pids[sd])
+            sd.wait(lambda sd=sd: sd.show("NRestarts")["NRestarts"] == "1", 30, "a restart")
+            sd.wait(
+                lambda: be.vif_state() == fe.vif_state() == "Connected",
+                30,
+                "the vif Connected again",
+            )
+            r = sd.show("ActiveState", "MainPID")
+            assert r["ActiveState"] == "active" and r["MainPID"] not in (pids[sd], "0"), r
         if o:
             assert "ncvif1.0" in o.ports()
 
-        sd.systemctl("stop", UNIT)
-        s = sd.show("ActiveState", "Result", "ExecMainStatus")
-        assert (s["ActiveState"], s["Result"], s["ExecMainStatus"]) == (
-            "inactive",
-            "success",
-            "0",
-        ), s
-        assert be_state() in ("6", "removed"), be_state()
-        assert "ncvif1.0" not in net.links(0)
-        log = sd.log()
-        assert "stopping: closing 1 vifs" in log and "Traceback" not in log, log
+        for sd, path, tap, domid in ((fe, FE, "nc0", 1), (be, BE, "ncvif1.0", 0)):
+            sd.systemctl("stop", sd.unit)
+            s = sd.show("ActiveState", "Result", "ExecMainStatus")
+            assert (s["ActiveState"], s["Result"], s["ExecMainStatus"]) == (
+                "inactive",
+                "success",
+                "0",
+            ), s
+            assert _xs_state(world, path) in ("6", "removed"), (path, _xs_state(world, path))
+            assert tap not in _links(world, domid)
+            log = sd.log()
+            assert "stopping: closing 1 vifs" in log and "Traceback" not in log, log
         if o:
             assert o.ports() == {"ovsbr0"}, o.ports()
-            assert "ncvif1.0 is a port of Open vSwitch bridge ovsbr0" in log, log
+            assert "ncvif1.0 is a port of Open vSwitch bridge ovsbr0" in be.log(), be.log()
     finally:
         try:
-            sd.close()
+            for sd in sds.values():
+                sd.close()
         finally:
-            net.close()
             if o:
                 o.close()
+
+
+def _links(world: SimWorld, domid: int) -> set[str]:
+    out = world.run(domid, ["ip", "-o", "link", "show"]).stdout
+    return {line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line}
