@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ncd import ovs, parse
+from ncd import layout, ovs, parse
 from ncd.config import ConfigError, load_config
 from ncd.parse import BadEntry
 from tests.conftest import have
+from tests.daemon.memstore import MemStore
 
 
 @pytest.mark.parametrize(
@@ -169,3 +170,19 @@ def test_config_ovs_db(tmp_path) -> None:  # type: ignore[no-untyped-def]
     f.write_text('[backend]\novs_db = "/run/o/db.sock"\n')
     with pytest.raises(ConfigError, match="backend.ovs_db: '/run/o/db.sock' is not unix:"):
         load_config(f)
+
+
+def test_attach_entries_take_the_ovs_syntax() -> None:
+    """What ncctl attach validates (VifSpec) and the backend reads back (read_backend)."""
+    spec = layout.VifSpec(0, 5, 0, "00:16:3e:00:00:05", bridge="ovsbr0.10:20:30")
+    assert layout.backend_entries(spec)["bridge"] == "ovsbr0.10:20:30"
+    with pytest.raises(BadEntry, match="^bridge: "):
+        layout.VifSpec(0, 5, 0, "00:16:3e:00:00:05", bridge="ovsbr0.10:99999")
+    xs = MemStore().conn(0)
+    base = layout.backend_dir(0, 5, 0)
+    for key, value in layout.backend_entries(spec).items():
+        xs.write(f"{base}/{key}", value)
+    assert layout.read_backend(xs, 0, 5, 0).bridge == "ovsbr0.10:20:30"
+    xs.write(f"{base}/bridge", "ovsbr0.10:4096")
+    with pytest.raises(BadEntry, match="/bridge: a VLAN id above 4095"):
+        layout.read_backend(xs, 0, 5, 0)
