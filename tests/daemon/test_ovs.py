@@ -95,11 +95,12 @@ class FakeVsctl(ovs.Vsctl):
     down: bool = False
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
-    async def run(self, *args: str) -> tuple[int, str]:
+    async def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[int, str]:
         self.calls.append(args)
         if self.down:
             raise ovs.OvsError(errno.EIO, f"{' '.join(self.argv(*args))}: connection failed")
         if args[0] == "br-exists":
+            assert ok == (0, 2)
             return (0 if args[1] in self.bridges else 2), ""
         assert args[:3] == ("--if-exists", "get", "Bridge"), args
         return 0, f'"{self.bridges.get(args[3], "")}"\n'
@@ -186,3 +187,16 @@ def test_attach_entries_take_the_ovs_syntax() -> None:
     xs.write(f"{base}/bridge", "ovsbr0.10:4096")
     with pytest.raises(BadEntry, match="/bridge: a VLAN id above 4095"):
         layout.read_backend(xs, 0, 5, 0)
+
+
+def test_a_hung_vsctl_is_killed(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """One that ignores its own --timeout (here: a stand-in that sleeps) is killed."""
+    hung = tmp_path / "ovs-vsctl"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(ovs, "VSCTL", str(hung))
+    with pytest.raises(ovs.OvsError, match=r"ovs-vsctl --timeout=0.2 br-exists b: no answer"):
+        asyncio.run(ovs.Vsctl(timeout=0.2).bridge_exists("b"))
+    monkeypatch.setattr(ovs, "VSCTL", str(tmp_path / "none"))
+    with pytest.raises(ovs.OvsError, match=r"none --timeout=0.2 br-exists b: No such file"):
+        asyncio.run(ovs.Vsctl(timeout=0.2).bridge_exists("b"))
