@@ -4,9 +4,11 @@ userspace datapath (``datapath_type=netdev``: this kernel has no openvswitch mod
 its own ovsdb-server and database in the test's directory, ovs-vswitchd inside dom0's
 network namespace (where the backend's TAPs are), never the system's.
 
-Two guests on one OVS bridge ping and move data (TCP, sha256); the port's external-ids
-are vif-openvswitch's; detach and the daemon's stop remove the ports. Guests on VLAN 10
-reach each other and not the guest on VLAN 20 (which reaches dom0's VLAN 20 port)."""
+Two guests on one OVS bridge ping and move data (TCP, sha256); the ports' external-ids
+are vif-openvswitch's; a ``kill -9`` leaves the ports, which the restarted daemon adopts;
+detach removes a port, and so does the next start for a crashed daemon's stale TAP.
+Guests on VLAN 10 reach each other and not the guest on VLAN 20 (which reaches dom0's
+VLAN 20 port); the daemon's stop removes every port."""
 
 from __future__ import annotations
 
@@ -137,17 +139,7 @@ def test_vlans_separate_guests(sim3: SimWorld, ovs3: Ovs, tmp_path: Path) -> Non
     net = Net(sim3, tmp_path)
     try:
         # dom0's own port on VLAN 20 (an OVS internal port: a TAP in dom0's namespace)
-        o.vsctl(
-            "add-port",
-            "ovsbr0",
-            "vl20",
-            "tag=20",
-            "--",
-            "set",
-            "Interface",
-            "vl20",
-            "type=internal",
-        )
+        o.vsctl(*"add-port ovsbr0 vl20 tag=20 -- set Interface vl20 type=internal".split())
         net.ip(0, "link", "set", "vl20", "up")
         net.addr(0, "vl20", "198.18.31.254/24")
         _backend(net, o, tmp_path)
