@@ -10,6 +10,9 @@ APT_PACKAGES=(
     libxen-dev xenstore-utils xen-utils-4.17
     # networking used by the simulator, the tests and the benchmarks
     iproute2 iperf3 socat iputils-ping util-linux
+    # Open vSwitch (tests/e2e/test_ovs.py: its userspace datapath, private daemons) and
+    # systemd (tests/packaging/test_systemd_real.py boots it in namespaces of its own)
+    openvswitch-switch systemd
     # building the C parts
     gcc make pkg-config libffi-dev python3-dev python3-venv
     # fuzzing (scripts/fuzz.sh, tests/fuzz): libFuzzer comes with clang

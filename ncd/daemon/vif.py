@@ -189,6 +189,10 @@ class Vif(abc.ABC):
         """The switch this vif is a port of (no TAP then), from the loaded entries."""
         return None
 
+    def _tap_offloads(self) -> bool:
+        """Whether what our TAP is plugged into takes offloaded frames (checksum, GSO)."""
+        return True
+
     @abc.abstractmethod
     def _observe(self) -> list[Action]:
         """Role-specific checks of our own directory (removed, online, toolstack close)."""
@@ -471,7 +475,9 @@ class Vif(abc.ABC):
             log.warning("%s: cannot write state %s: %s", self.name, state.label, exc)
 
     async def _publish_features(self) -> None:
-        if self.tap is not None:
+        if self.tap is not None and not self._tap_offloads():
+            self.features = Features.NONE
+        elif self.tap is not None:
             self.features = usable(OUR_FEATURES, self.tap.accepts_offloads)
         else:
             self.features = SWITCH_PORT_FEATURES
