@@ -25,7 +25,8 @@ and no traceback; the flood between guests 1 and 2 got answers and the switch's
 with the sender's sha256; dom0's tracker holds exactly its vifs' pages, which are
 exactly what the hypervisor counts as mapped (no entry outlives its mapping), and its
 mappings, event channels, fds and threads are back to what they were with guests 1 and
-2 alone; sw0 has two ports; SIGTERM stops the backend cleanly, still with no report.
+2 alone; sw0 has two ports; SIGTERM stops the backend cleanly, still with no report,
+and nothing stays mapped.
 Every wait is for a state, with a generous timeout; nothing depends on speed.
 """
 
@@ -45,7 +46,7 @@ from tests.e2e.harness import Daemon, Net, proc_usage
 from tests.simworld import SimWorld
 from tests.vchan.sanitize import sanitized_env
 
-from .test_forwarding import MAC, check_tracker, forwarded, transfer_ok
+from .test_forwarding import MAC, check_nothing_mapped, check_tracker, forwarded, transfer_ok
 
 CYCLES = int(os.environ.get("NCD_DESTROY_CYCLES", "50"))
 REPORT = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error|Traceback")
@@ -163,4 +164,5 @@ def test_destroy_recreate_cycles_under_load_asan(
     _no_report(be)
     assert n.stop(be) == 0, be.log_text()[-4000:]
     _no_report(be)
+    check_nothing_mapped(n)
     print(f"\n{CYCLES} destroy/recreate cycles under load, sanitized backend: no report")

@@ -11,12 +11,13 @@ created afterwards) through to Connected and ping.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Daemon, Net
+from tests.e2e.harness import PY, Daemon, Net
 from tests.simworld import SimWorld
 
 from .test_forwarding import MAC, check_tracker
@@ -67,10 +68,17 @@ def _guest(n: Net, domid: int) -> Daemon:
     return fe
 
 
+def _listed(n: Net, domid: int) -> list[tuple[int, str]]:
+    """(domid, role) of the vifs ``ncctl list`` shows in ``domid``."""
+    out = n.sim.run(domid, [PY, "-m", "ncd.ncctl", "list", "--json"]).stdout
+    return sorted((v["domid"], v["role"]) for v in json.loads(out)["vifs"])
+
+
 def test_driver_survives_destroy_of_its_frontend(hop: Net) -> None:
     n = hop
     drv = next(d for d in n.daemons if d.role == "driver")
     _guest(n, 2)
+    assert _listed(n, 1) == [(1, "frontend"), (2, "backend")]
     n.sim.world.destroy(2)
     n.wait(lambda: n.vif(1, 2, 0) is None, 10, "vif 2/0 gone in domain 1", drv)
     entries = ["xenstore-read", "/local/domain/1/backend/ncvif/2/0"]
@@ -81,6 +89,8 @@ def test_driver_survives_destroy_of_its_frontend(hop: Net) -> None:
         drv,
     )
     assert drv.alive(), drv.log_text()
+    # what domain 1 fronts (its uplink) is all it lists: the vif it backed is gone
+    assert _listed(n, 1) == [(1, "frontend")]
     text = drv.log_text()
     assert "Traceback" not in text and "discovery failed" not in text, text
     assert "domain 2 is gone" in text, text
