@@ -17,10 +17,12 @@ for the whole test. Then ``NCD_DESTROY_CYCLES`` times (default 50): a new domain
 created, runs ``ncd frontend``, is attached to sw0, reaches Connected, floods guest 1
 (``ping -f`` with frames preloaded, so frames are in flight both ways) until the switch
 has forwarded its frames, and is destroyed (``ncd-sim destroy``: its processes killed
-mid-flood, its grants and event channels freed, its xenstore home removed).
+mid-flood, its grants and event channels freed, its xenstore home removed); every fifth
+guest is destroyed as soon as dom0 has its vif instead, wherever its handshake is.
 
-Asserted: the backend is alive after every cycle and its log has no sanitizer report
-and no traceback; the flood between guests 1 and 2 got answers and the switch's
+Asserted: after every cycle the backend is alive, has removed the guest's vif and its
+backend entries, and its log has no sanitizer report and no traceback; the flood
+between guests 1 and 2 got answers and the switch's
 (1, 2)/(2, 1) accounting moved during the cycles; afterwards 16 MB TCP 1 -> 2 arrives
 with the sender's sha256; dom0's tracker holds exactly its vifs' pages, which are
 exactly what the hypervisor counts as mapped (no entry outlives its mapping), and its
@@ -50,6 +52,7 @@ from .test_forwarding import MAC, check_nothing_mapped, check_tracker, forwarded
 
 CYCLES = int(os.environ.get("NCD_DESTROY_CYCLES", "50"))
 REPORT = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error|Traceback")
+ACCEPTCON = 0x10000  # __SO_ACCEPTCON in /proc/net/unix: the listening socket
 FLOOD = ["ping", "-q", "-f", "-l", "8", "-s", "1400"]
 
 
@@ -87,25 +90,73 @@ def _no_report(d: Daemon) -> None:
     assert m is None, text[max(0, m.start() - 2000) : m.start() + 4000] if m else ""
 
 
+def _fds(pid: int) -> int:
+    """Open fds of ``pid``, not counting connections to its control socket (the test's
+    own ``stats`` calls, closed by the daemon whenever it gets to it)."""
+    control = set()
+    for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+        f = line.split()  # Num RefCount Protocol Flags Type St Inode Path
+        if len(f) >= 8 and f[7].endswith("/ncd.sock") and not int(f[3], 16) & ACCEPTCON:
+            control.add(f"socket:[{f[6]}]")
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") not in control
+        except FileNotFoundError:
+            continue
+    return count
+
+
 def _resources(n: Net, be: Daemon) -> dict[str, Any]:
     broker = n.broker_stats()[0]
-    usage = proc_usage(be.pid)
     return {
         "mappings": broker["mappings"],
         "mapped_pages": broker["mapped_pages"],
         "ports": broker["ports"],
-        "fds": usage["fds"],
-        "threads": usage["threads"],
+        "fds": _fds(be.pid),
+        "threads": proc_usage(be.pid)["threads"],
     }
 
 
+def _settled(n: Net, be: Daemon, baseline: dict[str, Any], when: str) -> None:
+    """dom0's mappings, event channels, fds and threads come back to ``baseline``."""
+    seen: list[dict[str, Any]] = []
+
+    def back() -> bool:
+        seen[:] = [_resources(n, be)]
+        return seen[0] == baseline
+
+    try:
+        n.wait(back, 20, f"dom0's resources {when} back to {baseline}", be)
+    except AssertionError as exc:
+        raise AssertionError(f"{when}: {seen[0]} != {baseline}\n{exc}") from None
+
+
 def _cycle(n: Net, be: Daemon, i: int) -> None:
-    """One guest: created, attached to sw0, flooding guest 1, destroyed mid-flood."""
+    """One guest: created, attached to sw0, flooding guest 1, destroyed mid-flood (every
+    fifth one instead as soon as dom0 has its vif, wherever its handshake is)."""
     d = n.sim.world.create_domain()
     n.quiet_ipv6(d)
     n.start(d, "frontend")
     mac = f"00:16:3e:0c:{i >> 8:02x}:{i & 0xFF:02x}"
     n.ncctl("attach", str(d), "--devid", "0", "--mac", mac, "--switch", "sw0")
+    if i % 5 == 4:
+        n.wait(lambda: n.vif(0, d, 0), 20, f"vif {d}/0 in dom0", be)
+        n.sim.world.destroy(d)
+    else:
+        _flood_then_destroy(n, be, d, i)
+    n.wait(lambda: n.vif(0, d, 0) is None, 20, f"vif {d}/0 gone in dom0", be)
+    entries = ["xenstore-read", f"/local/domain/0/backend/ncvif/{d}"]
+    n.wait(
+        lambda: n.sim.run(0, entries, check=False).returncode != 0,
+        20,
+        f"dom0's backend entries of domain {d} removed",
+        be,
+    )
+    assert be.alive(), be.log_text()[-4000:]
+
+
+def _flood_then_destroy(n: Net, be: Daemon, d: int, i: int) -> None:
     n.wait_connected(d, 0, timeout=20)
     n.addr(d, "nc0", f"{gip(100 + i % 100)}/24")
     flood = n.sim.popen(d, [*FLOOD, gip(1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -120,8 +171,6 @@ def _cycle(n: Net, be: Daemon, i: int) -> None:
     finally:
         flood.kill()
         flood.wait()
-    n.wait(lambda: n.vif(0, d, 0) is None, 20, f"vif {d}/0 gone in dom0", be)
-    assert be.alive(), be.log_text()[-4000:]
 
 
 @pytest.mark.slow
@@ -141,6 +190,7 @@ def test_destroy_recreate_cycles_under_load_asan(
         for i in range(CYCLES):
             _cycle(n, be, i)
             _no_report(be)
+            _settled(n, be, baseline, f"after cycle {i}")
     finally:
         flood.send_signal(signal.SIGINT)  # ping's summary
         out, _ = flood.communicate(timeout=30)
@@ -151,12 +201,7 @@ def test_destroy_recreate_cycles_under_load_asan(
         assert during[pair][0] > before.get(pair, (0, 0))[0], (pair, before, during)
 
     transfer_ok(n, 1, 2, gip(2), 16 << 20, 5601)
-    n.wait(
-        lambda: _resources(n, be) == baseline,
-        20,
-        f"dom0's mappings, ports, fds, threads back to {baseline}",
-        be,
-    )
+    _settled(n, be, baseline, "after the transfer")
     check_tracker(n, [0])
     sw = next(s for s in n.stats(0)["switches"] if s["name"] == "sw0")
     assert sw["ports"] == 2, sw
