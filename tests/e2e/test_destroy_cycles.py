@@ -45,6 +45,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import Daemon, Net, proc_usage
+from tests.needs import require_root
 from tests.simworld import SimWorld
 from tests.vchan.sanitize import sanitized_env
 
@@ -62,6 +63,7 @@ def gip(g: int) -> str:
 
 @pytest.fixture
 def sanitized_switch(tmp_path: Path) -> Iterator[tuple[Net, Daemon]]:
+    require_root("a xensim world: network namespaces")
     env = sanitized_env()
     sim = SimWorld(tmp_path / "world", domains=2)
     n = Net(sim, tmp_path)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import PY, Daemon, Net
+from tests.needs import require_root
 from tests.simworld import SimWorld
 
 from .test_forwarding import MAC, check_tracker
@@ -27,6 +28,7 @@ BR = "198.18.20.1"
 
 @pytest.fixture
 def hop(tmp_path: Any) -> Iterator[Net]:
+    require_root("a xensim world: network namespaces")
     sim = SimWorld(tmp_path / "world", domains=2)
     n = Net(sim, tmp_path)
     try:
