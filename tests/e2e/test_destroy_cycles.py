@@ -21,15 +21,16 @@ mid-flood, its grants and event channels freed, its xenstore home removed); ever
 guest is destroyed as soon as dom0 has its vif instead, wherever its handshake is.
 
 Asserted: after every cycle the backend is alive, has removed the guest's vif and its
-backend entries, and its log has no sanitizer report and no traceback; the flood
-between guests 1 and 2 got answers and the switch's
-(1, 2)/(2, 1) accounting moved during the cycles; afterwards 16 MB TCP 1 -> 2 arrives
-with the sender's sha256; dom0's tracker holds exactly its vifs' pages, which are
-exactly what the hypervisor counts as mapped (no entry outlives its mapping), and its
-mappings, event channels, fds and threads are back to what they were with guests 1 and
-2 alone; sw0 has two ports; SIGTERM stops the backend cleanly, still with no report,
-and nothing stays mapped.
-Every wait is for a state, with a generous timeout; nothing depends on speed.
+backend entries, its log has no sanitizer report and no traceback, and its mappings,
+event channels, fds and threads are back to what they were with guests 1 and 2 alone.
+The flood between guests 1 and 2 got answers and the switch's (1, 2)/(2, 1) accounting
+moved during the cycles; afterwards 16 MB TCP 1 -> 2 arrives with the sender's sha256;
+dom0's tracker holds exactly its vifs' pages, which are exactly what the hypervisor
+counts as mapped (no entry outlives its mapping); sw0 has two ports; SIGTERM stops the
+backend cleanly, still with no report, and nothing stays mapped. Every wait is for a
+state, with a generous timeout; nothing depends on speed. 50 cycles took 59-120 s on
+the shared 2-CPU machine under a load average of 20-30; ``NCD_DESTROY_CYCLES=N`` runs
+N instead.
 """
 
 from __future__ import annotations
