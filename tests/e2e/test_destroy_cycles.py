@@ -28,9 +28,9 @@ moved during the cycles; afterwards 16 MB TCP 1 -> 2 arrives with the sender's s
 dom0's tracker holds exactly its vifs' pages, which are exactly what the hypervisor
 counts as mapped (no entry outlives its mapping); sw0 has two ports; SIGTERM stops the
 backend cleanly, still with no report, and nothing stays mapped. Every wait is for a
-state, with a generous timeout; nothing depends on speed. 50 cycles took 59-120 s on
-the shared 2-CPU machine under a load average of 20-30; ``NCD_DESTROY_CYCLES=N`` runs
-N instead.
+state, with a generous timeout; nothing depends on speed. 50 cycles took 34 s on the
+shared 2-CPU machine at a load average of about 3, 59-120 s at 20-30;
+``NCD_DESTROY_CYCLES=N`` runs N instead.
 """
 
 from __future__ import annotations
