@@ -90,13 +90,16 @@ int ncd_vchan_fd(struct ncd_vchan *v);
 int ncd_vchan_wait(struct ncd_vchan *v);
 /* Late EOI for a thread that sleeps on the event channel (vchan_eoi.c): events
  * that carry no work leave the port masked for a growing, bounded delay.
- * Zero-initialise; one thread uses it.  Before sleeping: arm(), then poll
+ * Zero-initialise; one thread uses it.  Before sleeping: arm() (the first
+ * snapshot of the peer's indices; later events compare with the one before), then poll
  * eoi_fd() (-1: leave it out) with eoi_timeout(); when it is readable: event()
  * instead of ncd_vchan_wait(); after every wakeup: tick(); when the peer's data
  * was consumed outside an event: work().  They return 0 (event(): 1 when it took
  * an event, 0 when none was pending), or -1 with errno (pending/unmask failed). */
 struct ncd_vchan_eoi {
-    int64_t seen[3];   /* the peer's read-ring producer, write-ring consumer, live flag */
+    int64_t seen[3];   /* at the previous event: the peer's read-ring producer,
+                        * write-ring consumer, live flag */
+    int armed;         /* seen[] holds a snapshot */
     unsigned streak;   /* spurious events in a row */
     int64_t unmask_at; /* CLOCK_MONOTONIC ns the deferred unmask is due; 0: unmasked */
     uint64_t spurious; /* events that carried no work (relaxed atomic; any thread reads) */
