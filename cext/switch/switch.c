@@ -100,6 +100,10 @@ struct port {
     size_t r_used, r_done, r_remain;
     int r_idle; /* the last round stopped at an incomplete record (or nothing) */
     uint8_t *bounce; /* TAP source: one frame */
+    /* switch thread only: full destinations (docs/forwarding.md, "Full destinations") */
+    struct port *hold_for; /* source: the full destination its next frame waits for */
+    uint64_t hold_until;   /* source: when that wait ends (switch clock, ms) */
+    int stuck;             /* destination: a hold on it expired; no holds until it has room */
 };
 
 struct fdb_ent {
@@ -114,7 +118,7 @@ struct acct_ent {
 
 struct ncd_switch {
     struct ncd_switch_config cfg;
-    uint32_t ageing_ms, batch;
+    uint32_t ageing_ms, batch, hold_ms;
     pthread_t thread;
     int thread_started, running;
     pthread_mutex_t lock;
@@ -543,6 +547,59 @@ static void send_vchan(struct ncd_switch *sw, struct port *s, struct port *d,
     }
 }
 
+/* f can go to d as it is (no offload fix-up, no size problem). */
+static int direct(const struct port *d, const struct frame *f)
+{
+    return f->len <= d->max_frame &&
+           ncd_frame_check_vnet(&f->h, f->len, d->cfg.tx_features) == NCD_FRAME_OK;
+}
+
+/* A unicast frame from vchan port s to vchan port d (docs/forwarding.md, "Full
+ * destinations"): 1 = d's ring cannot take it now, hold it (it stays unconsumed
+ * in s's ring and s is read no further until d has room or the hold expires);
+ * 0 = go on: d has room, or holding is not allowed (a TAP on either side, a
+ * fix-up, d not connected, d stuck) or has expired, and send_vchan() delivers or
+ * drops and counts as before.  Only s waits: the thread goes on with the other
+ * ports, and sleeps at most until the earliest hold expires. */
+static int hold(struct ncd_switch *sw, struct port *s, struct port *d, const struct frame *f)
+{
+    size_t need = NCD_REC_HDR_SIZE + f->len;
+
+    if (sw->hold_ms == UINT32_MAX || !s->v || !d->v || need > d->wsize || !direct(d, f) ||
+        ncd_vchan_is_open(d->v) != 1)
+        return 0;
+    if (d->npend == MAX_PEND)
+        flush(sw);
+    int room = window_room(sw, d, need) == 0;
+    if (room)
+        d->stuck = 0;
+    if (room || !port_up(d) || d->stuck) {
+        s->hold_for = NULL;
+        return 0;
+    }
+    if (s->hold_for != d) {
+        s->hold_for = d;
+        s->hold_until = sw->now + sw->hold_ms;
+        CNT(d, ring_full_waits, 1);
+    } else if (sw->now >= s->hold_until) {
+        /* held for the whole bound: d is stuck, frames for it drop at once (for
+         * every source) until it has room again */
+        s->hold_for = NULL;
+        d->stuck = 1;
+        return 0;
+    }
+    /* Ask d's reader to notify when it consumes, then look again: a consumption
+     * between our look and the request is not missed (the request's full barrier
+     * pairs with the one in the reader's read_commit before it reads the notify
+     * bits, as in libxenvchan). */
+    ncd_vchan_request_notify(d->v, 1, 0);
+    if (window_room(sw, d, need) == 0) {
+        s->hold_for = NULL;
+        return 0;
+    }
+    return 1;
+}
+
 /* s = the source port when f's memory is its ring (checked against the tracker
  * in grant mode), NULL when f was built in our own memory (the arena). */
 static void deliver(struct ncd_switch *sw, struct port *s, struct port *d, const struct frame *f)
@@ -689,21 +746,22 @@ static void fix_up(struct ncd_switch *sw, struct port *s, struct port *d, struct
 
 static void send_to(struct ncd_switch *sw, struct port *s, struct port *d, struct frame *f)
 {
-    if (f->len <= d->max_frame &&
-        ncd_frame_check_vnet(&f->h, f->len, d->cfg.tx_features) == NCD_FRAME_OK)
+    if (direct(d, f))
         deliver(sw, s, d, f);
     else
         fix_up(sw, s, d, f);
 }
 
-/* The switching decision for one frame that entered on s. */
-static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
+/* The switching decision for one frame that entered on s: 0 = done with it
+ * (delivered, dropped or filtered), 1 = held (see hold(): it stays in s's ring
+ * and nothing was counted; it is decided again in a later round). */
+static int forward(struct ncd_switch *sw, struct port *s, struct frame *f)
 {
-    CNT(s, rx_frames, 1);
-    CNT(s, rx_bytes, f->len);
     if (ncd_lock_spoofed(&s->lock, f->head, f->head_len)) {
+        CNT(s, rx_frames, 1);
+        CNT(s, rx_bytes, f->len);
         CNT(s, spoofed_source, 1);
-        return;
+        return 0;
     }
     /* origin of the frame's bytes: the tracker for a mapped ring (and it must
      * know the page), else whoever owns the memory we read */
@@ -712,9 +770,11 @@ static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
         size_t c;
         const uint8_t *a = span_at(&f->body, 0, &c);
         if (!ncd_tracker_classify(NULL, a, c, &o)) {
+            CNT(s, rx_frames, 1);
+            CNT(s, rx_bytes, f->len);
             port_fail(sw, s, NCD_SWITCH_PORT_UNTRACKED,
                       "mapped ring page %p is not in the tracker", (const void *)a);
-            return;
+            return 0;
         }
         f->origin = o.domid;
     } else if (s->kind == NCD_SWITCH_PORT_GRANTED) {
@@ -725,21 +785,23 @@ static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
     fdb_learn(sw, f->head + 6, s);
 
     int to = -1;
-    if (!(f->head[0] & 1)) {
+    struct port *d = NULL;
+    if (!(f->head[0] & 1))
         to = fdb_lookup(sw, f->head);
-        if (to == s->id) {
-            CNT(s, filtered_same_port, 1); /* never back out of its own port */
-            return;
-        }
+    for (unsigned i = 0; to >= 0 && to != s->id && i < sw->nactive; i++)
+        if (sw->active[i]->id == to && port_up(sw->active[i]))
+            d = sw->active[i];
+    if (d && hold(sw, s, d, f))
+        return 1;
+    CNT(s, rx_frames, 1);
+    CNT(s, rx_bytes, f->len);
+    if (to == s->id) {
+        CNT(s, filtered_same_port, 1); /* never back out of its own port */
+        return 0;
     }
-    if (to >= 0) {
-        for (unsigned i = 0; i < sw->nactive; i++) {
-            struct port *d = sw->active[i];
-            if (d->id == to && port_up(d)) {
-                send_to(sw, s, d, f);
-                return;
-            }
-        }
+    if (d) {
+        send_to(sw, s, d, f);
+        return 0;
     }
     unsigned sent = 0;
     CNT(s, flooded, 1);
@@ -752,6 +814,7 @@ static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
     }
     if (!sent)
         CNT(s, no_destination, 1);
+    return 0;
 }
 
 /* ---- sources ------------------------------------------------------------------------ */
@@ -810,7 +873,8 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         span_sub(&s->r, s->r_used + NCD_REC_HDR_SIZE, f.len, &f.body);
         span_copy_out(&f.body, 0, f.head, f.head_len);
         f.fix = 0;
-        forward(sw, s, &f);
+        if (forward(sw, s, &f))
+            break; /* held: the record stays in the ring, unconsumed */
         s->r_used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
         if (s->r_used - s->r_done >= s->commit)
@@ -876,7 +940,7 @@ static unsigned rx_tap(struct ncd_switch *sw, struct port *s)
         f.body.iov[0].iov_len = f.len;
         span_init(&f.body, 1);
         f.fix = 0;
-        forward(sw, s, &f);
+        forward(sw, s, &f); /* never held: a TAP source is not a vchan */
         /* the bounce buffer is reused by the next read: grant copies out of it first */
         if (sw->nsegs)
             flush(sw);
@@ -910,6 +974,10 @@ static void sync_ports(struct ncd_switch *sw, uint32_t *seen)
         }
         sw->active[sw->nactive++] = p;
     }
+    /* a hold for a port being removed ends (p is freed only after our unlock) */
+    for (unsigned i = 0; i < sw->nactive; i++)
+        if (sw->active[i]->hold_for && sw->active[i]->hold_for->remove_req)
+            sw->active[i]->hold_for = NULL;
     *seen = sw->ctl_gen;
     pthread_cond_broadcast(&sw->cond);
     pthread_mutex_unlock(&sw->lock);
@@ -966,7 +1034,7 @@ static void *switch_main(void *arg)
          * that a commit between our look and the request is not missed (the
          * request's full barrier pairs with the peer's barrier before it reads
          * the notify bits, as in libxenvchan). */
-        int again = 0;
+        int again = 0, timeout = waiting_client ? 100 : 1000;
         struct pollfd pfd[1 + NCD_SWITCH_MAX_PORTS];
         struct port *pp[1 + NCD_SWITCH_MAX_PORTS];
         unsigned n = 1;
@@ -976,7 +1044,14 @@ static void *switch_main(void *arg)
             struct port *p = sw->active[i];
             if (!port_up(p))
                 continue;
-            if (p->v) {
+            if (p->hold_for) {
+                /* held: its new data waits; the destination's reader wakes us
+                 * (hold() asked it to), else the hold's end does */
+                uint64_t left = p->hold_until > sw->now ? p->hold_until - sw->now : 0;
+                if (left + 1 < (uint64_t)timeout)
+                    timeout = (int)left + 1;
+                pfd[n] = (struct pollfd){.fd = p->evfd, .events = POLLIN};
+            } else if (p->v) {
                 if (ncd_vchan_is_open(p->v) == 1) {
                     ncd_vchan_request_notify(p->v, 0, 1);
                     ssize_t r = ncd_vchan_data_ready(p->v);
@@ -995,7 +1070,7 @@ static void *switch_main(void *arg)
         }
         if (again)
             continue;
-        int rc = poll(pfd, n, waiting_client ? 100 : 1000);
+        int rc = poll(pfd, n, timeout);
         INFO(sw, wakeups, 1);
         if (rc < 0)
             continue; /* EINTR; anything else repeats harmlessly */
@@ -1067,6 +1142,7 @@ int ncd_switch_create(struct ncd_switch **out, const struct ncd_switch_config *c
         sw->cfg.self_domid = NCD_DOMID_SELF;
     sw->ageing_ms = cfg->ageing_ms ? cfg->ageing_ms : NCD_SWITCH_DEFAULT_AGEING_MS;
     sw->batch = cfg->batch ? cfg->batch : DEFAULT_BATCH;
+    sw->hold_ms = cfg->hold_ms ? cfg->hold_ms : NCD_SWITCH_DEFAULT_HOLD_MS;
     sw->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     sw->events_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_mutex_init(&sw->lock, NULL);
