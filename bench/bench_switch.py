@@ -365,6 +365,7 @@ class Bench:
                 "frames": frames,
                 "rounds": sw.get("rounds"),
                 "wakeups": sw.get("wakeups"),
+                "spins_won": sw.get("spins_won"),
                 "grant_copy_calls": sw.get("grant_copy_calls"),
                 "grant_copy_segs": sw.get("grant_copy_segs"),
                 "drops": drops,
@@ -526,15 +527,17 @@ def report(
         "",
         "Switch counters at the end (all rounds):",
         "",
-        "| switch | frames forwarded | wake-ups | wake-ups / frame | grant-copy calls "
+        "| switch | frames forwarded | wake-ups | wake-ups / frame | sleeps avoided by spinning "
+        "| grant-copy calls "
         "| held for a full destination | drops |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, c in counters.items():
         wpf = (c["wakeups"] or 0) / c["frames"] if c["frames"] else 0.0
         drops = ", ".join(f"{k} {v:,}" for k, v in sorted(c["drops"].items())) or "0"
         lines.append(
             f"| {label} | {c['frames']:,} | {c['wakeups'] or 0:,} | {wpf:.3f} | "
+            f"{c.get('spins_won') or 0:,} | "
             f"{c['grant_copy_calls'] or 0:,} | {c.get('held', 0):,} | {drops} |"
         )
     lines += [

@@ -99,6 +99,7 @@ class SwitchInfo:
     fdb_entries: int
     ports: int
     copy_mode: CopyMode
+    spins_won: int = 0  # sleeps avoided: the spin before sleeping found work
 
 
 def parse_mac(mac: str | bytes) -> bytes:
@@ -277,7 +278,7 @@ class Switch:
         lib.ncd_switch_get_info(self._h(), i)
         return SwitchInfo(int(i.rounds), int(i.wakeups), int(i.grant_copy_calls),
                           int(i.grant_copy_segs), int(i.fdb_entries), int(i.ports),
-                          CopyMode(i.copy_mode))
+                          CopyMode(i.copy_mode), int(i.spins_won))
 
     # -- clock (manual_clock=True: tests drive ageing) -------------------------------------
     @property

@@ -46,6 +46,7 @@
 #include "../forward/offload.h"
 #include "../pump/frame.h"
 #include "../tracker/tracker.h"
+#include "../vchan/ncd_util.h"
 #include "../vchan/vchan.h"
 
 #define DEFAULT_BATCH 64u
@@ -53,6 +54,9 @@
 #define MAX_SEGS 2048u /* grant-copy segments per call */
 #define MAX_PEND 256u  /* records waiting for commit per destination */
 #define COMMIT_BYTES (32u * 1024u)
+/* adaptive spin before sleeping (docs/forwarding.md, "Wake-ups") */
+#define SPIN_NS 150000  /* longest spin: 150 us */
+#define SPIN_CREDIT_MAX 8 /* spins earned by short waits, spent by failed spins */
 /* offload fix-ups: frames built privately (checksum completed, GSO segments);
  * bounded: two maximal frames, reused once their grant copies are done */
 #define ARENA_SIZE (2u * NCD_ETH_MAX)
@@ -104,6 +108,7 @@ struct port {
     struct port *hold_for; /* source: the full destination its next frame waits for */
     uint64_t hold_until;   /* source: when that wait ends (switch clock, ms) */
     int stuck;             /* destination: a hold on it expired; no holds until it has room */
+    uint32_t hold_need;    /* source: the bytes the held frame needs in hold_for's ring */
 };
 
 struct fdb_ent {
@@ -119,6 +124,7 @@ struct acct_ent {
 struct ncd_switch {
     struct ncd_switch_config cfg;
     uint32_t ageing_ms, batch, hold_ms;
+    int spin_credit; /* switch thread only: see spin() */
     pthread_t thread;
     int thread_started, running;
     pthread_mutex_t lock;
@@ -577,6 +583,7 @@ static int hold(struct ncd_switch *sw, struct port *s, struct port *d, const str
         s->hold_for = NULL;
         return 0;
     }
+    s->hold_need = (uint32_t)need;
     if (s->hold_for != d) {
         s->hold_for = d;
         s->hold_until = sw->now + sw->hold_ms;
@@ -997,6 +1004,70 @@ static void check_closed(struct ncd_switch *sw, struct port *p)
     }
 }
 
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Work a round would find on a vchan port, judged from the peers' indices alone
+ * (no notification asked, no syscall): data past what the last round left, or
+ * room for a held frame. TAP ports are not looked at (that takes a syscall). */
+static int work_seen(struct ncd_switch *sw)
+{
+    for (unsigned i = 0; i < sw->nactive; i++) {
+        struct port *p = sw->active[i];
+        if (!p->v || !port_up(p))
+            continue;
+        if (p->hold_for) {
+            int64_t room = port_up(p->hold_for) ? ncd_vchan_peek_space(p->hold_for->v) : 1;
+            if (room < 0 || (uint64_t)room >= p->hold_need)
+                return 1;
+        } else if (ncd_vchan_is_open(p->v) == 1) {
+            int64_t r = ncd_vchan_peek_data(p->v);
+            if (r < 0 || (uint64_t)r > p->r_remain)
+                return 1; /* new data, or a hostile value the round reports */
+        }
+    }
+    return 0;
+}
+
+static void spin_earn(struct ncd_switch *sw, int credit)
+{
+    sw->spin_credit += credit;
+    if (sw->spin_credit > SPIN_CREDIT_MAX)
+        sw->spin_credit = SPIN_CREDIT_MAX;
+}
+
+/* Bounded adaptive spin before sleeping: 1 = work showed up within SPIN_NS.
+ * It is used only while peers answer within the spin: a spin that finds work
+ * earns one spin of credit, an idle wait (spin and sleep) that ended within
+ * SPIN_NS (see the caller) two, a spin that finds nothing spends one; without
+ * credit there is no spin,
+ * so an idle switch sleeps at once after at most SPIN_CREDIT_MAX empty spins. */
+static int spin(struct ncd_switch *sw, uint32_t seen)
+{
+    if (sw->spin_credit <= 0)
+        return 0;
+    int64_t end = now_ns() + SPIN_NS;
+    for (unsigned i = 0;; i++) {
+        /* acquire pairs with the release increment in add/remove, and with the
+         * release store of stop in ncd_switch_destroy */
+        if (work_seen(sw) || __atomic_load_n(&sw->ctl_gen, __ATOMIC_ACQUIRE) != seen ||
+            __atomic_load_n(&sw->stop, __ATOMIC_ACQUIRE)) {
+            spin_earn(sw, 1);
+            return 1;
+        }
+        if (i % 16 == 15 && now_ns() >= end)
+            break;
+        ncd_cpu_relax();
+    }
+    sw->spin_credit--;
+    return 0;
+}
+
+
 static void *switch_main(void *arg)
 {
     struct ncd_switch *sw = arg;
@@ -1029,6 +1100,11 @@ static void *switch_main(void *arg)
         }
         if (moved)
             continue; /* work left: no sleeping, bounded by progress */
+        int64_t idle_since = now_ns();
+        if (spin(sw, seen)) {
+            INFO(sw, spins_won, 1);
+            continue;
+        }
 
         /* About to sleep: ask every peer to notify on write, then look again so
          * that a commit between our look and the request is not missed (the
@@ -1072,6 +1148,8 @@ static void *switch_main(void *arg)
             continue;
         int rc = poll(pfd, n, timeout);
         INFO(sw, wakeups, 1);
+        if (rc > 0 && now_ns() - idle_since < SPIN_NS)
+            spin_earn(sw, 2); /* the wait, spin included, was shorter than a spin */
         if (rc < 0)
             continue; /* EINTR; anything else repeats harmlessly */
         if (pfd[0].revents & POLLIN) {
@@ -1417,6 +1495,7 @@ void ncd_switch_get_info(struct ncd_switch *sw, struct ncd_switch_info *out)
     out->wakeups = LD(&sw->info.wakeups);
     out->grant_copy_calls = LD(&sw->info.grant_copy_calls);
     out->grant_copy_segs = LD(&sw->info.grant_copy_segs);
+    out->spins_won = LD(&sw->info.spins_won);
     for (unsigned i = 0; i < NCD_SWITCH_FDB_SIZE; i++)
         if (LD(&sw->fdb[i].key) && now - LD(&sw->fdb[i].seen) < sw->ageing_ms)
             live++;

@@ -133,6 +133,7 @@ struct ncd_switch_fdb_entry {
 
 struct ncd_switch_info {
     uint64_t rounds, wakeups, grant_copy_calls, grant_copy_segs, fdb_entries;
+    uint64_t spins_won; /* sleeps avoided: a spin before sleeping found work */
     uint32_t ports;
     uint32_t copy_mode;
 };
