@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1059,8 +1060,14 @@ static int spin(struct ncd_switch *sw, uint32_t seen)
             spin_earn(sw, 1);
             return 1;
         }
-        if (i % 16 == 15 && now_ns() >= end)
-            break;
+        if (i % 16 == 15) {
+            if (now_ns() >= end)
+                break;
+            /* a runnable peer on this CPU (on 2 vCPUs, often the one we wait for)
+             * goes first: the spin saves the sleep and the peer's notification,
+             * it must not take the peer's CPU */
+            sched_yield();
+        }
         ncd_cpu_relax();
     }
     sw->spin_credit--;
