@@ -838,11 +838,13 @@ static void bad_record(struct ncd_switch *sw, struct port *p, uint32_t rec_len, 
 static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
 {
     unsigned frames = 0;
+    int held = 0;
     int cnt = ncd_vchan_read_iov(s->v, s->r.iov, s->rsize);
 
     s->r_remain = 0;
     s->r_idle = 0;
     if (cnt < 0) {
+        s->hold_for = NULL;
         hostile(sw, s, "vchan read ring");
         return 0;
     }
@@ -881,8 +883,10 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         span_sub(&s->r, s->r_used + NCD_REC_HDR_SIZE, f.len, &f.body);
         span_copy_out(&f.body, 0, f.head, f.head_len);
         f.fix = 0;
-        if (forward(sw, s, &f))
-            break; /* held: the record stays in the ring, unconsumed */
+        if (forward(sw, s, &f)) {
+            held = 1;
+            break; /* the record stays in the ring, unconsumed */
+        }
         s->r_used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
         if (s->r_used - s->r_done >= s->commit)
@@ -890,6 +894,8 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
     }
     flush(sw);
     sw->cur_src = NULL;
+    if (!held)
+        s->hold_for = NULL; /* its frame went (or its destination went away) */
     s->r_remain = s->r.len - s->r_used;
     if (frames)
         CNT(s, batches, 1);

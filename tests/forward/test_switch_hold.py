@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from ncd.switch import PortState
+
 from .helpers import BCAST, Guest, eth, wait_for
 
 
@@ -138,3 +140,28 @@ def test_removing_the_full_destination_releases_the_held_source(switch, guests) 
     last = eth(c.mac, a.mac, b"after the removal")
     a.send(last)
     wait_for(lambda: (c.poll(), bool(c.got) and c.got[-1] == last)[1], what="a to move on")
+
+
+def test_a_destination_that_fails_while_held_releases_the_source(switch, guests) -> None:
+    """The held-for guest closes its end: its port stops, a's frames go on (flooded to
+    c, the only other port), and the switch goes back to sleep instead of looking at
+    the gone hold for ever."""
+    sw = switch(hold=30.0)
+    a = guests(sw, 1, ring=256 * 1024)
+    b = guests(sw, 2, ring=8192)
+    c = guests(sw, 3, ring=256 * 1024)
+    _learn(a, b, c)
+    for f in _frames(a, b, 40):
+        a.send(f)
+    wait_for(lambda: sw.port_stats(b.port).ring_full_waits >= 1, what="a held for b")
+    b.far.close()
+    wait_for(lambda: sw.port_state(b.port) == PortState.PEER_CLOSED, what="b's port to stop")
+    last = eth(c.mac, a.mac, b"after b closed")
+    a.send(last)
+    wait_for(lambda: (c.poll(), bool(c.got) and c.got[-1] == last)[1], what="a to move on")
+    # idle again: the thread sleeps (a round per wake-up, at most one per second idle)
+    # rather than spinning on the gone hold (millions of rounds)
+    c.got.clear()
+    r0 = sw.info().rounds
+    assert c.quiet(0.5)
+    assert sw.info().rounds - r0 < 100
