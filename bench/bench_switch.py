@@ -21,8 +21,12 @@ direction (A -> B and B -> A; F -> dom0 and dom0 -> F) and ping RTT p50 / p99
 switch / bridge, chain / one hop, grant / memcpy, and the issue's targets. Addresses
 come from 198.18.0.0/15; everything created is removed at the end.
 
-    sudo .venv/bin/python bench/bench_switch.py [--rounds 3] [--seconds 4] [--pings 200]
-        [--dir DIR] [--netns-prefix P] [--json OUT] [--append-results]
+    sudo .venv/bin/python bench/bench_switch.py [--groups switch chain] [--rounds 3]
+        [--seconds 4] [--pings 200] [--dir DIR] [--netns-prefix P] [--json OUT]
+        [--append-results]
+
+The switch counters at the end name, per switch, the sleeps a spin avoided and the
+frames held for a full destination (docs/forwarding.md, "Full destinations").
 """
 
 from __future__ import annotations

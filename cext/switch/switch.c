@@ -57,7 +57,7 @@
 #define COMMIT_BYTES (32u * 1024u)
 /* adaptive spin before sleeping (docs/forwarding.md, "Wake-ups") */
 #define SPIN_NS 150000  /* longest spin: 150 us */
-#define SPIN_CREDIT_MAX 8 /* spins earned by short waits, spent by failed spins */
+#define WAIT_AVG_SHIFT 3 /* idle waits averaged over ~8 (exponential moving average) */
 /* offload fix-ups: frames built privately (checksum completed, GSO segments);
  * bounded: two maximal frames, reused once their grant copies are done */
 #define ARENA_SIZE (2u * NCD_ETH_MAX)
@@ -125,7 +125,7 @@ struct acct_ent {
 struct ncd_switch {
     struct ncd_switch_config cfg;
     uint32_t ageing_ms, batch, hold_ms;
-    int spin_credit; /* switch thread only: see spin() */
+    int64_t wait_avg_ns; /* switch thread only: average idle wait, see spin() */
     pthread_t thread;
     int thread_started, running;
     pthread_mutex_t lock;
@@ -1040,30 +1040,29 @@ static int work_seen(struct ncd_switch *sw)
     return 0;
 }
 
-static void spin_earn(struct ncd_switch *sw, int credit)
+/* An idle wait (from running out of work to finding some, spin included) of
+ * ns: folded into the moving average that decides whether to spin. */
+static void waited(struct ncd_switch *sw, int64_t ns)
 {
-    sw->spin_credit += credit;
-    if (sw->spin_credit > SPIN_CREDIT_MAX)
-        sw->spin_credit = SPIN_CREDIT_MAX;
+    sw->wait_avg_ns += (ns - sw->wait_avg_ns) / (1 << WAIT_AVG_SHIFT);
 }
 
 /* Bounded adaptive spin before sleeping: 1 = work showed up within SPIN_NS.
- * It is used only while peers answer within the spin: a spin that finds work
- * earns one spin of credit, an idle wait (spin and sleep) that ended within
- * SPIN_NS (see the caller) two, a spin that finds nothing spends one; without
- * credit there is no spin,
- * so an idle switch sleeps at once after at most SPIN_CREDIT_MAX empty spins. */
+ * It is used only while peers answer within the spin: the thread spins only
+ * while its recent idle waits averaged less than SPIN_NS (a stream whose next
+ * frame comes within microseconds), never for sparse traffic (a ping every 10 ms
+ * averages milliseconds) nor when idle (seconds): an idle switch sleeps at once. */
 static int spin(struct ncd_switch *sw, uint32_t seen)
 {
-    if (sw->spin_credit <= 0)
+    if (sw->wait_avg_ns >= SPIN_NS)
         return 0;
-    int64_t end = now_ns() + SPIN_NS;
+    int64_t start = now_ns(), end = start + SPIN_NS;
     for (unsigned i = 0;; i++) {
         /* acquire pairs with the release increment in add/remove, and with the
          * release store of stop in ncd_switch_destroy */
         if (work_seen(sw) || __atomic_load_n(&sw->ctl_gen, __ATOMIC_ACQUIRE) != seen ||
             __atomic_load_n(&sw->stop, __ATOMIC_ACQUIRE)) {
-            spin_earn(sw, 1);
+            waited(sw, now_ns() - start);
             return 1;
         }
         if (i % 16 == 15) {
@@ -1076,10 +1075,8 @@ static int spin(struct ncd_switch *sw, uint32_t seen)
         }
         ncd_cpu_relax();
     }
-    sw->spin_credit--;
     return 0;
 }
-
 
 static void *switch_main(void *arg)
 {
@@ -1161,8 +1158,7 @@ static void *switch_main(void *arg)
             continue;
         int rc = poll(pfd, n, timeout);
         INFO(sw, wakeups, 1);
-        if (rc > 0 && now_ns() - idle_since < SPIN_NS)
-            spin_earn(sw, 2); /* the wait, spin included, was shorter than a spin */
+        waited(sw, now_ns() - idle_since);
         if (rc < 0)
             continue; /* EINTR; anything else repeats harmlessly */
         if (pfd[0].revents & POLLIN) {
@@ -1234,6 +1230,7 @@ int ncd_switch_create(struct ncd_switch **out, const struct ncd_switch_config *c
     sw->ageing_ms = cfg->ageing_ms ? cfg->ageing_ms : NCD_SWITCH_DEFAULT_AGEING_MS;
     sw->batch = cfg->batch ? cfg->batch : DEFAULT_BATCH;
     sw->hold_ms = cfg->hold_ms ? cfg->hold_ms : NCD_SWITCH_DEFAULT_HOLD_MS;
+    sw->wait_avg_ns = SPIN_NS; /* no spin until waits have been short */
     sw->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     sw->events_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_mutex_init(&sw->lock, NULL);
