@@ -87,6 +87,7 @@ class PortStats:
     offload_fixed: int = 0
     gso_segments: int = 0
     drop_bad_headers: int = 0
+    notify_spurious: int = 0  # events that carried no work (late EOI)
     ring_full_waits: int = 0
 
 

@@ -86,6 +86,7 @@ struct port {
     struct ncd_vchan *v;
     int fd;   /* TAP fd, or -1 */
     int evfd; /* vchan event-channel fd, or -1 */
+    struct ncd_vchan_eoi eoi; /* late EOI of the event channel (switch thread only) */
     int is_socket;
     uint32_t max_frame, rsize, wsize, commit;
     /* under sw->lock */
@@ -1102,7 +1103,11 @@ static void *switch_main(void *arg)
                     waiting_client = 1;
                     continue;
                 }
-                moved += rx_vchan(sw, p);
+                unsigned m = rx_vchan(sw, p);
+                /* the peer's data moved without an event: it is working, unmask now */
+                if (m && ncd_vchan_eoi_work(&p->eoi, p->v) < 0)
+                    port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "event channel unmask failed");
+                moved += m;
                 check_closed(sw, p);
             } else {
                 moved += rx_tap(sw, p);
@@ -1130,15 +1135,14 @@ static void *switch_main(void *arg)
             struct port *p = sw->active[i];
             if (!port_up(p))
                 continue;
-            if (p->hold_for) {
-                /* held: its new data waits; the destination's reader wakes us
-                 * (hold() asked it to), else the hold's end does */
-                uint64_t left = p->hold_until > sw->now ? p->hold_until - sw->now : 0;
-                if (left + 1 < (uint64_t)timeout)
-                    timeout = (int)left + 1;
-                pfd[n] = (struct pollfd){.fd = p->evfd, .events = POLLIN};
-            } else if (p->v) {
-                if (ncd_vchan_is_open(p->v) == 1) {
+            if (p->v) {
+                if (p->hold_for) {
+                    /* held: its new data waits; the destination's reader wakes us
+                     * (hold() asked it to), else the hold's end does */
+                    uint64_t left = p->hold_until > sw->now ? p->hold_until - sw->now : 0;
+                    if (left + 1 < (uint64_t)timeout)
+                        timeout = (int)left + 1;
+                } else if (ncd_vchan_is_open(p->v) == 1) {
                     ncd_vchan_request_notify(p->v, 0, 1);
                     ssize_t r = ncd_vchan_data_ready(p->v);
                     if (r < 0) {
@@ -1148,7 +1152,10 @@ static void *switch_main(void *arg)
                     if ((size_t)r > p->r_remain)
                         again = 1;
                 }
-                pfd[n] = (struct pollfd){.fd = p->evfd, .events = POLLIN};
+                ncd_vchan_eoi_arm(&p->eoi, p->v); /* to tell the peer's work from a storm */
+                ST(&p->st.notify_spurious, ncd_vchan_eoi_spurious(&p->eoi));
+                pfd[n] = (struct pollfd){.fd = ncd_vchan_eoi_fd(&p->eoi, p->v), .events = POLLIN};
+                timeout = ncd_vchan_eoi_timeout(&p->eoi, timeout);
             } else {
                 pfd[n] = (struct pollfd){.fd = p->fd, .events = POLLIN};
             }
@@ -1170,9 +1177,11 @@ static void *switch_main(void *arg)
         for (unsigned i = 1; i < n; i++) {
             struct port *p = pp[i];
             if (p->v) {
-                if (pfd[i].revents & POLLIN)
-                    ncd_vchan_wait(p->v);
-                if (pfd[i].revents & (POLLERR | POLLNVAL))
+                if (((pfd[i].revents & POLLIN) && ncd_vchan_eoi_event(&p->eoi, p->v) < 0) ||
+                    ncd_vchan_eoi_tick(&p->eoi, p->v) < 0)
+                    port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "event channel: %s",
+                              strerror(errno));
+                else if (pfd[i].revents & (POLLERR | POLLNVAL))
                     port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "event channel fd failed");
             } else if (pfd[i].revents & (POLLERR | POLLNVAL) ||
                        ((pfd[i].revents & POLLHUP) && !(pfd[i].revents & POLLIN))) {

@@ -115,6 +115,7 @@ struct ncd_switch_port_stats {
     uint64_t gso_segments;           /* tx: segments software GSO produced for this port */
     uint64_t drop_bad_headers;       /* rx: GSO frames whose headers are malformed (IP
                                         version/IHL/length, TCP/UDP header, protocol) */
+    uint64_t notify_spurious;        /* events that carried no work (late EOI, vchan_eoi.c) */
     uint64_t ring_full_waits;        /* tx: a unicast frame found this port's ring full
                                         and its source was held instead of dropping it */
 };
