@@ -358,10 +358,11 @@ class Bench:
                 continue
             frames = sum(f["frames"] for f in sw.get("forwarded", []))
             drops: dict[str, int] = {}
-            held = 0
+            held = spurious = 0
             for v in stats[d]["vifs"]:
                 if on[d].get((v["domid"], v["devid"])) == name:
                     held += int(v.get("ring_full_waits") or 0)
+                    spurious += int(v.get("notifications_spurious") or 0)
                     for k, n in (v.get("drops") or {}).items():
                         if n:
                             drops[k] = drops.get(k, 0) + int(n)
@@ -374,6 +375,7 @@ class Bench:
                 "grant_copy_segs": sw.get("grant_copy_segs"),
                 "drops": drops,
                 "held": held,
+                "spurious": spurious,
             }
         return out
 
@@ -533,8 +535,8 @@ def report(
         "",
         "| switch | frames forwarded | wake-ups | wake-ups / frame | sleeps avoided by spinning "
         "| grant-copy calls "
-        "| held for a full destination | drops |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| held for a full destination | spurious events (late EOI) | drops |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, c in counters.items():
         wpf = (c["wakeups"] or 0) / c["frames"] if c["frames"] else 0.0
@@ -542,7 +544,8 @@ def report(
         lines.append(
             f"| {label} | {c['frames']:,} | {c['wakeups'] or 0:,} | {wpf:.3f} | "
             f"{c.get('spins_won') or 0:,} | "
-            f"{c['grant_copy_calls'] or 0:,} | {c.get('held', 0):,} | {drops} |"
+            f"{c['grant_copy_calls'] or 0:,} | {c.get('held', 0):,} | "
+            f"{c.get('spurious', 0):,} | {drops} |"
         )
     lines += [
         "",

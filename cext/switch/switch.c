@@ -494,6 +494,7 @@ static int window_room(struct ncd_switch *sw, struct port *d, size_t need)
         if (!port_up(d))
             return -1;
     }
+    size_t had = d->w_valid ? d->w.len - d->w_used : 0;
     int cnt = ncd_vchan_write_iov(d->v, d->w.iov, d->wsize);
     if (cnt < 0) {
         d->w_valid = 0;
@@ -502,6 +503,11 @@ static int window_room(struct ncd_switch *sw, struct port *d, size_t need)
         return -1;
     }
     span_init(&d->w, cnt);
+    /* more room than the window had left: the peer consumed, so its notifications
+     * about it carried work even when the thread saw them only after the fact (a
+     * hold or a spin takes them late): late EOI must not defer this port's unmask */
+    if (d->w.len > had && ncd_vchan_eoi_work(&d->eoi, d->v) < 0)
+        port_fail(sw, d, NCD_SWITCH_PORT_BAD_PEER, "event channel unmask failed");
     d->w_valid = 1;
     d->w_used = d->w_done = 0;
     return d->w.len >= need ? 0 : -1;
