@@ -35,6 +35,7 @@ MAX_PORTS: int = lib.NCD_SWITCH_MAX_PORTS
 MAX_IPS: int = lib.NCD_SWITCH_MAX_IPS
 DOMID_SELF: int = lib.NCD_DOMID_SELF
 DEFAULT_AGEING_S = lib.NCD_SWITCH_DEFAULT_AGEING_MS / 1000
+DEFAULT_HOLD_S = lib.NCD_SWITCH_DEFAULT_HOLD_MS / 1000
 
 
 class CopyMode(enum.IntEnum):
@@ -87,6 +88,7 @@ class PortStats:
     gso_segments: int = 0
     drop_bad_headers: int = 0
     notify_spurious: int = 0  # events that carried no work (late EOI)
+    ring_full_waits: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class SwitchInfo:
     fdb_entries: int
     ports: int
     copy_mode: CopyMode
+    spins_won: int = 0  # sleeps avoided: the spin before sleeping found work
 
 
 def parse_mac(mac: str | bytes) -> bytes:
@@ -129,17 +132,35 @@ def _copy_mode(copy: str | CopyMode) -> CopyMode:
         raise ValueError(f"forward_copy must be 'memcpy' or 'grant', got {copy!r}") from None
 
 
+def _hold_ms(hold: float | None) -> int:
+    """The C config's hold_ms: None = the default (NCD_SWITCH_DEFAULT_HOLD_MS), 0 = never
+    hold (a full destination drops at once), else seconds (at least 1 ms)."""
+    if hold is None:
+        return 0
+    if hold < 0:
+        raise ValueError(f"hold must be >= 0 seconds, got {hold!r}")
+    return 0xFFFFFFFF if hold == 0 else min(0xFFFFFFFE, max(1, round(hold * 1000)))
+
+
 class Switch:
-    """One learning switch and its C thread."""
+    """One learning switch and its C thread.
+
+    ``hold``: how long (seconds) a unicast frame between two vchan ports may wait in
+    its source ring for room in a full destination ring before it is dropped and
+    counted (docs/forwarding.md, "Full destinations"); only that source waits. None:
+    DEFAULT_HOLD_S (NCD_SWITCH_DEFAULT_HOLD_MS); 0: never wait.
+    """
 
     def __init__(self, copy: str | CopyMode = "memcpy", *, ageing: float = DEFAULT_AGEING_S,
-                 batch: int = 0, manual_clock: bool = False, self_domid: int = 0) -> None:
+                 batch: int = 0, manual_clock: bool = False, self_domid: int = 0,
+                 hold: float | None = None) -> None:
         cfg = ffi.new("struct ncd_switch_config *", {
             "copy_mode": int(_copy_mode(copy)),
             "ageing_ms": max(1, int(ageing * 1000)),
             "batch": batch,
             "manual_clock": int(manual_clock),
             "self_domid": self_domid,
+            "hold_ms": _hold_ms(hold),
         })
         out = ffi.new("struct ncd_switch **")
         err = ffi.new("char[]", ERRLEN)
@@ -258,7 +279,7 @@ class Switch:
         lib.ncd_switch_get_info(self._h(), i)
         return SwitchInfo(int(i.rounds), int(i.wakeups), int(i.grant_copy_calls),
                           int(i.grant_copy_segs), int(i.fdb_entries), int(i.ports),
-                          CopyMode(i.copy_mode))
+                          CopyMode(i.copy_mode), int(i.spins_won))
 
     # -- clock (manual_clock=True: tests drive ageing) -------------------------------------
     @property

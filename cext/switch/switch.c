@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,7 @@
 #include "../forward/offload.h"
 #include "../pump/frame.h"
 #include "../tracker/tracker.h"
+#include "../vchan/ncd_util.h"
 #include "../vchan/vchan.h"
 
 #define DEFAULT_BATCH 64u
@@ -53,6 +55,9 @@
 #define MAX_SEGS 2048u /* grant-copy segments per call */
 #define MAX_PEND 256u  /* records waiting for commit per destination */
 #define COMMIT_BYTES (32u * 1024u)
+/* adaptive spin before sleeping (docs/forwarding.md, "Wake-ups") */
+#define SPIN_NS 150000  /* longest spin: 150 us */
+#define WAIT_AVG_SHIFT 3 /* idle waits averaged over ~8 (exponential moving average) */
 /* offload fix-ups: frames built privately (checksum completed, GSO segments);
  * bounded: two maximal frames, reused once their grant copies are done */
 #define ARENA_SIZE (2u * NCD_ETH_MAX)
@@ -101,6 +106,11 @@ struct port {
     size_t r_used, r_done, r_remain;
     int r_idle; /* the last round stopped at an incomplete record (or nothing) */
     uint8_t *bounce; /* TAP source: one frame */
+    /* switch thread only: full destinations (docs/forwarding.md, "Full destinations") */
+    struct port *hold_for; /* source: the full destination its next frame waits for */
+    uint64_t hold_until;   /* source: when that wait ends (switch clock, ms) */
+    int stuck;             /* destination: a hold on it expired; no holds until it has room */
+    uint32_t hold_need;    /* source: the bytes the held frame needs in hold_for's ring */
 };
 
 struct fdb_ent {
@@ -115,7 +125,8 @@ struct acct_ent {
 
 struct ncd_switch {
     struct ncd_switch_config cfg;
-    uint32_t ageing_ms, batch;
+    uint32_t ageing_ms, batch, hold_ms;
+    int64_t wait_avg_ns; /* switch thread only: average idle wait, see spin() */
     pthread_t thread;
     int thread_started, running;
     pthread_mutex_t lock;
@@ -483,6 +494,7 @@ static int window_room(struct ncd_switch *sw, struct port *d, size_t need)
         if (!port_up(d))
             return -1;
     }
+    size_t had = d->w_valid ? d->w.len - d->w_used : 0;
     int cnt = ncd_vchan_write_iov(d->v, d->w.iov, d->wsize);
     if (cnt < 0) {
         d->w_valid = 0;
@@ -491,6 +503,11 @@ static int window_room(struct ncd_switch *sw, struct port *d, size_t need)
         return -1;
     }
     span_init(&d->w, cnt);
+    /* more room than the window had left: the peer consumed, so its notifications
+     * about it carried work even when the thread saw them only after the fact (a
+     * hold or a spin takes them late): late EOI must not defer this port's unmask */
+    if (d->w.len > had && ncd_vchan_eoi_work(&d->eoi, d->v) < 0)
+        port_fail(sw, d, NCD_SWITCH_PORT_BAD_PEER, "event channel unmask failed");
     d->w_valid = 1;
     d->w_used = d->w_done = 0;
     return d->w.len >= need ? 0 : -1;
@@ -542,6 +559,60 @@ static void send_vchan(struct ncd_switch *sw, struct port *s, struct port *d,
         d->dirty = 1;
         sw->dirty[sw->ndirty++] = d;
     }
+}
+
+/* f can go to d as it is (no offload fix-up, no size problem). */
+static int direct(const struct port *d, const struct frame *f)
+{
+    return f->len <= d->max_frame &&
+           ncd_frame_check_vnet(&f->h, f->len, d->cfg.tx_features) == NCD_FRAME_OK;
+}
+
+/* A unicast frame from vchan port s to vchan port d (docs/forwarding.md, "Full
+ * destinations"): 1 = d's ring cannot take it now, hold it (it stays unconsumed
+ * in s's ring and s is read no further until d has room or the hold expires);
+ * 0 = go on: d has room, or holding is not allowed (a TAP on either side, a
+ * fix-up, d not connected, d stuck) or has expired, and send_vchan() delivers or
+ * drops and counts as before.  Only s waits: the thread goes on with the other
+ * ports, and sleeps at most until the earliest hold expires. */
+static int hold(struct ncd_switch *sw, struct port *s, struct port *d, const struct frame *f)
+{
+    size_t need = NCD_REC_HDR_SIZE + f->len;
+
+    if (sw->hold_ms == UINT32_MAX || !s->v || !d->v || need > d->wsize || !direct(d, f) ||
+        ncd_vchan_is_open(d->v) != 1)
+        return 0;
+    if (d->npend == MAX_PEND)
+        flush(sw);
+    int room = window_room(sw, d, need) == 0;
+    if (room)
+        d->stuck = 0;
+    if (room || !port_up(d) || d->stuck) {
+        s->hold_for = NULL;
+        return 0;
+    }
+    s->hold_need = (uint32_t)need;
+    if (s->hold_for != d) {
+        s->hold_for = d;
+        s->hold_until = sw->now + sw->hold_ms;
+        CNT(d, ring_full_waits, 1);
+    } else if (sw->now >= s->hold_until) {
+        /* held for the whole bound: d is stuck, frames for it drop at once (for
+         * every source) until it has room again */
+        s->hold_for = NULL;
+        d->stuck = 1;
+        return 0;
+    }
+    /* Ask d's reader to notify when it consumes, then look again: a consumption
+     * between our look and the request is not missed (the request's full barrier
+     * pairs with the one in the reader's read_commit before it reads the notify
+     * bits, as in libxenvchan). */
+    ncd_vchan_request_notify(d->v, 1, 0);
+    if (window_room(sw, d, need) == 0) {
+        s->hold_for = NULL;
+        return 0;
+    }
+    return 1;
 }
 
 /* s = the source port when f's memory is its ring (checked against the tracker
@@ -690,21 +761,22 @@ static void fix_up(struct ncd_switch *sw, struct port *s, struct port *d, struct
 
 static void send_to(struct ncd_switch *sw, struct port *s, struct port *d, struct frame *f)
 {
-    if (f->len <= d->max_frame &&
-        ncd_frame_check_vnet(&f->h, f->len, d->cfg.tx_features) == NCD_FRAME_OK)
+    if (direct(d, f))
         deliver(sw, s, d, f);
     else
         fix_up(sw, s, d, f);
 }
 
-/* The switching decision for one frame that entered on s. */
-static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
+/* The switching decision for one frame that entered on s: 0 = done with it
+ * (delivered, dropped or filtered), 1 = held (see hold(): it stays in s's ring
+ * and nothing was counted; it is decided again in a later round). */
+static int forward(struct ncd_switch *sw, struct port *s, struct frame *f)
 {
-    CNT(s, rx_frames, 1);
-    CNT(s, rx_bytes, f->len);
     if (ncd_lock_spoofed(&s->lock, f->head, f->head_len)) {
+        CNT(s, rx_frames, 1);
+        CNT(s, rx_bytes, f->len);
         CNT(s, spoofed_source, 1);
-        return;
+        return 0;
     }
     /* origin of the frame's bytes: the tracker for a mapped ring (and it must
      * know the page), else whoever owns the memory we read */
@@ -713,9 +785,11 @@ static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
         size_t c;
         const uint8_t *a = span_at(&f->body, 0, &c);
         if (!ncd_tracker_classify(NULL, a, c, &o)) {
+            CNT(s, rx_frames, 1);
+            CNT(s, rx_bytes, f->len);
             port_fail(sw, s, NCD_SWITCH_PORT_UNTRACKED,
                       "mapped ring page %p is not in the tracker", (const void *)a);
-            return;
+            return 0;
         }
         f->origin = o.domid;
     } else if (s->kind == NCD_SWITCH_PORT_GRANTED) {
@@ -726,21 +800,23 @@ static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
     fdb_learn(sw, f->head + 6, s);
 
     int to = -1;
-    if (!(f->head[0] & 1)) {
+    struct port *d = NULL;
+    if (!(f->head[0] & 1))
         to = fdb_lookup(sw, f->head);
-        if (to == s->id) {
-            CNT(s, filtered_same_port, 1); /* never back out of its own port */
-            return;
-        }
+    for (unsigned i = 0; to >= 0 && to != s->id && i < sw->nactive; i++)
+        if (sw->active[i]->id == to && port_up(sw->active[i]))
+            d = sw->active[i];
+    if (d && hold(sw, s, d, f))
+        return 1;
+    CNT(s, rx_frames, 1);
+    CNT(s, rx_bytes, f->len);
+    if (to == s->id) {
+        CNT(s, filtered_same_port, 1); /* never back out of its own port */
+        return 0;
     }
-    if (to >= 0) {
-        for (unsigned i = 0; i < sw->nactive; i++) {
-            struct port *d = sw->active[i];
-            if (d->id == to && port_up(d)) {
-                send_to(sw, s, d, f);
-                return;
-            }
-        }
+    if (d) {
+        send_to(sw, s, d, f);
+        return 0;
     }
     unsigned sent = 0;
     CNT(s, flooded, 1);
@@ -753,6 +829,7 @@ static void forward(struct ncd_switch *sw, struct port *s, struct frame *f)
     }
     if (!sent)
         CNT(s, no_destination, 1);
+    return 0;
 }
 
 /* ---- sources ------------------------------------------------------------------------ */
@@ -768,11 +845,13 @@ static void bad_record(struct ncd_switch *sw, struct port *p, uint32_t rec_len, 
 static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
 {
     unsigned frames = 0;
+    int held = 0;
     int cnt = ncd_vchan_read_iov(s->v, s->r.iov, s->rsize);
 
     s->r_remain = 0;
     s->r_idle = 0;
     if (cnt < 0) {
+        s->hold_for = NULL;
         hostile(sw, s, "vchan read ring");
         return 0;
     }
@@ -811,7 +890,10 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         span_sub(&s->r, s->r_used + NCD_REC_HDR_SIZE, f.len, &f.body);
         span_copy_out(&f.body, 0, f.head, f.head_len);
         f.fix = 0;
-        forward(sw, s, &f);
+        if (forward(sw, s, &f)) {
+            held = 1;
+            break; /* the record stays in the ring, unconsumed */
+        }
         s->r_used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
         if (s->r_used - s->r_done >= s->commit)
@@ -819,6 +901,8 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
     }
     flush(sw);
     sw->cur_src = NULL;
+    if (!held)
+        s->hold_for = NULL; /* its frame went (or its destination went away) */
     s->r_remain = s->r.len - s->r_used;
     if (frames)
         CNT(s, batches, 1);
@@ -877,7 +961,7 @@ static unsigned rx_tap(struct ncd_switch *sw, struct port *s)
         f.body.iov[0].iov_len = f.len;
         span_init(&f.body, 1);
         f.fix = 0;
-        forward(sw, s, &f);
+        forward(sw, s, &f); /* never held: a TAP source is not a vchan */
         /* the bounce buffer is reused by the next read: grant copies out of it first */
         if (sw->nsegs)
             flush(sw);
@@ -911,6 +995,10 @@ static void sync_ports(struct ncd_switch *sw, uint32_t *seen)
         }
         sw->active[sw->nactive++] = p;
     }
+    /* a hold for a port being removed ends (p is freed only after our unlock) */
+    for (unsigned i = 0; i < sw->nactive; i++)
+        if (sw->active[i]->hold_for && sw->active[i]->hold_for->remove_req)
+            sw->active[i]->hold_for = NULL;
     *seen = sw->ctl_gen;
     pthread_cond_broadcast(&sw->cond);
     pthread_mutex_unlock(&sw->lock);
@@ -928,6 +1016,73 @@ static void check_closed(struct ncd_switch *sw, struct port *p)
         else if (r <= (ssize_t)p->r_remain)
             port_fail(sw, p, NCD_SWITCH_PORT_PEER_CLOSED, "peer closed the vchan");
     }
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Work a round would find on a vchan port, judged from the peers' indices alone
+ * (no notification asked, no syscall): data past what the last round left, or
+ * room for a held frame. TAP ports are not looked at (that takes a syscall). */
+static int work_seen(struct ncd_switch *sw)
+{
+    for (unsigned i = 0; i < sw->nactive; i++) {
+        struct port *p = sw->active[i];
+        if (!p->v || !port_up(p))
+            continue;
+        if (p->hold_for) {
+            int64_t room = port_up(p->hold_for) ? ncd_vchan_peek_space(p->hold_for->v) : 1;
+            if (room < 0 || (uint64_t)room >= p->hold_need)
+                return 1;
+        } else if (ncd_vchan_is_open(p->v) == 1) {
+            int64_t r = ncd_vchan_peek_data(p->v);
+            if (r < 0 || (uint64_t)r > p->r_remain)
+                return 1; /* new data, or a hostile value the round reports */
+        }
+    }
+    return 0;
+}
+
+/* An idle wait (from running out of work to finding some, spin included) of
+ * ns: folded into the moving average that decides whether to spin. */
+static void waited(struct ncd_switch *sw, int64_t ns)
+{
+    sw->wait_avg_ns += (ns - sw->wait_avg_ns) / (1 << WAIT_AVG_SHIFT);
+}
+
+/* Bounded adaptive spin before sleeping: 1 = work showed up within SPIN_NS.
+ * It is used only while peers answer within the spin: the thread spins only
+ * while its recent idle waits averaged less than SPIN_NS (a stream whose next
+ * frame comes within microseconds), never for sparse traffic (a ping every 10 ms
+ * averages milliseconds) nor when idle (seconds): an idle switch sleeps at once. */
+static int spin(struct ncd_switch *sw, uint32_t seen)
+{
+    if (sw->wait_avg_ns >= SPIN_NS)
+        return 0;
+    int64_t start = now_ns(), end = start + SPIN_NS;
+    for (unsigned i = 0;; i++) {
+        /* acquire pairs with the release increment in add/remove, and with the
+         * release store of stop in ncd_switch_destroy */
+        if (work_seen(sw) || __atomic_load_n(&sw->ctl_gen, __ATOMIC_ACQUIRE) != seen ||
+            __atomic_load_n(&sw->stop, __ATOMIC_ACQUIRE)) {
+            waited(sw, now_ns() - start);
+            return 1;
+        }
+        if (i % 16 == 15) {
+            if (now_ns() >= end)
+                break;
+            /* a runnable peer on this CPU (on 2 vCPUs, often the one we wait for)
+             * goes first: the spin saves the sleep and the peer's notification,
+             * it must not take the peer's CPU */
+            sched_yield();
+        }
+        ncd_cpu_relax();
+    }
+    return 0;
 }
 
 static void *switch_main(void *arg)
@@ -966,16 +1121,20 @@ static void *switch_main(void *arg)
         }
         if (moved)
             continue; /* work left: no sleeping, bounded by progress */
+        int64_t idle_since = now_ns();
+        if (spin(sw, seen)) {
+            INFO(sw, spins_won, 1);
+            continue;
+        }
 
         /* About to sleep: ask every peer to notify on write, then look again so
          * that a commit between our look and the request is not missed (the
          * request's full barrier pairs with the peer's barrier before it reads
          * the notify bits, as in libxenvchan). */
-        int again = 0;
+        int again = 0, timeout = waiting_client ? 100 : 1000;
         struct pollfd pfd[1 + NCD_SWITCH_MAX_PORTS];
         struct port *pp[1 + NCD_SWITCH_MAX_PORTS];
         unsigned n = 1;
-        int timeout = waiting_client ? 100 : 1000;
         pfd[0] = (struct pollfd){.fd = sw->wake_fd, .events = POLLIN};
         pp[0] = NULL;
         for (unsigned i = 0; i < sw->nactive; i++) {
@@ -983,7 +1142,13 @@ static void *switch_main(void *arg)
             if (!port_up(p))
                 continue;
             if (p->v) {
-                if (ncd_vchan_is_open(p->v) == 1) {
+                if (p->hold_for) {
+                    /* held: its new data waits; the destination's reader wakes us
+                     * (hold() asked it to), else the hold's end does */
+                    uint64_t left = p->hold_until > sw->now ? p->hold_until - sw->now : 0;
+                    if (left + 1 < (uint64_t)timeout)
+                        timeout = (int)left + 1;
+                } else if (ncd_vchan_is_open(p->v) == 1) {
                     ncd_vchan_request_notify(p->v, 0, 1);
                     ssize_t r = ncd_vchan_data_ready(p->v);
                     if (r < 0) {
@@ -1006,6 +1171,7 @@ static void *switch_main(void *arg)
             continue;
         int rc = poll(pfd, n, timeout);
         INFO(sw, wakeups, 1);
+        waited(sw, now_ns() - idle_since);
         if (rc < 0)
             continue; /* EINTR; anything else repeats harmlessly */
         if (pfd[0].revents & POLLIN) {
@@ -1078,6 +1244,8 @@ int ncd_switch_create(struct ncd_switch **out, const struct ncd_switch_config *c
         sw->cfg.self_domid = NCD_DOMID_SELF;
     sw->ageing_ms = cfg->ageing_ms ? cfg->ageing_ms : NCD_SWITCH_DEFAULT_AGEING_MS;
     sw->batch = cfg->batch ? cfg->batch : DEFAULT_BATCH;
+    sw->hold_ms = cfg->hold_ms ? cfg->hold_ms : NCD_SWITCH_DEFAULT_HOLD_MS;
+    sw->wait_avg_ns = SPIN_NS; /* no spin until waits have been short */
     sw->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     sw->events_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_mutex_init(&sw->lock, NULL);
@@ -1352,6 +1520,7 @@ void ncd_switch_get_info(struct ncd_switch *sw, struct ncd_switch_info *out)
     out->wakeups = LD(&sw->info.wakeups);
     out->grant_copy_calls = LD(&sw->info.grant_copy_calls);
     out->grant_copy_segs = LD(&sw->info.grant_copy_segs);
+    out->spins_won = LD(&sw->info.spins_won);
     for (unsigned i = 0; i < NCD_SWITCH_FDB_SIZE; i++)
         if (LD(&sw->fdb[i].key) && now - LD(&sw->fdb[i].seen) < sw->ageing_ms)
             live++;

@@ -36,6 +36,7 @@ struct ncd_switch; /* opaque */
 #define NCD_SWITCH_ACCT_SIZE 1024u    /* (origin, destination) pairs */
 #define NCD_SWITCH_MAX_IPS 8u         /* per family per port */
 #define NCD_SWITCH_DEFAULT_AGEING_MS 300000u
+#define NCD_SWITCH_DEFAULT_HOLD_MS 20u /* longest a source waits for a full unicast destination */
 #define NCD_DOMID_SELF 0x7FF0u        /* Xen's DOMID_SELF: "this domain" */
 
 enum ncd_switch_copy {
@@ -64,6 +65,12 @@ struct ncd_switch_config {
     uint32_t batch;     /* frames per source port per round; 0 = 64 */
     uint32_t manual_clock; /* 1: time only moves by ncd_switch_set_time (tests) */
     uint16_t self_domid;   /* accounted origin of our own memory (TAP); 0 = NCD_DOMID_SELF */
+    uint16_t pad;
+    /* A unicast frame between two vchan ports whose destination ring is full waits
+     * in its source ring (that source alone is held, see docs/forwarding.md,
+     * "Full destinations") for at most hold_ms, then is dropped and counted.
+     * 0 = NCD_SWITCH_DEFAULT_HOLD_MS; UINT32_MAX = never hold (drop at once). */
+    uint32_t hold_ms;
 };
 
 struct ncd_switch_port_config {
@@ -109,6 +116,8 @@ struct ncd_switch_port_stats {
     uint64_t drop_bad_headers;       /* rx: GSO frames whose headers are malformed (IP
                                         version/IHL/length, TCP/UDP header, protocol) */
     uint64_t notify_spurious;        /* events that carried no work (late EOI, vchan_eoi.c) */
+    uint64_t ring_full_waits;        /* tx: a unicast frame found this port's ring full
+                                        and its source was held instead of dropping it */
 };
 
 /* Bytes and frames of one (origin domain, destination domain) pair. */
@@ -125,6 +134,7 @@ struct ncd_switch_fdb_entry {
 
 struct ncd_switch_info {
     uint64_t rounds, wakeups, grant_copy_calls, grant_copy_segs, fdb_entries;
+    uint64_t spins_won; /* sleeps avoided: a spin before sleeping found work */
     uint32_t ports;
     uint32_t copy_mode;
 };

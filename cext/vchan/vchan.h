@@ -168,6 +168,12 @@ void ncd_vchan_write_commit(struct ncd_vchan *v, size_t n);
 ssize_t ncd_vchan_wait_data(struct ncd_vchan *v, size_t n, unsigned spin_us, int timeout_ms);
 ssize_t ncd_vchan_wait_space(struct ncd_vchan *v, size_t n, unsigned spin_us, int timeout_ms);
 
+/* Readable / writable bytes from one validated read of the peer's index, without
+ * asking the peer to notify (for spinning: vchan_wait.c, the switch); -1 when
+ * hostile or closed by a bad value. */
+int64_t ncd_vchan_peek_data(struct ncd_vchan *v);
+int64_t ncd_vchan_peek_space(struct ncd_vchan *v);
+
 /* Set our notify requests in the peer's notify byte (then a full barrier):
  * on_read: "notify me when you consume", on_write: "notify me when you write".
  * Re-check data_ready / buffer_space after calling it. */

@@ -89,10 +89,6 @@ int ncd_vchan_send_event(struct ncd_vchan *v);
 /* Store our live flag (srv_live or cli_live), full barrier, wake the peer. */
 void ncd_vchan_publish_live(struct ncd_vchan *v, uint8_t live);
 void ncd_vchan_mark_bad(struct ncd_vchan *v, const char *reason);
-/* Readable / writable bytes from one validated read of the peer's index, without
- * asking the peer to notify (spinning); -1 when hostile or closed by a bad value. */
-int64_t ncd_vchan_peek_data(struct ncd_vchan *v);
-int64_t ncd_vchan_peek_space(struct ncd_vchan *v);
 
 /* Layout of the control page as validated by a client. */
 struct ncd_layout {

@@ -234,6 +234,7 @@ class SwitchRegistry:
                 "grant_copy_segs": info.grant_copy_segs,
                 "rounds": info.rounds,
                 "wakeups": info.wakeups,
+                "spins_won": info.spins_won,
                 "forwarded": acct,
                 "port_stops": stops,
             })

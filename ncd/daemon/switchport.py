@@ -45,6 +45,7 @@ def port_counters(s: PortStats, tracked: int = 0) -> VifCounters:
             "no_destination": s.no_destination,
         },
         notifications_spurious=s.notify_spurious,
+        ring_full_waits=s.ring_full_waits,
         tracked_foreign_pages=tracked,
     )
 

@@ -36,7 +36,10 @@ def run_sanitized(args: list[str], cwd: Path, **extra: str) -> str:
 
 @pytest.mark.slow
 def test_switch_under_asan_ubsan(tmp_path: Path) -> None:
-    out = run_sanitized([str(HERE / "test_switch_local.py")], tmp_path)
+    """Also the holds for full destinations: a held source whose destination is removed
+    must never reach the freed port again."""
+    out = run_sanitized([str(HERE / "test_switch_local.py"), str(HERE / "test_switch_hold.py")],
+                        tmp_path)
     assert "failed" not in out
 
 
