@@ -23,10 +23,12 @@ uint64_t ncd_credit_now(void)
 }
 
 /* netback's tx_add_credit: one interval's credit more, never wrapping, capped at a
- * burst that still fits the largest frame. */
+ * burst that still fits the largest frame; and (ncd) what is left of the last
+ * interval, less than one frame, is kept on top of the new credit (see credit.h). */
 static void add_credit(struct ncd_credit *c)
 {
-    uint64_t max_burst = c->bytes > NCD_CREDIT_MAX_BURST ? c->bytes : NCD_CREDIT_MAX_BURST;
+    uint64_t carry = sat_add(c->bytes, NCD_CREDIT_CARRY);
+    uint64_t max_burst = carry > NCD_CREDIT_MAX_BURST ? carry : NCD_CREDIT_MAX_BURST;
     uint64_t max_credit = sat_add(c->remaining, c->bytes);
 
     c->remaining = max_credit < max_burst ? max_credit : max_burst;

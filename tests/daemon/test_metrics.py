@@ -120,7 +120,9 @@ def test_disabled_and_port_in_use(metrics):
 
 def test_rate_counters_add_up_across_channels_and_the_limit_is_the_current_one():
     old = VifCounters(rate_limited_frames=2, rate_delay_usec=10, rate_bytes=1, rate_usec=1)
-    new = VifCounters(rate_limited_frames=3, rate_delay_usec=5, rate_bytes=625_000, rate_usec=50_000)
+    new = VifCounters(
+        rate_limited_frames=3, rate_delay_usec=5, rate_bytes=625_000, rate_usec=50_000
+    )
     both = old.plus(new)
     assert (both.rate_limited_frames, both.rate_delay_usec) == (5, 15)
     assert (both.rate_bytes, both.rate_usec) == (625_000, 50_000)

@@ -75,17 +75,28 @@ static void test_frame_larger_than_credit(void)
         CHECK(rounds < 1000);
     }
     CHECK(rounds >= 656 && rounds <= 658);
-    /* the burst cap: refills never exceed max(NCD_CREDIT_MAX_BURST, bytes) */
+    /* the burst cap: refills (forced by a frame that never fits) never exceed
+     * max(NCD_CREDIT_MAX_BURST, bytes + NCD_CREDIT_CARRY) */
+    const uint64_t never = 1u << 30;
+    ncd_credit_init(&c, 1000, 10, 0);
+    for (now = 10; now < 10000; now += 10)
+        CHECK(take(&c, never, now, &wake) == 0);
+    CHECK(c.remaining == NCD_CREDIT_MAX_BURST); /* netback's 128 KiB */
+    CHECK(take(&c, NCD_CREDIT_MAX_BURST, now, &wake) == 1);
     ncd_credit_init(&c, 100000, 10, 0);
-    for (now = 10; now < 1000; now += 10) {
-        CHECK(take(&c, 0, now, &wake) == 1);
-        CHECK(c.remaining <= NCD_CREDIT_MAX_BURST);
-    }
-    CHECK(take(&c, NCD_CREDIT_MAX_BURST + 1, now, &wake) == 0);
+    for (now = 10; now < 1000; now += 10)
+        CHECK(take(&c, never, now, &wake) == 0);
+    CHECK(c.remaining == 100000 + NCD_CREDIT_CARRY);
     ncd_credit_init(&c, 1u << 20, 10, 0);
     for (now = 10; now < 1000; now += 10)
-        CHECK(take(&c, 0, now, &wake) == 1);
-    CHECK(c.remaining == 1u << 20);
+        CHECK(take(&c, never, now, &wake) == 0);
+    CHECK(c.remaining == (1u << 20) + NCD_CREDIT_CARRY);
+    /* what an interval left (less than the next frame) is kept, not lost */
+    ncd_credit_init(&c, 625000, 50000, 0);
+    CHECK(take(&c, 600000, 0, &wake) == 1);
+    CHECK(take(&c, 65000, 0, &wake) == 0);
+    CHECK(take(&c, 65000, 50000, &wake) == 1);
+    CHECK(c.remaining == 25000 + 625000 - 65000);
 }
 
 static void test_live_change(void)
@@ -155,20 +166,21 @@ static void test_u64_edges(void)
     CHECK(ncd_credit_poll_ms(UINT64_MAX, 0) == INT32_MAX);
 }
 
-/* A backlogged sender of 1514-byte frames at 100 Mbit/s with xl's 50 ms interval,
- * its thread woken up to 40 ms late: over 100 s it gets the rate (lateness costs
- * nothing: the window moves to where the refill was due). */
-static void test_long_run_rate(void)
+/* A backlogged sender of frames at 100 Mbit/s with xl's 50 ms interval, its thread
+ * woken up to 40 ms late: over 100 s it gets the rate, to one interval (lateness
+ * costs nothing: the window moves to where the refill was due; what an interval
+ * left is kept). With 64 KiB GSO frames too. */
+static void long_run(uint64_t bytes, uint64_t frame)
 {
     struct ncd_credit c;
     uint64_t wake, now = 1, sent = 0;
-    const uint64_t bytes = 625000, usec = 50000, end = 100u * 1000000u;
+    const uint64_t usec = 50000, end = 100u * 1000000u;
     unsigned seed = 1;
 
     ncd_credit_init(&c, bytes, usec, now);
     while (now < end) {
-        if (take(&c, 1514, now, &wake)) {
-            sent += 1514;
+        if (take(&c, frame, now, &wake)) {
+            sent += frame;
             continue;
         }
         CHECK(wake > now);
@@ -176,10 +188,16 @@ static void test_long_run_rate(void)
         now = wake + (seed >> 8) % 40000u;
     }
     uint64_t expected = bytes * (end / usec);
-    CHECK(sent <= expected + bytes + 1514); /* never above the rate */
-    /* below it by at most what does not fit a frame per interval (the credit is
-     * capped at max(128 KiB, bytes), as in netback: the remainder is not kept) */
-    CHECK(sent + bytes + 1514 * (end / usec) >= expected);
+    CHECK(sent <= expected + bytes + frame); /* never above the rate ... */
+    CHECK(sent + bytes + frame >= expected); /* ... nor below it: remainders are kept */
+}
+
+static void test_long_run_rate(void)
+{
+    long_run(625000, 1514);
+    long_run(625000, 65000);
+    long_run(312500, 65000);
+    long_run(12500, 1514); /* 2 Mbit/s: below netback's 128 KiB burst */
 }
 
 static void test_ctl(void)
