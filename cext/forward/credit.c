@@ -94,6 +94,12 @@ int ncd_credit_take(struct ncd_credit *c, uint64_t size, uint64_t now, uint64_t 
     return 0;
 }
 
+void ncd_credit_untake(struct ncd_credit *c, uint64_t size)
+{
+    if (!unlimited(c))
+        c->remaining = sat_add(c->remaining, size);
+}
+
 void ncd_credit_set(struct ncd_credit *c, uint64_t bytes, uint64_t usec, uint64_t now)
 {
     int was_unlimited = unlimited(c);

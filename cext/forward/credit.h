@@ -60,6 +60,10 @@ void ncd_credit_init(struct ncd_credit *c, uint64_t bytes, uint64_t usec, uint64
  * (the pending refill). Unlimited: always 1. */
 int ncd_credit_take(struct ncd_credit *c, uint64_t size, uint64_t now, uint64_t *wake);
 
+/* Give back what ncd_credit_take took for a frame that then did not go (the
+ * caller keeps it for later, e.g. its fd was full): it is charged once, when it goes. */
+void ncd_credit_untake(struct ncd_credit *c, uint64_t size);
+
 /* A live change of the rate (xen_net_rate_changed); counters are kept. */
 void ncd_credit_set(struct ncd_credit *c, uint64_t bytes, uint64_t usec, uint64_t now);
 

@@ -410,6 +410,8 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         cnt += span_slice(&s, used + NCD_REC_HDR_SIZE + hl, flen - hl, out + cnt);
         int w = fd_write_frame(p, out, cnt, rec_len);
         if (w == 0) {
+            if (now) /* it stays in the ring: charged when it goes */
+                ncd_credit_untake(&p->credit, flen);
             p->rx_waiting_fd = 1;
             CNT_ADD(p, fd_full_waits, 1);
             ret = DIR_BLOCKED;

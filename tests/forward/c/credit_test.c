@@ -99,6 +99,26 @@ static void test_frame_larger_than_credit(void)
     CHECK(c.remaining == 25000 + 625000 - 65000);
 }
 
+static void test_untake(void)
+{
+    struct ncd_credit c;
+    uint64_t wake;
+
+    /* a frame taken, then not sent (fd full): charged once, when it goes */
+    ncd_credit_init(&c, 1000, 1000, 0);
+    CHECK(take(&c, 800, 0, &wake) == 1);
+    ncd_credit_untake(&c, 800);
+    CHECK(c.remaining == 1000);
+    CHECK(take(&c, 800, 0, &wake) == 1);
+    CHECK(take(&c, 200, 0, &wake) == 1);
+    ncd_credit_init(&c, UINT64_MAX, 1, 0); /* saturates */
+    ncd_credit_untake(&c, 5);
+    CHECK(c.remaining == UINT64_MAX);
+    ncd_credit_init(&c, 0, 0, 0); /* unlimited: nothing to give back */
+    ncd_credit_untake(&c, 5);
+    CHECK(c.remaining == 0);
+}
+
 static void test_live_change(void)
 {
     struct ncd_credit c;
@@ -223,6 +243,7 @@ int main(void)
 {
     test_refill_and_exhaustion();
     test_frame_larger_than_credit();
+    test_untake();
     test_live_change();
     test_u64_edges();
     test_long_run_rate();
