@@ -16,7 +16,7 @@ Exposed (base units; ``direction`` is relative to this daemon's vchan:
     ncd_vif_rate_delay_seconds_total{domid,devid}          counter  that waited for the
                                                            ``rate`` limit's refill, and
                                                            how long they waited)
-    ncd_vif_rate_limit_bits_per_second{domid,devid}        gauge (the ``rate`` in effect;
+    ncd_vif_rate_limit_bytes_per_second{domid,devid}       gauge (the ``rate`` in effect;
                                                            0 = unlimited)
     ncd_vif_notifications_total{domid,devid,direction}     counter (sent / received)
     ncd_vif_tracked_foreign_pages{domid,devid}             gauge
@@ -100,11 +100,11 @@ class VifCounters:
         )
 
     @property
-    def rate_bits_per_second(self) -> float:
+    def rate_bytes_per_second(self) -> float:
         """The rate in effect, 0 = unlimited."""
         if not self.rate_bytes or not self.rate_usec:
             return 0.0
-        return self.rate_bytes * 8 * 1_000_000 / self.rate_usec
+        return self.rate_bytes * 1_000_000 / self.rate_usec
 
 
 @dataclass
@@ -146,7 +146,7 @@ class _VifCollector(Collector):
             "ncd_vif_rate_delay_seconds", "Time frames from the guest waited for the rate "
             "limit's refill", labels=lab)
         limit = GaugeMetricFamily(
-            "ncd_vif_rate_limit_bits_per_second", "The vif's rate limit in effect (the "
+            "ncd_vif_rate_limit_bytes_per_second", "The vif's rate limit in effect (the "
             "backend entry's rate; 0 = unlimited)", labels=lab)
         state = GaugeMetricFamily("ncd_vif_state", "XenbusState of the vif (1..6)", labels=lab)
         by_state = dict.fromkeys(_STATES, 0)
@@ -164,7 +164,7 @@ class _VifCollector(Collector):
             pages.add_metric(ids, snap.tracked_foreign_pages)
             limited.add_metric(ids, snap.rate_limited_frames)
             delay.add_metric(ids, snap.rate_delay_usec / 1e6)
-            limit.add_metric(ids, snap.rate_bits_per_second)
+            limit.add_metric(ids, snap.rate_bytes_per_second)
             state.add_metric(ids, int(st))
             if st in by_state:
                 by_state[st] += 1

@@ -69,8 +69,8 @@ def test_scrape_over_http(metrics):
         assert got[K("ncd_vif_tracked_foreign_pages", v)] == 3
         assert got[K("ncd_vif_rate_limited_frames_total", v)] == 5
         assert got[K("ncd_vif_rate_delay_seconds_total", v)] == 1.5
-        assert got[K("ncd_vif_rate_limit_bits_per_second", v)] == 100e6
-        assert got[K("ncd_vif_rate_limit_bits_per_second", (("domid", "2"), ("devid", "1")))] == 0
+        assert got[K("ncd_vif_rate_limit_bytes_per_second", v)] == 12.5e6  # 100 Mbit/s
+        assert got[K("ncd_vif_rate_limit_bytes_per_second", (("domid", "2"), ("devid", "1")))] == 0
         assert got[K("ncd_vif_state", v)] == 4
         assert got[K("ncd_vifs", (("state", "Connected"),))] == 1
         assert got[K("ncd_vifs", (("state", "InitWait"),))] == 1
@@ -126,5 +126,5 @@ def test_rate_counters_add_up_across_channels_and_the_limit_is_the_current_one()
     both = old.plus(new)
     assert (both.rate_limited_frames, both.rate_delay_usec) == (5, 15)
     assert (both.rate_bytes, both.rate_usec) == (625_000, 50_000)
-    assert both.rate_bits_per_second == 100e6
-    assert VifCounters().rate_bits_per_second == 0
+    assert both.rate_bytes_per_second == 12.5e6
+    assert VifCounters().rate_bytes_per_second == 0
