@@ -114,3 +114,21 @@ def test_bad_rate_is_one_log_line_and_unlimited(net: Net) -> None:
     write_rate(net, 1, None)  # key removed: unlimited, quietly
     wait_rate(net, 1, None)
     assert len([ln for ln in net.daemons[0].log_text().splitlines() if key in ln]) == 1
+
+
+def test_rate_is_read_at_connect(net: Net) -> None:
+    """A backend that starts with the key already there (here: restarted after a
+    crash, its vifs connect again) limits from the first frame."""
+    value = rate_value(20)
+    write_rate(net, 1, value)
+    wait_rate(net, 1, spec(value))
+    old = net.daemons[0]
+    net.kill9(old)
+    new = net.restart(old)
+    net.wait_connected(1, 0, timeout=30)
+    wait_rate(net, 1, spec(value))
+    assert f"rate limit {value} (20 Mbit/s) on what the guest sends" in new.log_text()
+    m = iperf_mbps(net, 1, 0, dom0_ip(1))
+    assert m <= 1.10 * 20, f"limited to 20 Mbit/s from the start, measured {m:.1f}"
+    write_rate(net, 1, None)
+    wait_rate(net, 1, None)
