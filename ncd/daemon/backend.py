@@ -38,6 +38,7 @@ class BackendVif(Vif):
     def __init__(self, ctx: VifContext, guest: int, devid: int) -> None:
         super().__init__(ctx, guest, devid)
         self.view: layout.BackendView | None = None
+        self.vifname: str | None = None  # the entry's vifname (libxl's), else ncvif<d>.<n>
         # The frontend (re)published its vchan since we last set up. Needed because a
         # frontend reconnecting to a restarted backend writes Initialising then Connected
         # at once: reading the level, we may only ever see the stale "Connected".
@@ -65,7 +66,9 @@ class BackendVif(Vif):
     @property
     def ifname(self) -> str:
         sw = self.switch
-        return f"switch:{sw}" if sw else layout.backend_ifname(self.guest, self.devid)
+        if sw:
+            return f"switch:{sw}"
+        return self.vifname or layout.backend_ifname(self.guest, self.devid)
 
     @property
     def switch(self) -> str | None:
@@ -79,6 +82,7 @@ class BackendVif(Vif):
 
     def _load(self) -> None:
         self.view = layout.read_backend(self.xs, self.ctx.domid, self.guest, self.devid)
+        self.vifname = layout.read_vifname(self.xs, self.ctx.domid, self.guest, self.devid)
         self.machine.online = self.view.online
 
     def _tap_settings(self) -> TapSettings:

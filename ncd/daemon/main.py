@@ -28,6 +28,7 @@ from ncd.sdnotify import SdNotifier
 from ncd.xen.xenstore import XenStore
 
 from . import backend, frontend
+from .declared import DeclaredVifs
 from .discovery import Devices, Discovery
 from .service import ControlHandler, VifTable
 from .switches import SwitchRegistry
@@ -111,6 +112,11 @@ class Daemon:
                 loop.create_task(Discovery(ctx, self.table, d).run(), name=f"{d.role} discovery")
                 for d in roles
             ]
+            if backs and self.config.vifs:  # [[vif]]: attached by domain name
+                vifs = DeclaredVifs(xs, domid, self.config.vifs)
+                role_tasks.append(loop.create_task(vifs.run(), name="declared vifs"))
+            elif self.config.vifs:
+                log.warning("[[vif]] tables ignored: only a backend attaches declared vifs")
             tasks.extend(role_tasks)
             tasks.append(loop.create_task(self._status_loop()))
             interval = self.notifier.watchdog_interval
