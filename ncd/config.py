@@ -13,6 +13,9 @@ File format (every key optional; unknown sections/keys are errors naming the key
 
     [backend]
     bridge = "xenbr0"                   # default bridge for vifs that name none ("" = none)
+    ovs_db = ""                         # Open vSwitch database of OVS bridges (ovs-vsctl
+                                        # --db, e.g. "unix:/run/ovs/db.sock"; "" = its
+                                        # default, /var/run/openvswitch/db.sock)
 
     [frontend]
     ifname = "nc{devid}"                # TAP name template in the guest
@@ -99,6 +102,7 @@ class MetricsSection:
 @dataclass(frozen=True)
 class BackendSection:
     bridge: str = ""
+    ovs_db: str = ""
 
 
 @dataclass(frozen=True)
@@ -213,9 +217,11 @@ def _validate(where: str, cfg: Config) -> None:
         raise bad("metrics.port", f"{cfg.metrics.port} is not a TCP port")
     if cfg.backend.bridge:
         try:
-            parse.ifname("backend.bridge", cfg.backend.bridge)
+            parse.bridge("backend.bridge", cfg.backend.bridge)
         except BadEntry as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    if cfg.backend.ovs_db and not cfg.backend.ovs_db.startswith(("unix:", "tcp:", "ssl:")):
+        raise bad("backend.ovs_db", f"{cfg.backend.ovs_db!r} is not unix:FILE, tcp:... or ssl:...")
     try:
         name = cfg.frontend.ifname.format(devid=65535)
         if "{devid}" not in cfg.frontend.ifname:

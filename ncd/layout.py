@@ -163,7 +163,7 @@ class VifSpec:
         object.__setattr__(self, "mac", parse.mac("mac", self.mac))
         parse.mtu("mtu", str(self.mtu))
         if self.bridge is not None:
-            parse.ifname("bridge", self.bridge)
+            parse.bridge("bridge", self.bridge)
         if self.switch is not None:
             parse.switch_name("switch", self.switch)
             if self.bridge is not None:
@@ -380,7 +380,7 @@ def read_backend(store: StoreOps, be: int, fe: int, devid: int) -> BackendView:
         online=parse.flag(f"{base}/online", get("online")),
         mac=parse.mac(f"{base}/mac", get("mac")),
         mtu=parse.mtu(f"{base}/mtu", get("mtu")),
-        bridge=None if bridge_raw in (None, b"") else parse.ifname(f"{base}/bridge", bridge_raw),
+        bridge=None if bridge_raw in (None, b"") else parse.bridge(f"{base}/bridge", bridge_raw),
         handle=handle,
         switch=None if switch_raw in (None, b"") else parse.switch_name(f"{base}/switch",
                                                                         switch_raw),

@@ -112,6 +112,7 @@ struct ncd_switch_port_stats {
     uint64_t gso_segments;           /* tx: segments software GSO produced for this port */
     uint64_t drop_bad_headers;       /* rx: GSO frames whose headers are malformed (IP
                                         version/IHL/length, TCP/UDP header, protocol) */
+    uint64_t notify_spurious;        /* events that carried no work (late EOI, vchan_eoi.c) */
     uint64_t rate_limited;           /* rx: frames that waited for the rate limit's refill */
     uint64_t rate_delay_usec;        /* rx: microseconds those frames waited */
 };

@@ -38,6 +38,7 @@ def pump_counters(s: PumpStats, tracked: int = 0, rate: Rate = UNLIMITED) -> Vif
         ring_full_waits=s.ring_full_waits,
         notifications_sent=s.notify_sent,
         notifications_received=s.notify_recv,
+        notifications_spurious=s.notify_spurious,
         tracked_foreign_pages=tracked,
         rate_limited_frames=s.rate_limited,
         rate_delay_usec=s.rate_delay_usec,

@@ -45,6 +45,7 @@ def port_counters(s: PortStats, tracked: int = 0, rate: Rate = UNLIMITED) -> Vif
             "filtered_same_port": s.filtered_same_port,
             "no_destination": s.no_destination,
         },
+        notifications_spurious=s.notify_spurious,
         tracked_foreign_pages=tracked,
         rate_limited_frames=s.rate_limited,
         rate_delay_usec=s.rate_delay_usec,

@@ -64,6 +64,7 @@ class PumpStats:
     tx_batches: int = 0
     rx_batches: int = 0
     spoofed_source: int = 0
+    notify_spurious: int = 0  # events that carried no work (late EOI)
     rate_limited: int = 0  # rx frames that waited for the rate limit's refill
     rate_delay_usec: int = 0  # microseconds they waited
 
