@@ -517,7 +517,8 @@ class Lab:
         rep["ncctl_stats_driver"] = self.try_on(g1, "ncctl stats 2>&1").out[-3000:]
         rep["driver_log"] = self.try_on(g1, "tail -n 40 /var/log/ncd-driver.log").out[-4000:]
         ok = fwd_ok([rep["ping_2_to_dom0"], rep["ping_dom0_to_2"]], rep["tcp"])
-        return ok, rep
+        rep["driver_release"] = self.driver_release(g1, g2, 1)
+        return ok and rep["driver_release"]["ok"], rep
 
     def tcp_between(self, src: int, dst: int, addr: str, mb: int, port: int) -> dict[str, Any]:
         """``mb`` MB over TCP from domain ``src`` to ``dst`` (at ``addr``); sha256 both ends."""
@@ -574,11 +575,8 @@ class Lab:
         d = self.guest_id
         if self.domid2 is not None:
             # guest 2 first: its vifs may be backed by guest 1's driver
-            g2 = self.domid2
             self.dom0(f"xl destroy {GUEST2_NAME}", 120, "xl destroy guest 2")
             self.domid2 = None
-            if self.daemons.get(d, ("",))[0] == "driver":
-                self.observe_driver_release(d, g2)
         self.dom0(f"xl destroy {GUEST_NAME}", 120, "xl destroy")
         if expect_backend_cleanup:
             # every TAP of this guest (ncvif<d>.<devid>) and its backend entries must go
@@ -588,19 +586,30 @@ class Lab:
                       "backend cleanup after xl destroy")
         self.domid = None
 
-    def observe_driver_release(self, drv: int, gone: int, secs: int = 30) -> None:
-        """Observation, not a check: does the driver domain notice that the domain it
-        backed is gone (``@releaseDomain`` on real Xen) and remove its backend entries?"""
+    def driver_release(self, drv: int, gone: int, devid: int, secs: int = 30) -> dict[str, Any]:
+        """The end of the driver-hop scenario: ``xl destroy`` of the guest the driver
+        domain backs. Reads under the gone guest's home are then EACCES for the driver
+        (docs/lab.md); its daemon must keep running, remove the backend entries it owns
+        (``backend/ncvif/<gone>/<devid>``; the directory above is dom0's) within ``secs``
+        and log no traceback. Guest 2 is gone afterwards: driver-hop is the last step
+        that uses it."""
+        self.dom0(f"xl destroy {GUEST2_NAME}", 120, "xl destroy guest 2")
+        self.domid2 = None
+        self.vifs = {v for v in self.vifs if v[1] != gone}
         t0 = time.monotonic()
-        r = self.c.run(f"i=0; while xenstore-read /local/domain/{drv}/backend/ncvif/{gone} "
-                       f">/dev/null 2>&1; do i=$((i+1)); [ $i -gt {secs * 5} ] && exit 1; "
-                       "sleep 0.2; done", secs + 30)
-        rec = {"backend_entries_removed": r.ok, "secs": round(time.monotonic() - t0, 1),
-               "driver_log": self.try_on(drv, "tail -n 25 /var/log/ncd-driver.log; "
-                                              "ps | grep -c '[n]cd driver'").out}
-        self.report["driver_release"] = rec
-        log(f"driver domain {drv} after xl destroy of domain {gone}: backend entries "
-            f"{'removed' if r.ok else 'still there'} after {rec['secs']}s")
+        entry = f"/local/domain/{drv}/backend/ncvif/{gone}/{devid}"
+        r = self.c.run(f"i=0; while xenstore-read {entry} >/dev/null 2>&1; do "
+                       f"i=$((i+1)); [ $i -gt {secs * 5} ] && exit 1; sleep 0.2; done", secs + 30)
+        pid = self.daemons[drv][1]
+        alive = self.try_on(drv, f"[ -e /proc/{pid} ] && "
+                                 f"[ \"$(sed 's/.*) //' /proc/{pid}/stat | cut -c1)\" != Z ]")
+        clean = self.try_on(drv, "! grep -q Traceback /var/log/ncd-driver.log")
+        rec = {"ok": r.ok and alive.ok and clean.ok, "backend_entries_removed": r.ok,
+               "daemon_running": alive.ok, "log_without_traceback": clean.ok,
+               "secs": round(time.monotonic() - t0, 1),
+               "driver_log": self.try_on(drv, "tail -n 25 /var/log/ncd-driver.log").out}
+        log(f"driver domain {drv} after xl destroy of domain {gone}: {rec}")
+        return rec
 
     def collect_logs(self, dest: Path) -> None:
         """Everything worth reading after a run (best effort; dom0 may be gone)."""
@@ -689,6 +698,13 @@ def scenario_line(name: str, ok: bool, secs: float, details: dict[str, Any],
             f"FAILED {t.get('bytes_received', 0)}/{t.get('bytes', 0)} B"
         parts.append(f"tcp {t.get('from')}->{t.get('to')} {t.get('bytes', 0) >> 20} MB "
                      f"sha256 {state}")
+    rel = details.get("driver_release")
+    if rel:
+        missed = [what for key, what in (("backend_entries_removed", "entries kept"),
+                                         ("daemon_running", "daemon stopped"),
+                                         ("log_without_traceback", "traceback")) if not rel[key]]
+        parts.append(f"driver release {'FAILED (' + ', '.join(missed) + ')' if missed else 'OK'}"
+                     f" {rel['secs']:g}s after xl destroy")
     if error:
         parts.append("error: " + " ".join(error.split())[:300])
     return ", ".join(parts)

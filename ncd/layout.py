@@ -110,6 +110,21 @@ def read_optional(store: StoreOps, path: str) -> bytes | None:
         raise
 
 
+def read_peer(store: StoreOps, path: str) -> bytes | None:
+    """The value at ``path`` in a peer domain's home, or None if it does not exist or is
+    not ours to read. Once a domain is gone, Xen's xenstored answers anyone but dom0
+    ``EACCES``, not ``ENOENT``, for its paths: it checks the nearest existing ancestor,
+    ``/local/domain``, which only dom0 may read (docs/lab.md). So in a driver domain
+    ``EACCES`` under a frontend's home means "gone"; a live peer that denies us its
+    directory only detaches itself."""
+    try:
+        return store.read_bytes(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EACCES):
+            return None
+        raise
+
+
 def list_optional(store: StoreOps, path: str) -> list[str]:
     try:
         return store.directory(path)

@@ -3,14 +3,19 @@
 Messages are datagrams of ``KEY=VALUE`` lines sent to ``$NOTIFY_SOCKET`` (a
 filesystem path, or an abstract socket written ``@name``). Without
 ``NOTIFY_SOCKET`` (not started by systemd with Type=notify) every call is a
-no-op, so the daemon can call them unconditionally.
+no-op, so the daemon can call them unconditionally. A send never blocks and never
+raises: a manager that does not read (its queue full) or is gone costs the message,
+with one warning until a send succeeds again, never the daemon's event loop.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
+
+log = logging.getLogger("ncd.sdnotify")
 
 
 class SdNotifier:
@@ -27,6 +32,7 @@ class SdNotifier:
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self._watchdog_usec = int(usec)
         self._sock: socket.socket | None = None
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -40,7 +46,8 @@ class SdNotifier:
         return self._watchdog_usec / 2e6
 
     def notify(self, **fields: str | int) -> bool:
-        """Send ``KEY=VALUE`` lines (keys upper-cased); False if there is no socket."""
+        """Send ``KEY=VALUE`` lines (keys upper-cased); False if there is no socket or
+        the message could not be sent."""
         if self._addr is None:
             return False
         lines = []
@@ -51,7 +58,14 @@ class SdNotifier:
             lines.append(f"{key.upper()}={text}")
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._sock.sendto("\n".join(lines).encode(), self._addr)
+        try:
+            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self._addr)
+        except OSError as exc:  # EAGAIN: not reading; ECONNREFUSED/ENOENT: gone
+            if not self._failing:
+                log.warning("sd_notify: %s (messages dropped until one gets through)", exc)
+            self._failing = True
+            return False
+        self._failing = False
         return True
 
     def ready(self, status: str | None = None) -> bool:

@@ -203,7 +203,7 @@ class BackendVif(Vif):
             log.info("%s: the toolstack closes the device", self.name)
             acts += self.machine.toolstack_close()
         elif st == XenbusState.INIT_WAIT and self._published:
-            fe = layout.read_optional(self.xs, f"{self.peer_dir}/state")
+            fe = self._read_peer_state()
             if layout.state_of(fe) is XenbusState.CONNECTED:  # with a fresh vchan: set up again
                 self._published = False
                 acts += self.machine.peer_changed(fe, self._now())
@@ -232,7 +232,7 @@ def devices(ctx: VifContext) -> Devices:
         fe, devid = key
         if layout.read_optional(xs, f"{layout.backend_dir(be, fe, devid)}/online") != b"1":
             return False
-        return layout.read_optional(xs, layout.frontend_dir(fe, devid)) is not None
+        return layout.read_peer(xs, layout.frontend_dir(fe, devid)) is not None
 
     return Devices(
         role="backend",
@@ -258,21 +258,26 @@ async def forget_ovs_ports(ctx: VifContext, taps: list[str]) -> None:
 
 
 def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
-    """Remove the backend entries of frontend domains that are gone; poke their vifs."""
+    """Remove the backend entries of frontend domains that are gone; poke their vifs.
+
+    Each device's directory is ours (``n<be>``, as libxl makes it) and goes. The
+    per-domain directory above them was made by the toolstack's write: dom0 removes
+    it; a driver domain may not (``EACCES``) and leaves it to the toolstack."""
     xs = ctx.xs
     root = layout.backend_root(ctx.domid)
-    for name in layout.list_optional(xs, root):
-        try:
-            fe = parse.domid(root, name)
-        except parse.BadEntry:
-            continue
+    devices: dict[int, list[int]] = {}
+    for fe, devid in layout.list_backend_devices(xs, ctx.domid):
+        devices.setdefault(fe, []).append(devid)
+    for fe, devids in devices.items():
         if frontend_alive(xs, ctx.domid, fe):
             continue
         log.info("domain %d is gone: removing its ncvif backend entries", fe)
-        try:
-            xs.rm(f"{root}/{fe}", missing_ok=True)
-        except OSError as exc:
-            log.warning("removing %s/%d: %s", root, fe, exc)
+        for path in [*(f"{root}/{fe}/{devid}" for devid in devids), f"{root}/{fe}"]:
+            try:
+                xs.rm(path, missing_ok=True)
+            except OSError as exc:
+                if not (exc.errno == errno.EACCES and path == f"{root}/{fe}"):
+                    log.warning("removing %s: %s", path, exc)
         for vif in table.vifs():
             if vif.guest == fe:
                 vif.poke("domain gone")
@@ -281,15 +286,16 @@ def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
 def frontend_alive(xs: Any, be: int, fe: int) -> bool:
     """Whether domain ``fe`` still exists. dom0 reads ``/local/domain/<fe>``; a driver
     domain may not (EACCES, as on Xen), so there it is alive while one of its device
-    directories for us (readable by their backend) still exists: the toolstack
-    removes them with the domain."""
+    directories for us (readable by their backend) can still be read: the toolstack
+    removes them with the domain, and once the domain is gone reading there is EACCES
+    too (:func:`ncd.layout.read_peer`)."""
     try:
         return layout.domain_exists(xs, fe)
     except OSError as exc:
         if exc.errno != errno.EACCES:
             raise
     return any(
-        layout.read_optional(xs, layout.frontend_dir(f, devid)) is not None
+        layout.read_peer(xs, layout.frontend_dir(f, devid)) is not None
         for f, devid in layout.list_backend_devices(xs, be)
         if f == fe
     )

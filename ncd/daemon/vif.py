@@ -376,7 +376,7 @@ class Vif(abc.ABC):
             await self._fail_locally(f"internal error: {exc}")
 
     def _read_peer_state(self) -> bytes | None:
-        return layout.read_optional(self.xs, f"{self.peer_dir}/state")
+        return layout.read_peer(self.xs, f"{self.peer_dir}/state")
 
     # ---- time: the machine's clock is the loop's -----------------------------------
     def _now(self) -> float:

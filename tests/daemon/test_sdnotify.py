@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import pytest
 
@@ -64,3 +65,24 @@ def test_watchdog_for_another_pid_is_ignored(listener):
     assert n.watchdog_interval is None
     n2 = SdNotifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "x"})
     assert n2.watchdog_interval is None
+
+
+def test_a_manager_that_does_not_read_or_is_gone_never_blocks_or_raises(tmp_path, caplog):
+    """A full receive queue (the manager not reading) would block a blocking sendto,
+    and with it the daemon's event loop; a closed socket raised ECONNREFUSED into
+    whatever called status() (it ended the frontend's discovery). Both now drop."""
+    path = str(tmp_path / "deaf.sock")
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(path)
+    n = SdNotifier({"NOTIFY_SOCKET": path})
+    sent: list[bool] = []
+    t = threading.Thread(target=lambda: sent.extend(n.watchdog() for _ in range(2000)), daemon=True)
+    t.start()  # 2000: far beyond any max_dgram_qlen
+    t.join(30)
+    assert not t.is_alive(), "sd_notify blocked on a manager that does not read"
+    assert sent[0] and not sent[-1]
+    deaf.close()
+    assert n.status("gone") is False
+    warnings = [r for r in caplog.records if r.name == "ncd.sdnotify"]
+    assert len(warnings) == 1, warnings
+    n.close()

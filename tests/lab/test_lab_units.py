@@ -152,6 +152,14 @@ def test_scenario_line():
     assert line == ("lab: scenario switch: FAILED (61.25s), ping_1_to_2 5/5 avg 21.5ms, "
                     "ping_2_to_1 4/5, tcp 1->2 4 MB sha256 17.2 Mbit/s, "
                     "tcp 2->1 4 MB sha256 FAILED 4096/4194304 B")
+    rel = {"ok": False, "backend_entries_removed": True, "daemon_running": False,
+           "log_without_traceback": False, "secs": 30.5}
+    line = scenario.scenario_line("driver-hop", False, 40, {"driver_release": rel})
+    assert line == ("lab: scenario driver-hop: FAILED (40s), driver release FAILED "
+                    "(daemon stopped, traceback) 30.5s after xl destroy")
+    rel.update(ok=True, daemon_running=True, log_without_traceback=True, secs=1.2)
+    line = scenario.scenario_line("driver-hop", True, 40, {"driver_release": rel})
+    assert line.endswith(": OK (40s), driver release OK 1.2s after xl destroy")
     err = scenario.scenario_line("driver-hop", False, 3, {}, "ncctl attach failed:\n  EACCES")
     assert err == "lab: scenario driver-hop: FAILED (3s), error: ncctl attach failed: EACCES"
     assert "\n" not in err

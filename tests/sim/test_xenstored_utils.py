@@ -107,6 +107,29 @@ def test_domu_cannot_touch_another_home(xenstored: XenstoredProcess) -> None:
     assert xs(x, 0, "xenstore-ls", "-p", "/local/domain/2/data").stdout.split()[-1] == "(n2)"
 
 
+def test_destroyed_domain_paths_are_eacces_for_its_driver_domain(
+    xenstored: XenstoredProcess,
+) -> None:
+    """As Xen 4.17's xenstored (docs/lab.md): once domain 2's home is removed, domain 1
+    (which backed its vif) reading there gets EACCES, the nearest existing ancestor
+    being /local/domain (n0); dom0 gets ENOENT; a missing node in domain 1's own home
+    stays ENOENT."""
+    x = xenstored
+    make_guest(x, 1)
+    make_guest(x, 2)
+    dev = "/local/domain/2/device/ncvif/0"
+    xs(x, 0, "xenstore-write", dev, "")
+    xs(x, 0, "xenstore-chmod", dev, "n2", "r1")  # libxl's frontend perms
+    xs(x, 0, "xenstore-write", f"{dev}/state", "4")
+    assert xs(x, 1, "xenstore-read", f"{dev}/state").stdout == "4\n"
+    x.release(2)
+    xs(x, 0, "xenstore-rm", "/local/domain/2")
+    for path in (f"{dev}/state", dev, "/local/domain/2"):
+        assert error(x, 1, "read", path) == "EACCES", path
+        assert error(x, 0, "read", path) == "ENOENT", path
+    assert error(x, 1, "read", "/local/domain/1/nothing") == "ENOENT"
+
+
 def test_chmod_grants_and_owner_rules(xenstored: XenstoredProcess) -> None:
     x = xenstored
     make_guest(x, 1)
