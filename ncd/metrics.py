@@ -12,6 +12,12 @@ Exposed (base units; ``direction`` is relative to this daemon's vchan:
     ncd_vif_bytes_total{domid,devid,direction}             counter
     ncd_vif_drops_total{domid,devid,reason}                counter
     ncd_vif_ring_full_waits_total{domid,devid}             counter
+    ncd_vif_rate_limited_frames_total{domid,devid}         counter (frames from the guest
+    ncd_vif_rate_delay_seconds_total{domid,devid}          counter  that waited for the
+                                                           ``rate`` limit's refill, and
+                                                           how long they waited)
+    ncd_vif_rate_limit_bytes_per_second{domid,devid}       gauge (the ``rate`` in effect;
+                                                           0 = unlimited)
     ncd_vif_notifications_total{domid,devid,direction}     counter (sent / received)
     ncd_vif_tracked_foreign_pages{domid,devid}             gauge
     ncd_vif_state{domid,devid}                             gauge (XenbusState 1..6)
@@ -71,9 +77,13 @@ class VifCounters:
     watch_backoffs: int = 0  # times the peer's watch was dropped a while (its events idle)
     channel_setups: int = 0  # channels brought up (a flapping peer shows here)
     tracked_foreign_pages: int = 0
+    rate_limited_frames: int = 0  # frames from the guest that waited for the rate limit
+    rate_delay_usec: int = 0  # how long they waited, microseconds
+    rate_bytes: int = 0  # the rate in effect (gauge): bytes per interval, 0 = unlimited
+    rate_usec: int = 0  # its interval, microseconds
 
     def plus(self, other: VifCounters) -> VifCounters:
-        """Counters summed (drops by reason); the gauge is ``other``'s (the current one)."""
+        """Counters summed (drops by reason); the gauges are ``other``'s (the current one)."""
         drops = dict(self.drops)
         for reason, n in other.drops.items():
             drops[reason] = drops.get(reason, 0) + n
@@ -91,7 +101,18 @@ class VifCounters:
             watch_backoffs=self.watch_backoffs + other.watch_backoffs,
             channel_setups=self.channel_setups + other.channel_setups,
             tracked_foreign_pages=other.tracked_foreign_pages,
+            rate_limited_frames=self.rate_limited_frames + other.rate_limited_frames,
+            rate_delay_usec=self.rate_delay_usec + other.rate_delay_usec,
+            rate_bytes=other.rate_bytes,
+            rate_usec=other.rate_usec,
         )
+
+    @property
+    def rate_bytes_per_second(self) -> float:
+        """The rate in effect, 0 = unlimited."""
+        if not self.rate_bytes or not self.rate_usec:
+            return 0.0
+        return self.rate_bytes * 1_000_000 / self.rate_usec
 
 
 @dataclass
@@ -144,6 +165,15 @@ class _VifCollector(Collector):
         pages = GaugeMetricFamily(
             "ncd_vif_tracked_foreign_pages", "Foreign pages in the tracker for this vif", labels=lab
         )
+        limited = CounterMetricFamily(
+            "ncd_vif_rate_limited_frames", "Frames from the guest that waited for the rate "
+            "limit's refill", labels=lab)
+        delay = CounterMetricFamily(
+            "ncd_vif_rate_delay_seconds", "Time frames from the guest waited for the rate "
+            "limit's refill", labels=lab)
+        limit = GaugeMetricFamily(
+            "ncd_vif_rate_limit_bytes_per_second", "The vif's rate limit in effect (the "
+            "backend entry's rate; 0 = unlimited)", labels=lab)
         state = GaugeMetricFamily("ncd_vif_state", "XenbusState of the vif (1..6)", labels=lab)
         by_state = dict.fromkeys(_STATES, 0)
         for vif, snap, st in self._m._snapshots():
@@ -162,6 +192,9 @@ class _VifCollector(Collector):
             backoffs.add_metric(ids, snap.watch_backoffs)
             setups.add_metric(ids, snap.channel_setups)
             pages.add_metric(ids, snap.tracked_foreign_pages)
+            limited.add_metric(ids, snap.rate_limited_frames)
+            delay.add_metric(ids, snap.rate_delay_usec / 1e6)
+            limit.add_metric(ids, snap.rate_bytes_per_second)
             state.add_metric(ids, int(st))
             if st in by_state:
                 by_state[st] += 1
@@ -169,7 +202,7 @@ class _VifCollector(Collector):
         for st, n in by_state.items():
             vifs.add_metric([st.label], n)
         yield from (frames, nbytes, drops, waits, notes, spurious, coalesced, backoffs)
-        yield from (setups, pages, state, vifs)
+        yield from (setups, pages, limited, delay, limit, state, vifs)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

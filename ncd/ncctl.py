@@ -363,6 +363,7 @@ def cmd_stats(args: argparse.Namespace, client: ControlClient, out: TextIO) -> N
             "RING_FULL",
             "NOTIFY_TX",
             "NOTIFY_RX",
+            "RATE_WAITS",
         ]
     ]
     for v in _vifs(result):
@@ -386,6 +387,7 @@ def cmd_stats(args: argparse.Namespace, client: ControlClient, out: TextIO) -> N
                 str(v.get("ring_full_waits", 0)),
                 str(v.get("notifications_sent", 0)),
                 str(v.get("notifications_received", 0)),
+                str(v.get("rate_limited_frames", 0)),
             ]
         )
     _table(rows, out)

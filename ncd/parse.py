@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import NamedTuple
 
 DOMID_FIRST_RESERVED = 0x7FF0  # xen/include/public/xen.h: DOMID_SELF and up
 DOMID_MAX = DOMID_FIRST_RESERVED - 1  # the largest domid of a real domain
@@ -25,6 +26,8 @@ EVTCHN_PORT_MAX = (1 << 17) - 1  # FIFO event-channel ABI limit
 IPS_MAX = 16  # addresses one vif may be locked to (anti-spoofing)
 VALUE_MAX = 4096  # XENSTORE_PAYLOAD_MAX: nothing legitimate is longer
 UINT_DIGITS = 10  # enough for any uint32
+RATE_BYTES_MAX = (1 << 64) - 1  # libxl's rate_bytes_per_interval is a uint64
+RATE_USEC_MAX = (1 << 32) - 1  # libxl's rate_interval_usecs is a uint32
 
 Raw = bytes | str | None
 
@@ -200,3 +203,40 @@ def exact(key: str, raw: Raw, expected: str) -> str:
     if value != expected:
         raise BadEntry(f"{key}: {value[:120]!r} is not {expected!r}")
     return value
+
+
+class Rate(NamedTuple):
+    """A vif's rate limit as libxl writes it (``rate`` = ``BYTES,USEC``): a credit of
+    ``bytes`` per interval of ``usec`` microseconds; 0 in either = unlimited."""
+
+    bytes: int = 0
+    usec: int = 0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.bytes == 0 or self.usec == 0
+
+    def bits_per_second(self) -> float:
+        return 0.0 if self.unlimited else self.bytes * 8 * 1_000_000 / self.usec
+
+    def __str__(self) -> str:
+        if self.unlimited:
+            return "unlimited"
+        return f"{self.bytes},{self.usec} ({self.bits_per_second() / 1e6:.6g} Mbit/s)"
+
+
+UNLIMITED = Rate()
+
+
+def rate(key: str, raw: Raw) -> Rate:
+    """The backend entry's ``rate``: ``BYTES,USEC`` (decimal digits only, as libxl
+    writes ``rate_bytes_per_interval,rate_interval_usecs``; netback reads it with
+    strtoul); absent = unlimited. BYTES fits a uint64, USEC a uint32."""
+    if raw is None:
+        return UNLIMITED
+    value = text(key, raw, max_len=UINT_DIGITS + 1 + 20)
+    head, comma, tail = value.partition(",")
+    if not comma:
+        raise BadEntry(f"{key}: not BYTES,USEC: {value[:32]!r}")
+    return Rate(uint(key, head, 0, RATE_BYTES_MAX, max_digits=20, what="BYTES,USEC"),
+                uint(key, tail, 0, RATE_USEC_MAX, what="BYTES,USEC"))

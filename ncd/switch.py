@@ -89,6 +89,8 @@ class PortStats:
     drop_bad_headers: int = 0
     notify_spurious: int = 0  # events that carried no work (late EOI)
     ring_full_waits: int = 0
+    rate_limited: int = 0  # rx frames that waited for the rate limit's refill
+    rate_delay_usec: int = 0  # microseconds they waited
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class Switch:
 
     # -- ports -------------------------------------------------------------------------
     def _add(self, vchan: Any, fd: int, domid: int, mac: str | bytes, trunk: bool,
-             negotiated: Negotiated | None, ips: Iterable[str]) -> int:
+             negotiated: Negotiated | None, ips: Iterable[str],
+             rate: tuple[int, int] = (0, 0)) -> int:
         neg = negotiated or Negotiated(Features.ALL, Features.ALL, ETH_MAX)
         v4 = [ipaddress.ip_address(a) for a in ips]
         four = [a.packed for a in v4 if a.version == 4]
@@ -199,6 +202,7 @@ class Switch:
             pc.ipv4[i] = list(a)
         for i, a in enumerate(six):
             pc.ipv6[i] = list(a)
+        pc.rate_bytes, pc.rate_usec = rate
         err = ffi.new("char[]", ERRLEN)
         port = lib.ncd_switch_add_port(self._h(), pc, err, ERRLEN)
         if port < 0:
@@ -208,13 +212,15 @@ class Switch:
 
     def add_vchan(self, vchan: Any, *, domid: int, mac: str | bytes = b"\0" * 6,
                   trunk: bool = False, negotiated: Negotiated | None = None,
-                  ips: Iterable[str] = ()) -> int:
+                  ips: Iterable[str] = (), rate: tuple[int, int] = (0, 0)) -> int:
         """A vchan port (mapped or granted, found from the tracker); returns its id.
 
         ``domid`` is the domain on the other side; ``mac``/``ips`` what it may send
-        with unless ``trunk``. Keep the vchan open until :meth:`remove_port` returned.
+        with unless ``trunk``; ``rate`` = (bytes, usec) limits what it sends (0 =
+        unlimited; :meth:`set_port_rate`). Keep the vchan open until
+        :meth:`remove_port` returned.
         """
-        return self._add(vchan, -1, domid, mac, trunk, negotiated, ips)
+        return self._add(vchan, -1, domid, mac, trunk, negotiated, ips, rate)
 
     def add_tap(self, fd: int, *, domid: int = DOMID_SELF, mac: str | bytes = b"\0" * 6,
                 trunk: bool = True, negotiated: Negotiated | None = None,
@@ -232,6 +238,11 @@ class Switch:
         self._keep.pop(port, None)
         self._reported.discard(port)
         return _stats(st)
+
+    def set_port_rate(self, port: int, nbytes: int, usec: int) -> None:
+        """A vchan port's new rate limit (0 = unlimited), applied live."""
+        if lib.ncd_switch_port_set_rate(self._h(), port, nbytes, usec) < 0:
+            raise SwitchError(ffi.errno, f"no port {port}")
 
     def ports(self) -> list[int]:
         return sorted(self._keep)

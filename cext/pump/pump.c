@@ -54,6 +54,10 @@ struct ncd_pump {
     int rx_waiting_fd; /* rx is waiting for POLLOUT */
     int tx_wait_counted;
     struct ncd_vchan_eoi eoi; /* late EOI of the event channel (vchan_eoi.c) */
+    /* rx rate limit (pump thread only; a new rate arrives through credit_ctl) */
+    struct ncd_credit credit;
+    struct ncd_credit_ctl credit_ctl;
+    uint64_t rate_wake; /* rx waits for the credit until then (DIR_RATE), us */
 };
 
 /* ---- two-iovec ring spans: span.h ------------------------------------ */
@@ -93,7 +97,8 @@ static void hostile(struct ncd_pump *p, const char *what)
 
 /* ---- fd -> ring ------------------------------------------------------------ */
 
-enum { DIR_MORE, DIR_IDLE, DIR_BLOCKED, DIR_FATAL };
+/* DIR_RATE (rx only): the rate limit's credit is spent until p->rate_wake */
+enum { DIR_MORE, DIR_IDLE, DIR_BLOCKED, DIR_FATAL, DIR_RATE };
 
 /* One frame from the fd into iov (<= 3 entries). Returns bytes, 0 = nothing
  * to read now, -1 = fatal (state set). *trunc tells a socket truncated it. */
@@ -305,6 +310,27 @@ static void bad_record(struct ncd_pump *p, uint32_t rec_len, int err)
               ncd_frame_err_name(err));
 }
 
+/* The rate limit for this rx run: a posted change applied, the clock read once
+ * (0 = unlimited: no clock read, no credit taken). */
+static uint64_t rx_credit_now(struct ncd_pump *p)
+{
+    uint64_t now = 0;
+
+    if (ncd_credit_ctl_changed(&p->credit_ctl)) {
+        now = ncd_credit_now();
+        ncd_credit_ctl_apply(&p->credit_ctl, &p->credit, now);
+    }
+    if (!ncd_credit_limited(&p->credit))
+        return 0;
+    return now ? now : ncd_credit_now();
+}
+
+static void rx_credit_stats(struct ncd_pump *p)
+{
+    CNT_SET(p, rate_limited, p->credit.waits);
+    CNT_SET(p, rate_delay_usec, p->credit.wait_usec);
+}
+
 /* *remain: complete-or-not bytes left unread in the ring after this run */
 static int rx_run(struct ncd_pump *p, size_t *remain)
 {
@@ -312,6 +338,7 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
     size_t used = 0, done = 0;
     uint32_t frames = 0;
     int ret = DIR_MORE;
+    uint64_t now = rx_credit_now(p);
 
     *remain = 0;
     s.cnt = ncd_vchan_read_iov(p->v, s.iov, p->cfg.read_ring_size);
@@ -341,6 +368,13 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         }
         if (left - NCD_REC_LEN_SIZE < rec_len) {
             ret = DIR_IDLE;
+            break;
+        }
+        /* the guest's transmit credit (netback charges every request, whatever
+         * becomes of it): over it, the record stays in the ring until the refill */
+        if (now && !ncd_credit_take(&p->credit, rec_len - NCD_VNET_HDR_SIZE, now,
+                                    &p->rate_wake)) {
+            ret = DIR_RATE;
             break;
         }
         span_copy_out(&s, used + NCD_REC_LEN_SIZE, vnet, sizeof vnet);
@@ -378,6 +412,8 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         cnt += span_slice(&s, used + NCD_REC_HDR_SIZE + hl, flen - hl, out + cnt);
         int w = fd_write_frame(p, out, cnt, rec_len);
         if (w == 0) {
+            if (now) /* it stays in the ring: charged when it goes */
+                ncd_credit_untake(&p->credit, flen);
             p->rx_waiting_fd = 1;
             CNT_ADD(p, fd_full_waits, 1);
             ret = DIR_BLOCKED;
@@ -390,6 +426,8 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
     }
     commit_part(p, 0, used, &done);
     *remain = s.len - used;
+    if (now)
+        rx_credit_stats(p);
     return ret;
 }
 
@@ -431,6 +469,13 @@ static void *pump_main(void *arg)
         }
         if (tx == DIR_MORE || rx == DIR_MORE)
             continue; /* work left: no sleeping, bounded by progress */
+        /* rate-limited: no notification needed, the refill is the wake-up */
+        int timeout = open == 2 ? 100 : -1;
+        if (rx == DIR_RATE) {
+            timeout = ncd_credit_poll_ms(p->rate_wake, ncd_credit_now());
+            if (timeout == 0)
+                continue;
+        }
 
         /* About to sleep: ask the peer for a notification, then look again so
          * that a commit between our look and the request cannot be missed. */
@@ -483,7 +528,7 @@ static void *pump_main(void *arg)
         if (rx == DIR_BLOCKED)
             pfd[2].events |= POLLOUT;
         /* a server still waiting for its client: look again every 100 ms */
-        int n = poll(pfd, 3, ncd_vchan_eoi_timeout(&p->eoi, open == 2 ? 100 : -1));
+        int n = poll(pfd, 3, ncd_vchan_eoi_timeout(&p->eoi, timeout));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -491,6 +536,12 @@ static void *pump_main(void *arg)
             break;
         }
         CNT_ADD(p, wakeups, 1);
+        if (pfd[0].revents & POLLIN) {
+            uint64_t v; /* a new rate (ncd_pump_set_rate); a stop is the flag */
+            if (read(p->wake_fd, &v, sizeof v) < 0) {
+                /* EAGAIN: already consumed */
+            }
+        }
         if (((pfd[1].revents & POLLIN) && consume_event(p) < 0) ||
             ncd_vchan_eoi_tick(&p->eoi, p->v) < 0) {
             set_state(p, NCD_PUMP_INTERNAL, "event channel: %s", strerror(errno));
@@ -568,6 +619,8 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
     p->wake_fd = p->done_fd = -1;
     p->joined = 1; /* no thread to join until pthread_create succeeds */
     pthread_mutex_init(&p->lock, NULL);
+    ncd_credit_init(&p->credit, cfg->rate_bytes, cfg->rate_usec, ncd_credit_now());
+    ncd_credit_ctl_init(&p->credit_ctl);
 
     if (wsz < NCD_REC_LEN_SIZE + (size_t)p->tx_max_rec) {
         p->bounce = malloc(p->tx_max_rec + 1);
@@ -629,6 +682,7 @@ void ncd_pump_free(struct ncd_pump *p)
     if (p->done_fd >= 0)
         close(p->done_fd);
     pthread_mutex_destroy(&p->lock);
+    ncd_credit_ctl_destroy(&p->credit_ctl);
     free(p->bounce);
     free(p);
 }
@@ -657,4 +711,16 @@ const char *ncd_pump_reason(struct ncd_pump *p)
 int ncd_pump_done_fd(struct ncd_pump *p)
 {
     return p->done_fd;
+}
+
+void ncd_pump_set_rate(struct ncd_pump *p, uint64_t bytes, uint64_t usec)
+{
+    uint64_t one = 1;
+
+    ncd_credit_ctl_post(&p->credit_ctl, bytes, usec);
+    /* after the post: the thread, woken, sees it (the eventfd write/read pair and
+     * the ctl's release/acquire order it) */
+    if (write(p->wake_fd, &one, sizeof one) < 0) {
+        /* cannot fail for our eventfd short of overflow; the change is posted anyway */
+    }
 }

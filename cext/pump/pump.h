@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "../forward/antispoof.h"
+#include "../forward/credit.h"
 #include "frame.h"
 
 struct ncd_vchan;
@@ -40,6 +41,12 @@ struct ncd_pump_config {
      * its ports (cext/forward/antispoof.h); lock.enabled = 0 (the default): none.
      * A frame that breaks it is dropped and counted (spoofed_source). */
     struct ncd_lock lock;
+    /* Rate limit on frames from the peer (ring -> fd: what a guest transmits), a
+     * credit of rate_bytes per rate_usec (cext/forward/credit.h, netback's
+     * credit_bytes/credit_usec); either 0 (the default): unlimited. When the credit
+     * is spent the thread leaves the frames in the ring until the refill (the peer's
+     * ring backs up; nothing is dropped). Changed live by ncd_pump_set_rate(). */
+    uint64_t rate_bytes, rate_usec;
 };
 
 /* Why the thread stopped (ncd_pump_state). */
@@ -71,6 +78,8 @@ struct ncd_pump_stats {
     uint64_t tx_batches, rx_batches; /* commits (each at most one notify) */
     uint64_t spoofed_source;        /* rx frames dropped by the source lock (cfg.lock) */
     uint64_t notify_spurious;       /* events that carried no work (late EOI, vchan_eoi.c) */
+    uint64_t rate_limited;          /* rx frames that waited for the rate limit's refill */
+    uint64_t rate_delay_usec;       /* microseconds those frames waited */
 };
 
 /* Start the thread. Returns 0, or -1 with a message in err. */
@@ -88,6 +97,9 @@ int ncd_pump_state(struct ncd_pump *p);
 const char *ncd_pump_reason(struct ncd_pump *p);
 /* eventfd that becomes readable when the thread ends on its own (for asyncio). */
 int ncd_pump_done_fd(struct ncd_pump *p);
+/* Change the rate limit of a running pump (any thread; bytes or usec 0 = unlimited):
+ * the thread applies it at its next look, woken for it if it sleeps. */
+void ncd_pump_set_rate(struct ncd_pump *p, uint64_t bytes, uint64_t usec);
 
 /* Codec entry points (also used by tests and the fuzzer). */
 /* Write one record (length + vnet header + frame) into out; returns its size,

@@ -44,6 +44,7 @@
 #include <xengnttab.h>
 
 #include "../forward/antispoof.h"
+#include "../forward/credit.h"
 #include "../forward/offload.h"
 #include "../pump/frame.h"
 #include "../tracker/tracker.h"
@@ -105,6 +106,13 @@ struct port {
     struct span r;
     size_t r_used, r_done, r_remain;
     int r_idle; /* the last round stopped at an incomplete record (or nothing) */
+    /* switch thread only: the rate limit on what this port sends (credit.h) */
+    struct ncd_credit credit;
+    int rate_blocked;   /* the last round stopped on a spent credit, until rate_wake */
+    uint64_t rate_wake; /* us */
+    /* under sw->lock: a new rate from ncd_switch_port_set_rate, applied by sync_ports */
+    uint64_t rate_bytes, rate_usec;
+    int rate_posted;
     uint8_t *bounce; /* TAP source: one frame */
     /* switch thread only: full destinations (docs/forwarding.md, "Full destinations") */
     struct port *hold_for; /* source: the full destination its next frame waits for */
@@ -858,6 +866,9 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
     span_init(&s->r, cnt);
     s->r_used = s->r_done = 0;
     sw->cur_src = s;
+    /* the rate limit: the clock read once per round, only when one is set */
+    uint64_t now = ncd_credit_limited(&s->credit) ? ncd_credit_now() : 0;
+    s->rate_blocked = 0;
     while (frames < sw->batch && port_up(s)) {
         size_t left = s->r.len - s->r_used;
         uint8_t lenb[NCD_REC_LEN_SIZE];
@@ -876,6 +887,11 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         }
         if (left - NCD_REC_LEN_SIZE < rec_len) {
             s->r_idle = 1; /* incomplete: the writer has not committed all of it yet */
+            break;
+        }
+        if (now && !ncd_credit_take(&s->credit, rec_len - NCD_VNET_HDR_SIZE, now,
+                                    &s->rate_wake)) {
+            s->rate_blocked = 1; /* left in the ring until the refill */
             break;
         }
         span_copy_out(&s->r, s->r_used + NCD_REC_LEN_SIZE, f.vnet, NCD_VNET_HDR_SIZE);
@@ -906,6 +922,10 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
     s->r_remain = s->r.len - s->r_used;
     if (frames)
         CNT(s, batches, 1);
+    if (now) {
+        ST(&s->st.rate_limited, s->credit.waits);
+        ST(&s->st.rate_delay_usec, s->credit.wait_usec);
+    }
     return frames;
 }
 
@@ -993,6 +1013,10 @@ static void sync_ports(struct ncd_switch *sw, uint32_t *seen)
             }
             continue;
         }
+        if (p->rate_posted) { /* ncd_switch_port_set_rate, under the lock */
+            ncd_credit_set(&p->credit, p->rate_bytes, p->rate_usec, ncd_credit_now());
+            p->rate_posted = 0;
+        }
         sw->active[sw->nactive++] = p;
     }
     /* a hold for a port being removed ends (p is freed only after our unlock) */
@@ -1038,6 +1062,8 @@ static int work_seen(struct ncd_switch *sw)
             int64_t room = port_up(p->hold_for) ? ncd_vchan_peek_space(p->hold_for->v) : 1;
             if (room < 0 || (uint64_t)room >= p->hold_need)
                 return 1;
+        } else if (p->rate_blocked) {
+            continue; /* its refill ends the wait, not its peer's data: no spinning */
         } else if (ncd_vchan_is_open(p->v) == 1) {
             int64_t r = ncd_vchan_peek_data(p->v);
             if (r < 0 || (uint64_t)r > p->r_remain)
@@ -1148,6 +1174,12 @@ static void *switch_main(void *arg)
                     uint64_t left = p->hold_until > sw->now ? p->hold_until - sw->now : 0;
                     if (left + 1 < (uint64_t)timeout)
                         timeout = (int)left + 1;
+                } else if (p->rate_blocked) { /* no notification needed: the refill wakes us */
+                    int t = ncd_credit_poll_ms(p->rate_wake, ncd_credit_now());
+                    if (t == 0)
+                        again = 1;
+                    else if (t < timeout)
+                        timeout = t;
                 } else if (ncd_vchan_is_open(p->v) == 1) {
                     ncd_vchan_request_notify(p->v, 0, 1);
                     ssize_t r = ncd_vchan_data_ready(p->v);
@@ -1319,6 +1351,7 @@ int ncd_switch_add_port(struct ncd_switch *sw, const struct ncd_switch_port_conf
     memcpy(p->lock.ipv6, pc->ipv6, sizeof pc->ipv6);
     p->v = pc->vchan;
     p->fd = p->evfd = -1;
+    ncd_credit_init(&p->credit, pc->rate_bytes, pc->rate_usec, ncd_credit_now());
     p->max_frame = pc->max_frame ? pc->max_frame : NCD_ETH_MAX;
     if (p->v) {
         p->evfd = ncd_vchan_fd(p->v);
@@ -1417,6 +1450,29 @@ int ncd_switch_remove_port(struct ncd_switch *sw, int port, struct ncd_switch_po
         stats_snapshot(p, final);
     free(p->bounce);
     free(p);
+    return 0;
+}
+
+int ncd_switch_port_set_rate(struct ncd_switch *sw, int port, uint64_t bytes, uint64_t usec)
+{
+    struct port *p;
+
+    pthread_mutex_lock(&sw->lock);
+    p = slot(sw, port);
+    if (p) {
+        p->rate_bytes = bytes;
+        p->rate_usec = usec;
+        p->rate_posted = 1;
+        /* release, under the lock: the thread's sync_ports (acquire, then the lock)
+         * picks the posted rate up */
+        __atomic_store_n(&sw->ctl_gen, sw->ctl_gen + 1u, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&sw->lock);
+    if (!p) {
+        errno = ENOENT;
+        return -1;
+    }
+    wake(sw);
     return 0;
 }
 

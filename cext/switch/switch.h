@@ -86,6 +86,10 @@ struct ncd_switch_port_config {
     uint32_t n_ipv4, n_ipv6; /* 0: that family is not checked */
     uint8_t ipv4[NCD_SWITCH_MAX_IPS][4];
     uint8_t ipv6[NCD_SWITCH_MAX_IPS][16];
+    /* vchan port: rate limit on what the peer sends us, a credit of rate_bytes per
+     * rate_usec (cext/forward/credit.h); either 0 = unlimited. A spent credit leaves
+     * the frames in the peer's ring until the refill. ncd_switch_port_set_rate. */
+    uint64_t rate_bytes, rate_usec;
 };
 
 /* Per-port counters, monotonically increasing. "rx" = entered the switch from
@@ -118,6 +122,8 @@ struct ncd_switch_port_stats {
     uint64_t notify_spurious;        /* events that carried no work (late EOI, vchan_eoi.c) */
     uint64_t ring_full_waits;        /* tx: a unicast frame found this port's ring full
                                         and its source was held instead of dropping it */
+    uint64_t rate_limited;           /* rx: frames that waited for the rate limit's refill */
+    uint64_t rate_delay_usec;        /* rx: microseconds those frames waited */
 };
 
 /* Bytes and frames of one (origin domain, destination domain) pair. */
@@ -152,6 +158,9 @@ int ncd_switch_port_stats(struct ncd_switch *sw, int port, struct ncd_switch_por
 /* enum ncd_switch_port_state, or -1 (no such port). */
 int ncd_switch_port_state(struct ncd_switch *sw, int port);
 int ncd_switch_port_kind(struct ncd_switch *sw, int port);
+/* Change a vchan port's rate limit (bytes or usec 0 = unlimited), applied live at the
+ * thread's next round. 0, or -1 (errno ENOENT). */
+int ncd_switch_port_set_rate(struct ncd_switch *sw, int port, uint64_t bytes, uint64_t usec);
 /* Copies the port's reason (why it stopped) into buf; "" while UP. */
 void ncd_switch_port_reason(struct ncd_switch *sw, int port, char *buf, size_t len);
 /* Up to max (origin, dest) entries; returns the count. */

@@ -46,6 +46,12 @@ class BackendVif(Vif):
         self._published = False
         self._ring_ref_path = f"{layout.queue_dir(guest, devid, 0)}/ring-ref"
         self._ovs: ovs.PortSpec | None = None  # the TAP is a port of this OVS bridge
+        # The `rate` key (libxl's BYTES,USEC): read at setup, re-read on every poke (our
+        # directory is watched) and applied live to the channel, as netback's
+        # xen_net_rate_changed does; a bad value is logged once and means unlimited.
+        self.rate = parse.UNLIMITED
+        self._rate_raw: bytes | None = None
+        self._limited: Datapath | SwitchLink | None = None  # the channel self.rate is on
 
     @property
     def peer(self) -> int:
@@ -137,22 +143,54 @@ class BackendVif(Vif):
         path = layout.queue_dir(self.guest, self.devid, 0)
         view = self.view
         assert view is not None
+        rate = self._read_rate()
+        link: Datapath | SwitchLink
         if tap is not None:
             lock = SourceLock(view.mac, view.trunk, view.ips)
-            return Datapath.connect(self.xs, self.guest, path, tap, neg, lock)
-        registry = self.ctx.switches
-        assert view.switch is not None
-        if registry is None:
-            raise ValueError(f"switch {view.switch}: this daemon runs no switches")
-        vchan = VchanClient.connect(self.xs, self.guest, path)
-        return SwitchLink.open(registry, view.switch, vchan, neg, label=self.name,
-                               domid=self.guest, mac=view.mac, trunk=view.trunk, ips=view.ips)
+            link = Datapath.connect(self.xs, self.guest, path, tap, neg, lock, rate)
+        else:
+            registry = self.ctx.switches
+            assert view.switch is not None
+            if registry is None:
+                raise ValueError(f"switch {view.switch}: this daemon runs no switches")
+            vchan = VchanClient.connect(self.xs, self.guest, path)
+            link = SwitchLink.open(registry, view.switch, vchan, neg, label=self.name,
+                                   domid=self.guest, mac=view.mac, trunk=view.trunk,
+                                   ips=view.ips, rate=rate)
+        self._limited = link
+        if not rate.unlimited:
+            log.info("%s: rate limit %s on what the guest sends", self.name, rate)
+        return link
+
+    def _read_rate(self) -> parse.Rate:
+        """The ``rate`` key now (parsed again only when its value changed)."""
+        raw = layout.read_optional(self.xs, f"{self.own_dir}/rate")
+        if raw == self._rate_raw:
+            return self.rate
+        self._rate_raw = raw
+        try:
+            self.rate = parse.rate(f"{self.own_dir}/rate", raw)
+        except parse.BadEntry as exc:
+            log.warning("%s: %s: the vif is not rate limited", self.name, exc)
+            self.rate = parse.UNLIMITED
+        return self.rate
+
+    def _rate_changed(self) -> None:
+        """Apply a changed ``rate`` to the running channel (live, as netback does)."""
+        new = self._read_rate()
+        link = self._limited
+        if link is None or link is not self.datapath or new == link.rate:
+            return
+        old = link.rate
+        link.set_rate(new)
+        log.info("%s: rate limit now %s (was %s)", self.name, new, old)
 
     def _observe(self) -> list[Action]:
         base = self.own_dir
         own = layout.read_optional(self.xs, f"{base}/state")
         if own is None and layout.read_optional(self.xs, base) is None:
             return self.machine.device_removed()
+        self._rate_changed()
         online = layout.read_online(self.xs, base)
         acts: list[Action] = []
         if online != self.machine.online:
@@ -180,6 +218,9 @@ class BackendVif(Vif):
             "switch": self.switch,
             "trunk": v.trunk if v else None,
             "ip": list(v.ips) if v else [],
+            "rate": None if self.rate.unlimited else {
+                "bytes": self.rate.bytes, "usec": self.rate.usec,
+                "bits_per_second": self.rate.bits_per_second()},
         }
 
 

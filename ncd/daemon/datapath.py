@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from ncd import tap as tapmod
 from ncd.features import Negotiated, tun_offload_flags
 from ncd.metrics import VifCounters
+from ncd.parse import UNLIMITED, Rate
 from ncd.vchan.channel import Vchan, VchanClient, VchanServer
 from ncd.vchan.pump import FramePump, PumpState, PumpStats
 
@@ -26,7 +27,7 @@ def add_stats(a: PumpStats, b: PumpStats) -> PumpStats:
     return PumpStats(**{f.name: da[f.name] + db[f.name] for f in fields(PumpStats)})
 
 
-def pump_counters(s: PumpStats, tracked: int = 0) -> VifCounters:
+def pump_counters(s: PumpStats, tracked: int = 0, rate: Rate = UNLIMITED) -> VifCounters:
     """A pump's counters as a vif's (tx = fd -> ring = sent to the peer)."""
     return VifCounters(
         frames_tx=s.tx_frames,
@@ -39,6 +40,10 @@ def pump_counters(s: PumpStats, tracked: int = 0) -> VifCounters:
         notifications_received=s.notify_recv,
         notifications_spurious=s.notify_spurious,
         tracked_foreign_pages=tracked,
+        rate_limited_frames=s.rate_limited,
+        rate_delay_usec=s.rate_delay_usec,
+        rate_bytes=rate.bytes,
+        rate_usec=rate.usec,
     )
 
 
@@ -55,10 +60,12 @@ class SourceLock(NamedTuple):
 class Datapath:
     """A vchan with a pump running on ``tap``; close() releases both."""
 
-    def __init__(self, vchan: Vchan, pump: FramePump, negotiated: Negotiated) -> None:
+    def __init__(self, vchan: Vchan, pump: FramePump, negotiated: Negotiated,
+                 rate: Rate = UNLIMITED) -> None:
         self.vchan = vchan
         self.pump = pump
         self.negotiated = negotiated
+        self.rate = rate  # in effect on frames from the peer
         self._final: PumpStats | None = None
         # Foreign pages mapped for this channel, read from the tracker now (mapping is
         # done once at connect), so the metrics thread never touches the C handle.
@@ -66,18 +73,18 @@ class Datapath:
 
     @classmethod
     def _start(cls, vchan: Vchan, tap: tapmod.Tap, neg: Negotiated,
-               lock: SourceLock | None = None) -> Datapath:
+               lock: SourceLock | None = None, rate: Rate = UNLIMITED) -> Datapath:
         try:
             tap.set_offloads(tun_offload_flags(neg.tx_features))  # exactly what was negotiated
             if lock is None:
-                pump = FramePump.start(vchan, tap.fileno(), neg)
+                pump = FramePump.start(vchan, tap.fileno(), neg, rate=rate)
             else:
                 pump = FramePump.start(vchan, tap.fileno(), neg, mac=lock.mac,
-                                       trunk=lock.trunk, ips=lock.ips)
+                                       trunk=lock.trunk, ips=lock.ips, rate=rate)
         except BaseException:
             vchan.close()
             raise
-        return cls(vchan, pump, neg)
+        return cls(vchan, pump, neg, rate)
 
     @classmethod
     def serve(
@@ -89,11 +96,17 @@ class Datapath:
 
     @classmethod
     def connect(cls, xs: Any, peer: int, path: str, tap: tapmod.Tap, neg: Negotiated,
-                lock: SourceLock) -> Datapath:
+                lock: SourceLock, rate: Rate = UNLIMITED) -> Datapath:
         """Backend: read (untrusted) ``path``/ring-ref, event-channel, map, pump; frames
-        from the guest must pass ``lock`` (anti-spoofing)."""
+        from the guest must pass ``lock`` (anti-spoofing) and ``rate``."""
         vchan = VchanClient.connect(xs, peer, path)
-        return cls._start(vchan, tap, neg, lock)
+        return cls._start(vchan, tap, neg, lock, rate)
+
+    def set_rate(self, rate: Rate) -> None:
+        """A new rate limit on frames from the peer, applied live by the pump."""
+        if self._final is None:
+            self.pump.set_rate(rate.bytes, rate.usec)
+            self.rate = rate
 
     def done_fd(self) -> int:
         return self.pump.done_fd()
@@ -116,7 +129,7 @@ class Datapath:
         return self._final if self._final is not None else self.pump.stats()
 
     def counters(self) -> VifCounters:
-        return pump_counters(self.stats(), self.tracked_pages)
+        return pump_counters(self.stats(), self.tracked_pages, self.rate)
 
     def final_counters(self) -> VifCounters:
         return pump_counters(self.close())

@@ -143,7 +143,7 @@ class SwitchRegistry:
     # ---- ports -------------------------------------------------------------------
     def add_vchan(self, name: str, vchan: Any, *, label: str, domid: int, mac: str,
                   trunk: bool, negotiated: Negotiated, ips: Iterable[str],
-                  on_stop: OnStop) -> int:
+                  on_stop: OnStop, rate: tuple[int, int] = (0, 0)) -> int:
         """A vchan port of switch ``name`` (created on first use); returns the port id."""
         entry = self._switches.get(name)
         created = entry is None
@@ -151,7 +151,7 @@ class SwitchRegistry:
             entry = self._create(name, declared=False)
         try:
             port = entry.switch.add_vchan(vchan, domid=domid, mac=mac, trunk=trunk,
-                                          negotiated=negotiated, ips=ips)
+                                          negotiated=negotiated, ips=ips, rate=rate)
         except BaseException:
             if created:
                 self._destroy_now(name)  # undeclared: no TAP
@@ -163,6 +163,12 @@ class SwitchRegistry:
         log.info("switch %s: %s joined as port %d (%s vchan, dom%d, %s)",
                  name, label, port, kind, domid, lock)
         return port
+
+    def set_port_rate(self, name: str, port: int, rate: tuple[int, int]) -> None:
+        entry = self._switches.get(name)
+        if entry is not None:
+            with entry.lock:
+                entry.switch.set_port_rate(port, *rate)
 
     def port_stats(self, name: str, port: int) -> PortStats | None:
         entry = self._switches.get(name)

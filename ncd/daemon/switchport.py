@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from ncd.features import Negotiated
 from ncd.metrics import VifCounters
+from ncd.parse import UNLIMITED, Rate
 from ncd.switch import PortState, PortStats
 from ncd.vchan.channel import Vchan
 
@@ -25,7 +26,7 @@ from .switches import SwitchRegistry
 from .undo import Undo
 
 
-def port_counters(s: PortStats, tracked: int = 0) -> VifCounters:
+def port_counters(s: PortStats, tracked: int = 0, rate: Rate = UNLIMITED) -> VifCounters:
     """A port's counters as a vif's: tx = left the switch to the peer, rx = from it."""
     return VifCounters(
         frames_tx=s.tx_frames,
@@ -47,6 +48,10 @@ def port_counters(s: PortStats, tracked: int = 0) -> VifCounters:
         notifications_spurious=s.notify_spurious,
         ring_full_waits=s.ring_full_waits,
         tracked_foreign_pages=tracked,
+        rate_limited_frames=s.rate_limited,
+        rate_delay_usec=s.rate_delay_usec,
+        rate_bytes=rate.bytes,
+        rate_usec=rate.usec,
     )
 
 
@@ -59,6 +64,7 @@ class SwitchLink:
         self.switch = switch
         self.vchan = vchan
         self.negotiated = negotiated
+        self.rate = UNLIMITED  # in effect on what the peer sends
         self.port = -1
         self._tracked = vchan.tracked_pages
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -69,13 +75,15 @@ class SwitchLink:
     @classmethod
     def open(cls, registry: SwitchRegistry, switch: str, vchan: Vchan, negotiated: Negotiated,
              *, label: str, domid: int, mac: str, trunk: bool,
-             ips: Iterable[str] = ()) -> SwitchLink:
-        """Add ``vchan`` to ``switch``; on failure the vchan is closed."""
+             ips: Iterable[str] = (), rate: Rate = UNLIMITED) -> SwitchLink:
+        """Add ``vchan`` to ``switch`` (what it sends limited to ``rate``); on failure
+        the vchan is closed."""
         link = cls(registry, switch, vchan, negotiated)
         try:
             link.port = registry.add_vchan(switch, vchan, label=label, domid=domid, mac=mac,
                                            trunk=trunk, negotiated=negotiated, ips=ips,
-                                           on_stop=link._stopped)
+                                           on_stop=link._stopped, rate=rate)
+            link.rate = rate
         except BaseException:
             os.close(link._efd)
             vchan.close()
@@ -105,7 +113,14 @@ class SwitchLink:
             return got if got is not None else PortStats()
 
     def counters(self) -> VifCounters:
-        return port_counters(self.stats(), self.tracked_pages)
+        return port_counters(self.stats(), self.tracked_pages, self.rate)
+
+    def set_rate(self, rate: Rate) -> None:
+        """A new rate limit on what the peer sends, applied live by the switch thread."""
+        with self._lock:
+            if self._final is None:
+                self.registry.set_port_rate(self.switch, self.port, rate)
+                self.rate = rate
 
     def final_counters(self) -> VifCounters:
         return port_counters(self._final or PortStats())

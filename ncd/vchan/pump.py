@@ -65,6 +65,8 @@ class PumpStats:
     rx_batches: int = 0
     spoofed_source: int = 0
     notify_spurious: int = 0  # events that carried no work (late EOI)
+    rate_limited: int = 0  # rx frames that waited for the rate limit's refill
+    rate_delay_usec: int = 0  # microseconds they waited
 
     def drops(self) -> dict[str, int]:
         """Drops by reason, for metrics (``bad_record`` counts records from the peer)."""
@@ -136,7 +138,7 @@ class FramePump:
     def start(cls, vchan: Any, fd: int, negotiated: Negotiated | None = None, *,
               read_ring_size: int = 0, write_ring_size: int = 0, batch: int = 0,
               mac: str | bytes | None = None, trunk: bool = False,
-              ips: Iterable[str] = ()) -> FramePump:
+              ips: Iterable[str] = (), rate: tuple[int, int] = (0, 0)) -> FramePump:
         """Start moving frames between ``fd`` and ``vchan``.
 
         ``fd`` must be packet-mode (a TAP with IFF_VNET_HDR, a SOCK_SEQPACKET socket);
@@ -149,6 +151,10 @@ class FramePump:
         ``ips`` its addresses (a family without any is not checked), ``trunk`` lifts
         the MAC/address checks (a group source is still refused). Default: no lock.
         Violations are dropped and counted (``spoofed_source``).
+
+        ``rate`` = (bytes, usec): a credit of ``bytes`` per ``usec`` on frames from the
+        peer (ring -> fd, what a guest transmits), as netback's ``rate``; either 0 (the
+        default): unlimited. Change it live with :meth:`set_rate`.
         """
         neg = negotiated or Negotiated(Features.ALL, Features.ALL, ETH_MAX)
         cfg = ffi.new("struct ncd_pump_config *", {
@@ -159,6 +165,8 @@ class FramePump:
             "read_ring_size": read_ring_size,
             "write_ring_size": write_ring_size,
             "batch": batch,
+            "rate_bytes": rate[0],
+            "rate_usec": rate[1],
         })
         fill_lock(cfg.lock, mac, trunk, ips)
         out = ffi.new("struct ncd_pump **")
@@ -188,6 +196,11 @@ class FramePump:
         s = ffi.new("struct ncd_pump_stats *")
         lib.ncd_pump_get_stats(self._handle(), s)
         return PumpStats(**{f.name: int(getattr(s, f.name)) for f in fields(PumpStats)})
+
+    def set_rate(self, nbytes: int, usec: int) -> None:
+        """A new rate limit (``nbytes`` per ``usec``; 0 = unlimited), applied by the
+        running thread at once (woken for it)."""
+        lib.ncd_pump_set_rate(self._handle(), nbytes, usec)
 
     def stop(self) -> None:
         """Wake and join the thread (idempotent); the vchan stays intact."""

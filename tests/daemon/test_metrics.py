@@ -44,6 +44,10 @@ def metrics():
             notifications_sent=11,
             notifications_received=12,
             tracked_foreign_pages=3,
+            rate_limited_frames=5,
+            rate_delay_usec=1_500_000,
+            rate_bytes=625_000,
+            rate_usec=50_000,
         )
 
     m.add_vif(1, 0, counters, lambda: XenbusState.CONNECTED)
@@ -63,6 +67,10 @@ def test_scrape_over_http(metrics):
         assert got[K("ncd_vif_ring_full_waits_total", v)] == 4
         assert got[K("ncd_vif_notifications_total", (*v, ("direction", "received")))] == 12
         assert got[K("ncd_vif_tracked_foreign_pages", v)] == 3
+        assert got[K("ncd_vif_rate_limited_frames_total", v)] == 5
+        assert got[K("ncd_vif_rate_delay_seconds_total", v)] == 1.5
+        assert got[K("ncd_vif_rate_limit_bytes_per_second", v)] == 12.5e6  # 100 Mbit/s
+        assert got[K("ncd_vif_rate_limit_bytes_per_second", (("domid", "2"), ("devid", "1")))] == 0
         assert got[K("ncd_vif_state", v)] == 4
         assert got[K("ncd_vifs", (("state", "Connected"),))] == 1
         assert got[K("ncd_vifs", (("state", "InitWait"),))] == 1
@@ -108,3 +116,15 @@ def test_disabled_and_port_in_use(metrics):
         port = s.getsockname()[1]
         with pytest.raises(OSError, match=f"metrics endpoint 127.0.0.1:{port}"):
             serve_metrics(metrics, True, "127.0.0.1", port)
+
+
+def test_rate_counters_add_up_across_channels_and_the_limit_is_the_current_one():
+    old = VifCounters(rate_limited_frames=2, rate_delay_usec=10, rate_bytes=1, rate_usec=1)
+    new = VifCounters(
+        rate_limited_frames=3, rate_delay_usec=5, rate_bytes=625_000, rate_usec=50_000
+    )
+    both = old.plus(new)
+    assert (both.rate_limited_frames, both.rate_delay_usec) == (5, 15)
+    assert (both.rate_bytes, both.rate_usec) == (625_000, 50_000)
+    assert both.rate_bytes_per_second == 12.5e6
+    assert VifCounters().rate_bytes_per_second == 0

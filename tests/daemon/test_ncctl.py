@@ -205,6 +205,7 @@ STATS = {
             "notifications_sent": 6,
             "notifications_received": 7,
             "tracked_foreign_pages": 0,
+            "rate_limited_frames": 8,
         }
     ],
     "handshake_failures": {"ill_timed": 0, "link_lost": 2},
@@ -243,6 +244,7 @@ def test_list_and_stats(tmp_path):
             "5",
             "6",
             "7",
+            "8",
         ]
         assert out.splitlines()[2] == "handshake failures: link_lost 2"
         assert json.loads(run(["stats", "--json"], socket=sock)[1]) == STATS

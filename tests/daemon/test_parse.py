@@ -23,6 +23,7 @@ PARSERS = [
     lambda r: parse.mac("k", r),
     lambda r: parse.ifname("k", r),
     lambda r: parse.exact("k", r, "/a/b"),
+    lambda r: parse.rate("k", r),
 ]
 
 
@@ -132,3 +133,39 @@ def test_the_vchan_entry_reads_through_parse():
         xsentry.read_entry(bad, "q")  # type: ignore[arg-type]
     with pytest.raises(BadEntry, match="domid: 32752 out of range"):
         xsentry.own_domid(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        (None, parse.Rate(0, 0)),  # no key: unlimited, as libxl writes none
+        (b"625000,50000", parse.Rate(625_000, 50_000)),  # xl's rate=100Mb/s
+        ("0,0", parse.Rate(0, 0)),
+        (b"18446744073709551615,4294967295", parse.Rate(2**64 - 1, 2**32 - 1)),
+        (b"00012,0005", parse.Rate(12, 5)),  # strtoul takes leading zeros
+    ],
+)
+def test_rate_accepts_libxl_values(raw, want):
+    got = parse.rate("backend/ncvif/1/0/rate", raw)
+    assert got == want
+    assert got.unlimited == (want.bytes == 0 or want.usec == 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"", b"625000", b"625000,", b",50000", b"625000;50000", b"625000,50000,1",
+        b" 625000,50000", b"625000,50000\n", b"+625000,50000", b"-1,50000", b"0x10,5",
+        b"625000,50000ms", b"1.5,50000", "\u0663,5", b"18446744073709551616,1",
+        b"1,4294967296", b"1" * 21 + b",1", b"\xff,1",
+    ],
+)
+def test_rate_refuses_anything_else_naming_the_key(raw):
+    with pytest.raises(BadEntry, match="^backend/ncvif/1/0/rate: "):
+        parse.rate("backend/ncvif/1/0/rate", raw)
+
+
+def test_rate_reads_as_an_operator_would():
+    assert parse.Rate(625_000, 50_000).bits_per_second() == 100e6
+    assert str(parse.Rate(625_000, 50_000)) == "625000,50000 (100 Mbit/s)"
+    assert str(parse.UNLIMITED) == "unlimited"

@@ -69,3 +69,12 @@ def test_switch_on_xensim_under_asan_ubsan(tmp_path: Path) -> None:
     out = run_sanitized([str(HERE / "test_switch_sim.py"), "-k",
                          "combination or removed or tso_segmented"], tmp_path)
     assert "6 passed" in out
+
+
+@pytest.mark.slow
+def test_rate_limit_under_asan_ubsan(tmp_path: Path) -> None:
+    """The rate limit's credit in the pump and on switch ports: frames waiting in the
+    ring for a refill, live changes from another thread (cext/forward/credit.c)."""
+    out = run_sanitized([str(HERE / "test_switch_rate.py"),
+                         str(HERE.parent / "vchan" / "test_pump_rate.py")], tmp_path)
+    assert "6 passed" in out
