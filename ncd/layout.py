@@ -226,7 +226,7 @@ def backend_entries(spec: VifSpec) -> dict[str, str]:
 
 def libxl_entries(rate: str | None = None, vifname: str | None = None) -> dict[str, str]:
     """Optional backend keys named and written as libxl writes them for a vif: ``rate``
-    ("BYTES,USECS", :attr:`ncd.vifspec.Rate.entry`) and ``vifname`` (the TAP's name)."""
+    ("BYTES,USECS", :attr:`ncd.parse.Rate.entry`) and ``vifname`` (the TAP's name)."""
     out = {}
     if rate is not None:
         out["rate"] = rate

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from . import domains, layout, parse, vifspec
 from .control import ControlClient, ControlError, DaemonNotRunning
 from .layout import AttachError, Store
-from .parse import BadEntry
+from .parse import BadEntry, Rate
 from .xenbus import BadPeerState, XenbusState, parse_state
 
 StoreFactory = Callable[[], Store]
@@ -73,7 +73,7 @@ def _ifname(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _rate(text: str) -> vifspec.Rate:
+def _rate(text: str) -> Rate:
     try:
         return vifspec.parse_rate("rate", text)
     except BadEntry as exc:
@@ -236,7 +236,7 @@ def cmd_attach(args: argparse.Namespace, store: Store, out: TextIO, err: TextIO)
         extra += f" ip {','.join(spec.ips)}"
     if opts.rate is not None:
         r = opts.rate
-        extra += f" rate {r.bytes_per_interval} bytes per {r.interval_usecs} us"
+        extra += f" rate {r.bytes} bytes per {r.usec} us"
     port = (
         f"port of switch {spec.switch}"
         if spec.switch

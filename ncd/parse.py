@@ -216,6 +216,11 @@ class Rate(NamedTuple):
     def unlimited(self) -> bool:
         return self.bytes == 0 or self.usec == 0
 
+    @property
+    def entry(self) -> str:
+        """The backend's ``rate`` key as libxl writes it: ``"BYTES,USECS"``."""
+        return f"{self.bytes},{self.usec}"
+
     def bits_per_second(self) -> float:
         return 0.0 if self.unlimited else self.bytes * 8 * 1_000_000 / self.usec
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, fields
 
 from . import domains, layout, parse
 from .layout import Store
-from .parse import BadEntry
+from .parse import BadEntry, Rate
 
 UINT32_MAX = (1 << 32) - 1
 UINT64_MAX = (1 << 64) - 1
@@ -53,20 +53,6 @@ RATE_FORM = (
     "RATE/s[@INTERVAL]: RATE a number with B, KB, MB, GB (bytes) or b, Kb, Mb, Gb (bits); "
     "INTERVAL a number with s, ms or us (default 50ms)"
 )
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A credit of ``bytes_per_interval`` bytes every ``interval_usecs`` microseconds
-    (libxl_device_nic's rate_bytes_per_interval / rate_interval_usecs)."""
-
-    bytes_per_interval: int
-    interval_usecs: int
-
-    @property
-    def entry(self) -> str:
-        """The backend's ``rate`` key as libxl writes it: ``"BYTES,USECS"``."""
-        return f"{self.bytes_per_interval},{self.interval_usecs}"
 
 
 def _xl_number(key: str, digits: str, what: str, value: str) -> int:

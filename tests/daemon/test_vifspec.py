@@ -208,5 +208,5 @@ def test_any_rate_text_parses_or_is_refused(text: str) -> None:
     except BadEntry as e:
         assert str(e).startswith("rate: ")
     else:
-        assert 0 <= r.bytes_per_interval < 2**64 and 0 < r.interval_usecs < 2**32
-        assert r.entry == f"{r.bytes_per_interval},{r.interval_usecs}"
+        assert 0 <= r.bytes < 2**64 and 0 < r.usec < 2**32
+        assert r.entry == f"{r.bytes},{r.usec}"
