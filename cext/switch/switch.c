@@ -287,27 +287,65 @@ static void fdb_purge(struct ncd_switch *sw, int port)
 
 /* ---- accounting ------------------------------------------------------------------ */
 
-static void account(struct ncd_switch *sw, uint16_t origin, uint16_t dest, uint64_t bytes)
+static uint64_t acct_key(uint16_t origin, uint16_t dest)
 {
-    uint64_t key = (1ull << 32) | ((uint64_t)origin << 16) | dest;
+    return (1ull << 32) | ((uint64_t)origin << 16) | dest;
+}
+
+/* The slot of key (found, or the empty one it goes in); NULL: table full.
+ * Only the switch thread calls it. */
+static struct acct_ent *acct_slot(struct ncd_switch *sw, uint64_t key)
+{
     unsigned h = (unsigned)((key * 0x9E3779B97F4A7C15ull) >> 54) % NCD_SWITCH_ACCT_SIZE;
 
     for (unsigned i = 0; i < NCD_SWITCH_ACCT_SIZE; i++) {
         struct acct_ent *e = &sw->acct[(h + i) % NCD_SWITCH_ACCT_SIZE];
         uint64_t k = __atomic_load_n(&e->key, __ATOMIC_RELAXED);
-        if (k == 0) {
-            /* only this thread inserts; release pairs with the acquire in
-             * ncd_switch_accounting (counters start at zero before the key shows) */
-            __atomic_store_n(&e->key, key, __ATOMIC_RELEASE);
-            k = key;
-        }
-        if (k == key) {
-            __atomic_fetch_add(&e->frames, 1, __ATOMIC_RELAXED);
-            __atomic_fetch_add(&e->bytes, bytes, __ATOMIC_RELAXED);
-            return;
-        }
+        if (k == 0 || k == key)
+            return e;
     }
-    /* table full (more than 1024 pairs): not accounted */
+    return NULL;
+}
+
+static void account(struct ncd_switch *sw, uint16_t origin, uint16_t dest, uint64_t bytes)
+{
+    uint64_t key = acct_key(origin, dest);
+    struct acct_ent *e = acct_slot(sw, key);
+
+    if (!e)
+        return; /* table full (more than 1024 pairs): not accounted */
+    if (__atomic_load_n(&e->key, __ATOMIC_RELAXED) == 0) {
+        /* only this thread inserts; release pairs with the acquire in
+         * ncd_switch_accounting (counters start at zero before the key shows) */
+        __atomic_store_n(&e->key, key, __ATOMIC_RELEASE);
+    }
+    __atomic_fetch_add(&e->frames, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&e->bytes, bytes, __ATOMIC_RELAXED);
+}
+
+/* The last port of domain domid left: its pairs go, or a long-lived switch whose
+ * guests are destroyed and recreated would fill the table with gone domains and
+ * stop accounting new ones.  Switch thread, under sw->lock (sync_ports): account()
+ * runs only on this thread and ncd_switch_accounting() takes the lock, so nobody
+ * sees the table half rebuilt.  Open addressing: survivors are re-inserted. */
+static void acct_forget(struct ncd_switch *sw, uint16_t domid)
+{
+    static _Thread_local struct acct_ent keep[NCD_SWITCH_ACCT_SIZE];
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < NCD_SWITCH_ACCT_SIZE; i++) {
+        uint64_t k = LD(&sw->acct[i].key);
+        if (!k)
+            continue;
+        if ((uint16_t)(k >> 16) != domid && (uint16_t)k != domid)
+            keep[n++] = (struct acct_ent){k, LD(&sw->acct[i].frames), LD(&sw->acct[i].bytes)};
+    }
+    if (n == NCD_SWITCH_ACCT_SIZE)
+        return; /* domid has no pair: nothing to rebuild */
+    for (unsigned i = 0; i < NCD_SWITCH_ACCT_SIZE; i++)
+        sw->acct[i] = (struct acct_ent){0, 0, 0};
+    for (unsigned i = 0; i < n; i++)
+        *acct_slot(sw, keep[i].key) = keep[i]; /* n < size: a slot is always found */
 }
 
 /* ---- grant copies and commits ------------------------------------------------------ */
@@ -995,6 +1033,17 @@ static unsigned rx_tap(struct ncd_switch *sw, struct port *s)
 /* ---- the thread ------------------------------------------------------------------------ */
 
 /* Quiescent point: no ring pointer is held here. Picks up added/removed ports. */
+/* Under sw->lock: does a port not being removed belong to domid? */
+static int domain_has_port(const struct ncd_switch *sw, uint16_t domid)
+{
+    for (unsigned i = 0; i < NCD_SWITCH_MAX_PORTS; i++) {
+        const struct port *p = sw->slots[i];
+        if (p && !p->remove_req && p->cfg.domid == domid)
+            return 1;
+    }
+    return 0;
+}
+
 static void sync_ports(struct ncd_switch *sw, uint32_t *seen)
 {
     /* acquire pairs with the release increment in add/remove (under the lock) */
@@ -1009,6 +1058,8 @@ static void sync_ports(struct ncd_switch *sw, uint32_t *seen)
         if (p->remove_req) {
             if (!p->quiesced) {
                 fdb_purge(sw, p->id);
+                if (!domain_has_port(sw, p->cfg.domid))
+                    acct_forget(sw, p->cfg.domid);
                 p->quiesced = 1; /* published by the unlock below (mutex release) */
             }
             continue;
@@ -1535,6 +1586,7 @@ unsigned ncd_switch_accounting(struct ncd_switch *sw, struct ncd_switch_acct *ou
 {
     unsigned n = 0;
 
+    pthread_mutex_lock(&sw->lock); /* excludes acct_forget's rebuild */
     for (unsigned i = 0; i < NCD_SWITCH_ACCT_SIZE && n < max; i++) {
         /* acquire pairs with the release that published the key */
         uint64_t k = __atomic_load_n(&sw->acct[i].key, __ATOMIC_ACQUIRE);
@@ -1546,6 +1598,7 @@ unsigned ncd_switch_accounting(struct ncd_switch *sw, struct ncd_switch_acct *ou
         out[n].bytes = LD(&sw->acct[i].bytes);
         n++;
     }
+    pthread_mutex_unlock(&sw->lock);
     return n;
 }
 

@@ -17,7 +17,7 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 
 
 def mac(i: int) -> str:
-    return f"02:00:00:00:00:{i:02x}"
+    return f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}"
 
 
 def eth(dst: str, src: str, payload: bytes, ethertype: int = 0x88B5) -> bytes:

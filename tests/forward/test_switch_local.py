@@ -196,6 +196,40 @@ def test_accounting_by_origin_and_destination(switch, guests) -> None:
     assert acct == {(4, 5): (1, len(f)), (4, 6): (1, len(f)), (6, 4): (1, len(g))}
 
 
+def test_accounting_forgets_a_domain_with_its_last_port(switch, guests) -> None:
+    """A long-lived switch whose guests come and go must not fill its table (1024
+    pairs) with gone domains: a domain's pairs go with its last port, the others stay."""
+    sw = switch()
+    a, b = guests(sw, 4), guests(sw, 5)
+    c1, c2 = guests(sw, 6), guests(sw, 6)  # domain 6 has two vifs here
+    f = eth(BCAST, a.mac, b"x" * 100)
+    a.send(f)
+    b.expect(1), c1.expect(1), c2.expect(1)
+    g = eth(a.mac, c1.mac, b"y" * 200)
+    c1.send(g)
+    a.expect(1)
+    assert sw.accounting() == {(4, 5): (1, len(f)), (4, 6): (2, 2 * len(f)),
+                               (6, 4): (1, len(g))}
+    c1.remove()  # domain 6 still has c2: nothing forgotten
+    assert sw.accounting() == {(4, 5): (1, len(f)), (4, 6): (2, 2 * len(f)),
+                               (6, 4): (1, len(g))}
+    c2.remove()
+    assert sw.accounting() == {(4, 5): (1, len(f))}
+    # hundreds of domains coming and going (each frame flooded to a and b: 2600
+    # pairs in all, the table holds 1024): it keeps accounting new pairs
+    for d in range(100, 1400):
+        x = guests(sw, d)
+        x.send(eth(b.mac, x.mac, b"z"))
+        a.expect(1), b.expect(1)
+        x.remove()
+    x = guests(sw, 2000)
+    x.send(eth(b.mac, x.mac, b"z" * 10))
+    a.expect(1), b.expect(1)
+    acct = sw.accounting()
+    assert acct[(2000, 5)] == (1, len(eth(b.mac, x.mac, b"z" * 10)))
+    assert set(acct) == {(4, 5), (2000, 4), (2000, 5)}
+
+
 ARP, IP4, IP6 = 0x0806, 0x0800, 0x86DD
 ME4, ME6 = "198.18.0.1", "2001:db8::1"
 
