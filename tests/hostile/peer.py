@@ -47,16 +47,24 @@ GOOD_FEATURES = {
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_off
 
 
-def record(frame: bytes, flags: int = 0, gso_type: int = 0, hdr_len: int = 0,
-           gso_size: int = 0, csum_start: int = 0, csum_offset: int = 0,
-           rec_len: int | None = None) -> bytes:
+def record(
+    frame: bytes,
+    flags: int = 0,
+    gso_type: int = 0,
+    hdr_len: int = 0,
+    gso_size: int = 0,
+    csum_start: int = 0,
+    csum_offset: int = 0,
+    rec_len: int | None = None,
+) -> bytes:
     """One record: ``rec_len`` (default: the true length), vnet header, frame."""
     body = VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) + frame
     return struct.pack("<I", len(body) if rec_len is None else rec_len) + body
 
 
-def eth_frame(src: bytes, payload_len: int = 0, dst: bytes = b"\x02\0\0\0\0\x01",
-              ethertype: int = 0x88B5) -> bytes:
+def eth_frame(
+    src: bytes, payload_len: int = 0, dst: bytes = b"\x02\0\0\0\0\x01", ethertype: int = 0x88B5
+) -> bytes:
     """An Ethernet frame (local experimental ethertype: nobody answers it)."""
     return dst + src + struct.pack(">H", ethertype) + bytes(payload_len)
 
@@ -133,8 +141,9 @@ class HostileFrontend:
             self.port = None
 
     # ---- the offer ------------------------------------------------------------------------
-    def cmd_offer(self, left_order: str = "12", right_order: str = "12", *opts: str
-                  ) -> dict[str, Any]:
+    def cmd_offer(
+        self, left_order: str = "12", right_order: str = "12", *opts: str
+    ) -> dict[str, Any]:
         """Share a control page and rings of these orders, offer a port, publish queue-0,
         write state 4. ``opts`` (``key=value``) make it hostile:
 
@@ -180,8 +189,9 @@ class HostileFrontend:
         if how == "ungranted":
             return [0x7FFF0000 + i for i in range(n)]
         to = other if how == "otherdom" else self.backend
-        left = (self.gs.share_pages(to, min(lp, MAX_SHARED), writable=how != "readonly")
-                if lp else None)
+        left = (
+            self.gs.share_pages(to, min(lp, MAX_SHARED), writable=how != "readonly") if lp else None
+        )
         right = self.gs.share_pages(to, min(rp, MAX_SHARED)) if rp and how != "short" else None
         self.extra += [p for p in (left, right) if p is not None]
         if right is not None and rp <= MAX_SHARED:
@@ -202,8 +212,16 @@ class HostileFrontend:
     def cmd_peek(self) -> dict[str, Any]:
         raw = self._page().read(0, GRANTS)
         lc, lp, rc, rp, lo, ro, cl, sl, cn, sn = struct.unpack("<IIIIHHBBBB", raw)
-        return {"left_cons": lc, "left_prod": lp, "right_cons": rc, "right_prod": rp,
-                "cli_live": cl, "srv_live": sl, "cli_notify": cn, "srv_notify": sn}
+        return {
+            "left_cons": lc,
+            "left_prod": lp,
+            "right_cons": rc,
+            "right_prod": rp,
+            "cli_live": cl,
+            "srv_live": sl,
+            "cli_notify": cn,
+            "srv_notify": sn,
+        }
 
     def cmd_wait_client(self, timeout: str = "10") -> dict[str, Any]:
         """Wait until the backend has mapped the page (cli_live 1)."""
@@ -294,8 +312,12 @@ class HostileFrontend:
 
     def cmd_set_index(self, which: str, value: str) -> dict[str, Any]:
         """Set ``right_prod``/``left_cons``/... to ``value`` (``+N``/``-N``: relative), notify."""
-        off = {"left_cons": LEFT_CONS, "left_prod": LEFT_PROD, "right_cons": RIGHT_CONS,
-               "right_prod": RIGHT_PROD}[which]
+        off = {
+            "left_cons": LEFT_CONS,
+            "left_prod": LEFT_PROD,
+            "right_cons": RIGHT_CONS,
+            "right_prod": RIGHT_PROD,
+        }[which]
         v = self._idx(off) + int(value, 0) if value[0] in "+-" else int(value, 0)
         self._set(off, v)
         self.cmd_notify()
@@ -307,8 +329,9 @@ class HostileFrontend:
         notifying the backend after each round."""
         self._stop_thread()
         off, fmt = int(offset), {"1": "<B", "4": "<I"}[width]
-        blobs = [struct.pack(fmt, int(v, 0) & (0xFF if width == "1" else 0xFFFFFFFF))
-                 for v in values]
+        blobs = [
+            struct.pack(fmt, int(v, 0) & (0xFF if width == "1" else 0xFFFFFFFF)) for v in values
+        ]
         page = self._page()
         self._stop.clear()
         self._thread_writes = 0

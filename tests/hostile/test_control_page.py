@@ -31,8 +31,9 @@ SETUP_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("offer", "rule"), [c[1:] for c in SETUP_CASES],
-                         ids=[c[0] for c in SETUP_CASES])
+@pytest.mark.parametrize(
+    ("offer", "rule"), [c[1:] for c in SETUP_CASES], ids=[c[0] for c in SETUP_CASES]
+)
 def test_bad_control_page_refused(arena: Arena, offer: str, rule: str) -> None:
     arena.reset()
     before, mark = arena.failures(), arena.log_mark()
@@ -51,8 +52,11 @@ def _connected(arena: Arena) -> None:
     arena.peer.call("wait_client")
 
 
-@pytest.mark.parametrize(("value", "rule"), [("0x02", "srv_live"), ("0xfe", "live flag")],
-                         ids=["srv-live-2", "srv-live-0xfe"])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [("0x02", "srv_live"), ("0xfe", "live flag")],
+    ids=["srv-live-2", "srv-live-0xfe"],
+)
 def test_bad_live_flag_closes(arena: Arena, value: str, rule: str) -> None:
     _connected(arena)
     before, mark = arena.failures(), arena.log_mark()
@@ -91,8 +95,12 @@ def test_notify_bits_flipping(arena: Arena) -> None:
         arena.peer.call("frames 200")
         arena.peer.call("stop")
     arena.peer.call("frames 1")  # a notified frame after the attack: it flushes the rest
-    arena.net.wait(lambda: arena.vif_stats()["frames_rx"] >= before + 401, 10,
-                   "every frame sent under flipping notify bits", arena.backend)
+    arena.net.wait(
+        lambda: arena.vif_stats()["frames_rx"] >= before + 401,
+        10,
+        "every frame sent under flipping notify bits",
+        arena.backend,
+    )
     assert arena.vif()["state"] == "Connected"
     assert arena.vif_stats()["drops"]["bad_record_from_peer"] == 0
     arena.check_survived()

@@ -26,7 +26,7 @@ IDLE_CPU = 0.05  # of one core, once the attack stopped
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads), from /proc/PID/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
@@ -55,8 +55,13 @@ class Arena:
         self._port = 5400
 
     def hostile(self, domid: int, devid: int = 0) -> DomProc:
-        p = DomProc.python(self.net.sim, domid, "tests.hostile.peer:HostileFrontend",
-                           str(devid), errlog=self.net.logdir / f"hostile-dom{domid}.log")
+        p = DomProc.python(
+            self.net.sim,
+            domid,
+            "tests.hostile.peer:HostileFrontend",
+            str(devid),
+            errlog=self.net.logdir / f"hostile-dom{domid}.log",
+        )
         self.net._helpers.append(p)
         return p
 
@@ -89,8 +94,9 @@ class Arena:
             m = rx.search(self.log_since(mark))
             return m.group(0) if m else None
 
-        return str(self.net.wait(found, timeout, f"a backend log line matching {pattern!r}",
-                                 self.backend))
+        return str(
+            self.net.wait(found, timeout, f"a backend log line matching {pattern!r}", self.backend)
+        )
 
     # ---- a fresh start for the hostile vif ------------------------------------------------
     def reset(self, peer: DomProc | None = None) -> None:
@@ -104,9 +110,16 @@ class Arena:
 
     def wait_down(self, timeout: float = 10) -> dict[str, Any]:
         """The hostile vif ends not Connected (the backend closed it)."""
-        return dict(self.net.wait(
-            lambda: (v := self.vif()) is not None and v["state"] in ("Closed", "InitWait")
-            and v, timeout, "the hostile vif closed", self.backend))
+        return dict(
+            self.net.wait(
+                lambda: (
+                    (v := self.vif()) is not None and v["state"] in ("Closed", "InitWait") and v
+                ),
+                timeout,
+                "the hostile vif closed",
+                self.backend,
+            )
+        )
 
     def recover(self) -> None:
         """The attacked vif is re-attachable: a good offer connects and carries frames."""
@@ -115,8 +128,12 @@ class Arena:
         self.wait_connected()
         before = self.vif_stats()["frames_rx"]
         self.peer.call("frames 5")
-        self.net.wait(lambda: self.vif_stats()["frames_rx"] >= before + 5, 10,
-                      "frames from the re-attached vif", self.backend)
+        self.net.wait(
+            lambda: self.vif_stats()["frames_rx"] >= before + 5,
+            10,
+            "frames from the re-attached vif",
+            self.backend,
+        )
 
     def expect_failure(self, mark: int, before: int, kind: str, rule: str) -> str:
         """After an attack: one log line ``failed (KIND): ...RULE...``, the handshake
