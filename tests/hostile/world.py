@@ -51,6 +51,7 @@ class Arena:
         net.addr(1, "nc0", f"{GOOD_FE}/24")
         assert net.ping_ok(1, GOOD_BE, count=2)
         self.peer = self.hostile(2)
+        self.dom0_base = self.dom0_resources()  # the good vif's mappings and ports alone
         self.baseline_rss = proc_usage(self.backend.pid)["rss_kb"]
         self._port = 5400
 
@@ -81,6 +82,11 @@ class Arena:
                 return dict(v)
         raise AssertionError(f"no vif {guest}/{devid} in the backend's stats")
 
+    def dom0_resources(self) -> dict[str, int]:
+        """dom0's mappings, mapped pages and event channel ports (the broker's count)."""
+        s = self.net.broker_stats()[0]
+        return {k: s[k] for k in ("mappings", "mapped_pages", "ports")}
+
     def log_mark(self) -> int:
         return len(self.backend.log_text())
 
@@ -104,6 +110,12 @@ class Arena:
         p = peer or self.peer
         p.call("reset")
         self.net.wait_state(0, 2, 0, "InitWait")
+        self.net.wait(
+            lambda: self.dom0_resources() == self.dom0_base,
+            10,
+            f"dom0 back to the good vif's mappings and ports {self.dom0_base}",
+            self.backend,
+        )
 
     def wait_connected(self) -> None:
         self.net.wait_state(0, 2, 0, "Connected")
