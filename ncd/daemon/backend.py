@@ -43,6 +43,7 @@ class BackendVif(Vif):
         # at once: reading the level, we may only ever see the stale "Connected".
         self._published = False
         self._ring_ref_path = f"{layout.queue_dir(guest, devid, 0)}/ring-ref"
+        self._frontend_gone = False  # logged once: the frontend's directory vanished
 
     @property
     def peer(self) -> int:
@@ -105,6 +106,10 @@ class BackendVif(Vif):
         own = layout.read_optional(self.xs, f"{base}/state")
         if own is None and layout.read_optional(self.xs, base) is None:
             return self.machine.device_removed()
+        if not self._frontend_gone and layout.read_optional(self.xs, self.peer_dir) is None:
+            self._frontend_gone = True  # the machine releases the device on the state
+            log.warning("%s: the frontend's directory %s is gone: releasing the device",
+                        self.name, self.peer_dir)
         online = layout.read_online(self.xs, base)
         acts: list[Action] = []
         if online != self.machine.online:
