@@ -22,9 +22,10 @@ MAC = "00:16:3e:00:01:00"
 PORTS = itertools.count(5301)  # a fresh port per transfer: earlier receivers still listen
 
 
-@pytest.fixture
-def net(sim, tmp_path) -> Iterator[Net]:
-    n = Net(sim, tmp_path)
+@pytest.fixture(scope="module")
+def net(sim_module, tmp_path_factory) -> Iterator[Net]:
+    """One world for the module: every test attaches, breaks and detaches its device."""
+    n = Net(sim_module, tmp_path_factory.mktemp("logs"))
     try:
         n.start(0, "backend")
         n.start(1, "frontend")

@@ -18,7 +18,7 @@ import pytest
 from tests.domproc import DomProc
 from tests.e2e.harness import Daemon, Net, proc_usage
 from tests.hostile.peer import CLI_LIVE, eth_frame, record
-from tests.hostile.world import IDLE_CPU, RSS_BOUND_KB, cpu_share
+from tests.hostile.world import IDLE_CPU, RSS_BOUND_KB, cpu_share, daemon_env, sanitizer_report
 
 BE, FE = "198.18.1.1", "198.18.1.2"
 PORTS = itertools.count(5501)
@@ -31,7 +31,7 @@ class Front:
     def __init__(self, net: Net) -> None:
         self.net = net
         net.start(0, "backend")
-        self.frontend: Daemon = net.start(1, "frontend")
+        self.frontend: Daemon = net.start(1, "frontend", env=daemon_env())
         net.attach(1, 0, "00:16:3e:00:01:00")
         net.wait_connected(1, 0)
         net.addr(0, "ncvif1.0", f"{BE}/24")
@@ -104,6 +104,7 @@ class Front:
 
     def check_survived(self) -> None:
         assert self.frontend.alive(), self.frontend.log_text()[-3000:]
+        assert sanitizer_report(self.frontend.log_text()) is None
         rss = proc_usage(self.frontend.pid)["rss_kb"]
         assert rss < self.baseline_rss + RSS_BOUND_KB, (rss, self.baseline_rss)
         share = cpu_share(self.frontend.pid, 1.5)

@@ -37,12 +37,30 @@ def cpu_share(pid: int, window: float) -> float:
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
 
 
+def daemon_env() -> dict[str, str]:
+    """The attacked daemon's environment: with ``NCD_HOSTILE_SANITIZE=1``, the
+    ``-fsanitize=address,undefined`` build of the hot path (tests/vchan/sanitize.py;
+    any out-of-bounds access or undefined behaviour aborts the daemon, which the
+    cases' survival checks then report, and :func:`sanitizer_report` finds)."""
+    if os.environ.get("NCD_HOSTILE_SANITIZE") != "1":
+        return {}
+    from tests.vchan.sanitize import sanitized_env
+
+    return sanitized_env()
+
+
+def sanitizer_report(log: str) -> str | None:
+    """The first sanitizer line in a daemon's log, if any."""
+    m = re.search(r"^.*(AddressSanitizer|runtime error:).*$", log, re.M)
+    return m.group(0) if m else None
+
+
 class Arena:
     """One world, one good vif, one hostile guest process; shared by a module's cases."""
 
     def __init__(self, net: Net) -> None:
         self.net = net
-        self.backend: Daemon = net.start(0, "backend")
+        self.backend: Daemon = net.start(0, "backend", env=daemon_env())
         net.start(1, "frontend")
         net.attach(1, 0, "00:16:3e:00:01:00")
         net.attach(2, 0, HOSTILE_MAC)
@@ -172,6 +190,7 @@ class Arena:
     def check_survived(self) -> None:
         """The backend is up, bounded in memory, and idle once the attack stopped."""
         assert self.backend.alive(), f"the backend died:\n{self.backend.log_text()[-3000:]}"
+        assert sanitizer_report(self.backend.log_text()) is None
         rss = proc_usage(self.backend.pid)["rss_kb"]
         assert rss < self.baseline_rss + RSS_BOUND_KB, (rss, self.baseline_rss)
         share = cpu_share(self.backend.pid, 1.5)
