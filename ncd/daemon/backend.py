@@ -101,15 +101,20 @@ class BackendVif(Vif):
         return SwitchLink.open(registry, view.switch, vchan, neg, label=self.name,
                                domid=self.guest, mac=view.mac, trunk=view.trunk, ips=view.ips)
 
+    def _read_peer_state(self) -> bytes | None:
+        raw = super()._read_peer_state()
+        if raw is None and not self._frontend_gone:  # the machine releases the device
+            if layout.read_optional(self.xs, self.peer_dir) is None:
+                self._frontend_gone = True
+                log.warning("%s: the frontend's directory %s is gone: releasing the device",
+                            self.name, self.peer_dir)
+        return raw
+
     def _observe(self) -> list[Action]:
         base = self.own_dir
         own = layout.read_optional(self.xs, f"{base}/state")
         if own is None and layout.read_optional(self.xs, base) is None:
             return self.machine.device_removed()
-        if not self._frontend_gone and layout.read_optional(self.xs, self.peer_dir) is None:
-            self._frontend_gone = True  # the machine releases the device on the state
-            log.warning("%s: the frontend's directory %s is gone: releasing the device",
-                        self.name, self.peer_dir)
         online = layout.read_online(self.xs, base)
         acts: list[Action] = []
         if online != self.machine.online:

@@ -83,6 +83,12 @@ class HostileBackend:
         self.xs.write(f"{self.dir}/state", "2")
         return {}
 
+    def cmd_closed(self) -> dict[str, Any]:
+        """Stop: unmap everything, state Closed (the frontend closes too and waits)."""
+        self._release()
+        self.xs.write(f"{self.dir}/state", "6")
+        return {}
+
     def _release(self) -> None:
         for m in [*self.maps, *([self.ctrl] if self.ctrl else [])]:
             if not m.released:

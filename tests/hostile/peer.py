@@ -113,11 +113,6 @@ class HostileFrontend:
         self.xs.rm(self.dir, missing_ok=True)
         return {}
 
-    def cmd_backend_state(self) -> dict[str, Any]:
-        be = self.xs.read_or_none(f"{self.dir}/backend")
-        st = self.xs.read_or_none(f"{be}/state") if be else None
-        return {"state": st}
-
     def cmd_reset(self) -> dict[str, Any]:
         """Withdraw everything shared, remove queue-0, good features, state 1."""
         self._stop_thread()

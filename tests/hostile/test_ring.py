@@ -36,8 +36,7 @@ def _fatal(arena: Arena, rule: str, *attack: str) -> str:
             arena.peer.call(line)
         line = arena.expect_failure(mark, before, "link_lost", rule)
         arena.peer.call("stop")
-    arena.check_survived()
-    return line
+    return line  # the caller's recover() checks the backend once the attack stopped
 
 
 # ---- records --------------------------------------------------------------------------
@@ -209,7 +208,6 @@ def test_port_closed_under_the_backend(arena: Arena) -> None:
             _ping_hostile(arena)  # the backend writes and notifies a closed port
     finally:
         arena.net.ip(0, "addr", "flush", "dev", "ncvif2.0")
-    arena.check_survived()
     arena.recover()
 
 
@@ -222,5 +220,4 @@ def test_grants_withdrawn_while_mapped(arena: Arena) -> None:
     with arena.good_traffic():
         arena.peer.call("unshare")
         _ping_hostile(arena)
-    arena.check_survived()
     arena.recover()  # reset: state 1, the backend unmaps; dom0 back to its baseline
