@@ -13,6 +13,9 @@ File format (every key optional; unknown sections/keys are errors naming the key
 
     [backend]
     bridge = "xenbr0"                   # default bridge for vifs that name none ("" = none)
+    ovs_db = ""                         # Open vSwitch database of OVS bridges (ovs-vsctl
+                                        # --db, e.g. "unix:/run/ovs/db.sock"; "" = its
+                                        # default, /var/run/openvswitch/db.sock)
 
     [frontend]
     ifname = "nc{devid}"                # TAP name template in the guest
@@ -40,6 +43,19 @@ File format (every key optional; unknown sections/keys are errors naming the key
                                         # from the origin's grant: the forwarder never
                                         # touches the payload)
     ageing = 300                        # seconds a learned MAC stays valid
+
+    [[vif]]                             # a declared vif (backend and driver roles): attached
+                                        # by this daemon to the domain called `domain`
+                                        # whenever one exists (at start, and at every
+                                        # @introduceDomain), as xl does with a domain
+                                        # config's vif = [...]; its entries go with the
+                                        # domain (@releaseDomain)
+    domain = "guest1"                   # the domain's name (/local/domain/<id>/name)
+    spec = "bridge=xenbr0,rate=100Mb/s" # an xl vifspec (ncd.vifspec) without backend=
+                                        # (the backend is this daemon's domain); devid
+                                        # defaults as in xl (the next after the highest
+                                        # given, per domain), mac to a fixed one made from
+                                        # the name and devid
 """
 
 from __future__ import annotations
@@ -53,7 +69,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import parse
+from . import parse, vifspec
 from .control import default_socket_path
 from .parse import BadEntry
 
@@ -86,6 +102,7 @@ class MetricsSection:
 @dataclass(frozen=True)
 class BackendSection:
     bridge: str = ""
+    ovs_db: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,21 @@ class SwitchSection:
 
 
 @dataclass(frozen=True)
+class DeclaredVif:
+    """One ``[[vif]]`` table: a vif for whichever domain is called ``domain``."""
+
+    domain: str
+    spec: str
+    options: vifspec.VifOptions  # parsed spec, devid filled in
+    mac: str  # the spec's, else :func:`ncd.vifspec.stable_mac`
+
+    @property
+    def devid(self) -> int:
+        assert self.options.devid is not None
+        return self.options.devid
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -128,6 +160,7 @@ class Config:
     channel: ChannelSection = field(default_factory=ChannelSection)
     driver: DriverSection = field(default_factory=DriverSection)
     switches: Mapping[str, SwitchSection] = field(default_factory=dict)  # [switch.NAME]
+    vifs: tuple[DeclaredVif, ...] = ()  # [[vif]]
 
     def frontend_ifname(self, devid: int) -> str:
         return self.frontend.ifname.format(devid=devid)
@@ -184,9 +217,11 @@ def _validate(where: str, cfg: Config) -> None:
         raise bad("metrics.port", f"{cfg.metrics.port} is not a TCP port")
     if cfg.backend.bridge:
         try:
-            parse.ifname("backend.bridge", cfg.backend.bridge)
+            parse.bridge("backend.bridge", cfg.backend.bridge)
         except BadEntry as exc:
             raise ConfigError(f"{where}: {exc}") from None
+    if cfg.backend.ovs_db and not cfg.backend.ovs_db.startswith(("unix:", "tcp:", "ssl:")):
+        raise bad("backend.ovs_db", f"{cfg.backend.ovs_db!r} is not unix:FILE, tcp:... or ssl:...")
     try:
         name = cfg.frontend.ifname.format(devid=65535)
         if "{devid}" not in cfg.frontend.ifname:
@@ -256,12 +291,61 @@ def _switches(where: str, cfg: Config, body: Any) -> dict[str, SwitchSection]:
     return out
 
 
+def _declared_vifs(where: str, body: Any) -> tuple[DeclaredVif, ...]:
+    """``[[vif]]`` tables; devids as libxl numbers a domain's vif list: the ones given
+    stay, the others follow the highest given, in order."""
+    if not isinstance(body, list) or not all(isinstance(t, Mapping) for t in body):
+        raise ConfigError(f"{where}: vif: expected [[vif]] tables")
+    parsed: list[tuple[str, str, vifspec.VifOptions]] = []
+    for i, table in enumerate(body):
+        key = f"vif[{i}]"
+        unknown = sorted(set(table) - {"domain", "spec"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {key}.{unknown[0]}")
+        for sub in ("domain", "spec"):
+            if not isinstance(table.get(sub), str):
+                raise ConfigError(f"{where}: {key}.{sub}: expected a string")
+        domain, spec = table["domain"], table["spec"]
+        try:
+            parse.text(f"{key}.domain", domain)
+            if not domain or domain.isdigit():
+                raise BadEntry(f"{key}.domain: {domain!r} is not a domain name")
+            opts = vifspec.parse_vifspec([spec])
+        except BadEntry as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+        if opts.backend is not None:
+            raise ConfigError(
+                f"{where}: {key}.spec: backend: a declared vif's backend is "
+                "the daemon that declares it"
+            )
+        parsed.append((domain, spec, opts))
+    out = []
+    for domain in dict.fromkeys(d for d, _, _ in parsed):
+        mine = [(s, o) for d, s, o in parsed if d == domain]
+        given = [o.devid for _, o in mine if o.devid is not None]
+        dup = {d for d in given if given.count(d) > 1}
+        if dup:
+            raise ConfigError(f"{where}: vif: domain {domain!r} has devid {min(dup)} twice")
+        last = max(given, default=-1)
+        for spec, opts in mine:
+            if opts.devid is None:
+                last += 1
+                opts = replace(opts, devid=last)
+            assert opts.devid is not None
+            mac = opts.mac or vifspec.stable_mac(domain, opts.devid)
+            out.append(DeclaredVif(domain, spec, opts, mac))
+    return tuple(out)
+
+
 def _apply(where: str, cfg: Config, data: Mapping[str, Any]) -> Config:
     """Merge ``{"section": {"key": value}}`` into cfg, rejecting unknown keys."""
     sections: dict[str, Any] = {}
     for sname, body in data.items():
         if sname == "switch":
             sections["switches"] = _switches(where, cfg, body)
+            continue
+        if sname == "vif":
+            sections["vifs"] = cfg.vifs + _declared_vifs(where, body)
             continue
         stype = _SECTION_TYPES.get(sname)
         if stype is None:
@@ -331,7 +415,9 @@ def add_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     )
     if role in ("backend", "driver"):
         parser.add_argument(
-            "--bridge", dest="backend.bridge", default=None,
+            "--bridge",
+            dest="backend.bridge",
+            default=None,
             help="default bridge for the TAPs of vifs that name none",
         )
     if role in ("frontend", "driver"):
@@ -343,7 +429,10 @@ def add_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         )
     if role == "driver":
         parser.add_argument(
-            "--uplink-switch", dest="driver.uplink_switch", default=None, metavar="NAME",
+            "--uplink-switch",
+            dest="driver.uplink_switch",
+            default=None,
+            metavar="NAME",
             help="the devices this domain fronts become (trunk) ports of switch NAME "
             "instead of TAPs (config [driver] uplink_switch)",
         )

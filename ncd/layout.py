@@ -22,7 +22,7 @@ fake. Values written by another domain are untrusted: each is read through
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -163,7 +163,7 @@ class VifSpec:
         object.__setattr__(self, "mac", parse.mac("mac", self.mac))
         parse.mtu("mtu", str(self.mtu))
         if self.bridge is not None:
-            parse.ifname("bridge", self.bridge)
+            parse.bridge("bridge", self.bridge)
         if self.switch is not None:
             parse.switch_name("switch", self.switch)
             if self.bridge is not None:
@@ -207,6 +207,24 @@ def backend_entries(spec: VifSpec) -> dict[str, str]:
     if spec.ips:
         entries["ip"] = " ".join(spec.ips)  # space-separated, as libxl writes it
     return entries
+
+
+def libxl_entries(rate: str | None = None, vifname: str | None = None) -> dict[str, str]:
+    """Optional backend keys named and written as libxl writes them for a vif: ``rate``
+    ("BYTES,USECS", :attr:`ncd.vifspec.Rate.entry`) and ``vifname`` (the TAP's name)."""
+    out = {}
+    if rate is not None:
+        out["rate"] = rate
+    if vifname is not None:
+        out["vifname"] = parse.ifname("vifname", vifname)
+    return out
+
+
+def read_vifname(store: StoreOps, be: int, fe: int, devid: int) -> str | None:
+    """The backend entry's ``vifname`` (None when absent or empty); BadEntry if invalid."""
+    base = backend_dir(be, fe, devid)
+    raw = read_optional(store, f"{base}/vifname")
+    return None if raw in (None, b"") else parse.ifname(f"{base}/vifname", raw)
 
 
 def frontend_entries(spec: VifSpec) -> dict[str, str]:
@@ -260,8 +278,11 @@ def attach(
     switch: str | None = None,
     trunk: bool = False,
     ips: tuple[str, ...] = (),
+    extra: Mapping[str, str] | None = None,
 ) -> VifSpec:
     """Write both directories of a new ncvif in one transaction (as libxl does).
+
+    ``extra``: more backend keys (:func:`libxl_entries`: ``rate``, ``vifname``).
 
     Raises :class:`AttachError` for an unknown frontend domain or a devid in
     use, :class:`BadEntry` for bad arguments. With ``devid`` None the next free
@@ -284,7 +305,8 @@ def attach(
             raise AttachError(f"domain {frontend} already has {DEVICE_KIND} devid {chosen}")
         spec = VifSpec(backend, frontend, chosen, mac, mtu, bridge, switch, trunk, ips)
         _write_dir(t, spec.frontend_dir, frontend_perms(spec), frontend_entries(spec))
-        _write_dir(t, spec.backend_dir, backend_perms(spec), backend_entries(spec))
+        entries = {**backend_entries(spec), **(extra or {})}
+        _write_dir(t, spec.backend_dir, backend_perms(spec), entries)
         return spec
 
     return store.run_in_transaction(txn)
@@ -358,7 +380,7 @@ def read_backend(store: StoreOps, be: int, fe: int, devid: int) -> BackendView:
         online=parse.flag(f"{base}/online", get("online")),
         mac=parse.mac(f"{base}/mac", get("mac")),
         mtu=parse.mtu(f"{base}/mtu", get("mtu")),
-        bridge=None if bridge_raw in (None, b"") else parse.ifname(f"{base}/bridge", bridge_raw),
+        bridge=None if bridge_raw in (None, b"") else parse.bridge(f"{base}/bridge", bridge_raw),
         handle=handle,
         switch=None if switch_raw in (None, b"") else parse.switch_name(f"{base}/switch",
                                                                         switch_raw),

@@ -66,6 +66,10 @@ class VifCounters:
     ring_full_waits: int = 0
     notifications_sent: int = 0
     notifications_received: int = 0
+    notifications_spurious: int = 0  # received events that carried no work (late EOI)
+    watch_events_coalesced: int = 0  # xenstore watch events folded into a later look
+    watch_backoffs: int = 0  # times the peer's watch was dropped a while (its events idle)
+    channel_setups: int = 0  # channels brought up (a flapping peer shows here)
     tracked_foreign_pages: int = 0
 
     def plus(self, other: VifCounters) -> VifCounters:
@@ -82,6 +86,10 @@ class VifCounters:
             ring_full_waits=self.ring_full_waits + other.ring_full_waits,
             notifications_sent=self.notifications_sent + other.notifications_sent,
             notifications_received=self.notifications_received + other.notifications_received,
+            notifications_spurious=self.notifications_spurious + other.notifications_spurious,
+            watch_events_coalesced=self.watch_events_coalesced + other.watch_events_coalesced,
+            watch_backoffs=self.watch_backoffs + other.watch_backoffs,
+            channel_setups=self.channel_setups + other.channel_setups,
             tracked_foreign_pages=other.tracked_foreign_pages,
         )
 
@@ -115,6 +123,24 @@ class _VifCollector(Collector):
         notes = CounterMetricFamily(
             "ncd_vif_notifications", "Event channel notifications", labels=[*lab, "direction"]
         )
+        spurious = CounterMetricFamily(
+            "ncd_vif_notifications_spurious",
+            "Event channel notifications that carried no work (their unmask was deferred)",
+            labels=lab,
+        )
+        coalesced = CounterMetricFamily(
+            "ncd_vif_watch_events_coalesced",
+            "Xenstore watch events folded into a later look at the vif's entries",
+            labels=lab,
+        )
+        backoffs = CounterMetricFamily(
+            "ncd_vif_watch_backoffs",
+            "Times the watch on the peer's directory was dropped a while, its events idle",
+            labels=lab,
+        )
+        setups = CounterMetricFamily(
+            "ncd_vif_channel_setups", "Channels brought up (mapped or granted)", labels=lab
+        )
         pages = GaugeMetricFamily(
             "ncd_vif_tracked_foreign_pages", "Foreign pages in the tracker for this vif", labels=lab
         )
@@ -131,6 +157,10 @@ class _VifCollector(Collector):
             waits.add_metric(ids, snap.ring_full_waits)
             notes.add_metric([*ids, "sent"], snap.notifications_sent)
             notes.add_metric([*ids, "received"], snap.notifications_received)
+            spurious.add_metric(ids, snap.notifications_spurious)
+            coalesced.add_metric(ids, snap.watch_events_coalesced)
+            backoffs.add_metric(ids, snap.watch_backoffs)
+            setups.add_metric(ids, snap.channel_setups)
             pages.add_metric(ids, snap.tracked_foreign_pages)
             state.add_metric(ids, int(st))
             if st in by_state:
@@ -138,7 +168,8 @@ class _VifCollector(Collector):
         vifs = GaugeMetricFamily("ncd_vifs", "Vifs of this daemon by XenbusState", labels=["state"])
         for st, n in by_state.items():
             vifs.add_metric([st.label], n)
-        yield from (frames, nbytes, drops, waits, notes, pages, state, vifs)
+        yield from (frames, nbytes, drops, waits, notes, spurious, coalesced, backoffs)
+        yield from (setups, pages, state, vifs)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -129,6 +129,38 @@ def ifname(key: str, raw: Raw) -> str:
     return value
 
 
+VLAN_MAX = 4095  # an 802.1Q VLAN id (Open vSwitch's Port tag/trunks range)
+# vif-openvswitch's NAME[.TAG][:TRUNK[:TRUNK...]] (tools/hotplug/Linux/vif-openvswitch)
+_OVS_BRIDGE_RE = re.compile(r"([^.:]+)(?:\.([0-9]{1,4}))?(?::([0-9]{1,4}(?::[0-9]{1,4})*))?")
+
+
+def ovs_bridge(key: str, raw: Raw) -> tuple[str, int | None, tuple[int, ...]]:
+    """vif-openvswitch's ``bridge`` syntax ``NAME[.TAG][:TRUNK[:TRUNK...]]``: the Open
+    vSwitch bridge, the port's VLAN tag (None: untagged) and its trunk VLANs (sorted)."""
+    value = text(key, raw)
+    m = _OVS_BRIDGE_RE.fullmatch(value)
+    if m is None:
+        raise BadEntry(f"{key}: not NAME[.TAG][:TRUNK...]: {value[:32]!r}")
+    name, tag_s, trunks_s = m.groups()
+    ifname(key, name)
+    tag = int(tag_s) if tag_s else None
+    trunks = tuple(sorted({int(x) for x in trunks_s.split(":")})) if trunks_s else ()
+    if any(v > VLAN_MAX for v in (tag or 0, *trunks)):
+        raise BadEntry(f"{key}: a VLAN id above {VLAN_MAX}: {value[:32]!r}")
+    return name, tag, trunks
+
+
+def bridge(key: str, raw: Raw) -> str:
+    """A vif's ``bridge``: a Linux bridge's name (an interface name), or an Open vSwitch
+    bridge in vif-openvswitch's syntax (:func:`ovs_bridge`)."""
+    value = text(key, raw)
+    try:
+        return ifname(key, value)
+    except BadEntry:
+        ovs_bridge(key, value)
+    return value
+
+
 _SWITCH_RE = re.compile(r"[A-Za-z0-9_-]{1,15}")
 
 

@@ -86,6 +86,7 @@ class PortStats:
     offload_fixed: int = 0
     gso_segments: int = 0
     drop_bad_headers: int = 0
+    notify_spurious: int = 0  # events that carried no work (late EOI)
 
 
 @dataclass(frozen=True)

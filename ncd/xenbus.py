@@ -42,6 +42,14 @@ asks :meth:`XenbusMachine.get_timer` for the deadline and calls
 device. With that, any interleaving of watch events and setup completions
 converges to Connected on both sides (property-tested in
 tests/daemon/test_xenbus.py).
+
+The peer goes through the same backoff (a hostile peer must not buy a setup per
+xenstore write): while the timer is armed, peer events move no Closed device and
+start no setup, they are only remembered; the timer then restarts or resumes the
+handshake. Every failure with the time known arms it (peer nonsense too: its next
+chance comes after the delay), and so does the peer tearing down a channel that
+was up for less than the backoff's cap (a peer flapping its state with good
+pages): at most one setup per delay, however fast the peer writes.
 """
 
 from __future__ import annotations
@@ -140,8 +148,9 @@ class ReleaseDevice:
 
 class FailKind(enum.Enum):
     """Why a device failed: ``label`` is its metrics label, ``retry`` whether the
-    machine arms its retry timer (a peer that wrote nonsense is not retried: its
-    next state change is)."""
+    machine always arms its retry timer (the failure must say when it happened). A
+    peer that wrote nonsense arms it when the time is known: its next state change
+    is followed once the delay passed, not at once."""
 
     BAD_STATE = ("bad_state", False)  # the peer's state key is not a state
     ILL_TIMED = ("ill_timed", False)  # a peer state impossible in ours
@@ -208,6 +217,7 @@ class XenbusMachine:
         self.failures: list[str] = []
         self.backoff = backoff if backoff is not None else Backoff()
         self._retry_at: float | None = None  # deadline of the retry timer
+        self._connected_at: float | None = None  # when setup_done(now=) brought it up
 
     # -- helpers ---------------------------------------------------------
 
@@ -226,8 +236,8 @@ class XenbusMachine:
         return [Disconnect()] if had else []
 
     def _setup(self) -> list[Action]:
-        if self.setting_up or self.channel_up:
-            return []
+        if self.setting_up or self.channel_up or self.held:
+            return []  # held: the timer resumes it (handle_timer)
         self.setting_up = True
         return [Setup()]
 
@@ -238,16 +248,37 @@ class XenbusMachine:
         self._retry_at = None
         return [ReleaseDevice()]
 
+    @property
+    def held(self) -> bool:
+        """The retry timer is armed: peer events start no setup and move no Closed
+        device until it fired."""
+        return self._retry_at is not None
+
+    def _hold(self, now: float) -> None:
+        if self._retry_at is None and not self.released:
+            self._retry_at = now + self.backoff.take()
+
     def _arm_retry(self, kind: FailKind, now: float | None) -> None:
-        """A retrying failure arms the timer, unless it is armed already."""
-        if not kind.retry or self._retry_at is not None or self.released:
-            return
+        """A failure arms the timer, unless it is armed already (a retrying kind
+        must say when it happened; another one arms it when it does)."""
         if now is None:
-            raise TypeError(f"xenbus: a {kind.label} failure needs the time (now=)")
-        self._retry_at = now + self.backoff.take()
+            if kind.retry and self._retry_at is None and not self.released:
+                raise TypeError(f"xenbus: a {kind.label} failure needs the time (now=)")
+            return
+        self._hold(now)
+
+    def _peer_teardown(self, now: float | None) -> list[Action]:
+        """The peer takes a channel down: one up for less than the backoff's cap is a
+        flap, and its re-setup waits for the next delay."""
+        up_at, self._connected_at = self._connected_at, None
+        if self.channel_up and up_at is not None and now is not None:
+            if now - up_at < self.backoff.cap:
+                self._hold(now)
+        return self._disconnect()
 
     def _fail(self, reason: str, kind: FailKind, now: float | None = None) -> list[Action]:
         self.failures.append(reason)
+        self._connected_at = None
         acts: list[Action] = [*self._disconnect(), *self._set(XenbusState.CLOSED)]
         acts.append(Fail(reason, kind))
         self._arm_retry(kind, now)
@@ -257,11 +288,12 @@ class XenbusMachine:
         if self.state == XenbusState.UNKNOWN:
             raise RuntimeError("xenbus: event before start()")
 
-    def _ill_timed(self, peer: XenbusState) -> list[Action]:
+    def _ill_timed(self, peer: XenbusState, now: float | None) -> list[Action]:
         other = "frontend" if self.role is Role.BACKEND else "backend"
         return self._fail(
             f"{other} state {peer.label} ({int(peer)}) while {self.state.label}",
             FailKind.ILL_TIMED,
+            now,
         )
 
     # -- events ----------------------------------------------------------
@@ -282,11 +314,12 @@ class XenbusMachine:
             acts += self._setup()
         return acts
 
-    def peer_changed(self, raw: bytes | str | None) -> list[Action]:
-        """The peer's ``state`` key changed (``raw`` as read; None if absent).
+    def peer_changed(self, raw: bytes | str | None, now: float | None = None) -> list[Action]:
+        """The peer's ``state`` key changed (``raw`` as read; None if absent) at ``now``.
 
         Before :meth:`start`, only remembers the peer state (so a daemon can
-        read both sides and then start).
+        read both sides and then start). Without ``now`` nothing the peer does
+        arms the timer (a daemon always passes it; it is for tests of the states).
         """
         if self.released:
             return []
@@ -297,22 +330,24 @@ class XenbusMachine:
                 self.state = XenbusState.CLOSED
                 self.failures.append(str(exc))
                 return [SetState(XenbusState.CLOSED), Fail(str(exc), FailKind.BAD_STATE)]
-            return self._fail(str(exc), FailKind.BAD_STATE)
+            return self._fail(str(exc), FailKind.BAD_STATE, now)
         if self.state == XenbusState.UNKNOWN:
             self.peer_state = peer
             return []
         self.peer_state = peer
         if self.role is Role.BACKEND:
-            return self._backend_peer(peer)
-        return self._frontend_peer(peer)
+            return self._backend_peer(peer, now)
+        return self._frontend_peer(peer, now)
 
-    def setup_done(self) -> list[Action]:
-        """The Setup action succeeded."""
+    def setup_done(self, now: float | None = None) -> list[Action]:
+        """The Setup action succeeded (at ``now``: the peer tearing this channel down
+        before the backoff's cap passed is a flap, see :meth:`_peer_teardown`)."""
         self._check_live()
         if not self.setting_up:
             return []  # a Disconnect overtook it; the caller tears down what it built
         self.setting_up = False
         self.channel_up = True
+        self._connected_at = now
         return self._set(XenbusState.CONNECTED)
 
     def setup_failed(self, reason: str, now: float) -> list[Action]:
@@ -347,24 +382,37 @@ class XenbusMachine:
 
     def handle_timer(self, now: float) -> list[Action]:
         """The clock reads ``now``: once the retry deadline passed, a Closed device
-        starts the handshake again (:meth:`restart`). A device not started yet has
-        nothing to restart: its owner retries loading it whenever it wakes."""
+        starts the handshake again (:meth:`restart`), one waiting for a setup the
+        peer asked for while held starts it. A device not started yet has nothing
+        to restart: its owner retries loading it whenever it wakes."""
         if self._retry_at is None or now < self._retry_at:
             return []
         self._retry_at = None
         if self.state == XenbusState.UNKNOWN:
             return []
-        return self.restart()
+        if self.state == XenbusState.CLOSED:
+            return self.restart()
+        S = XenbusState
+        if self.role is Role.BACKEND:
+            ready = self.state == S.INIT_WAIT and self.peer_state == S.CONNECTED
+        else:
+            ready = self.state == S.INITIALISING and self.peer_state == S.INIT_WAIT
+        return self._setup() if ready else []
 
     def restart(self) -> list[Action]:
-        """From Closed, with the device still there, try the handshake again."""
+        """From Closed, with the device still there, try the handshake again now (the
+        timer's action; called directly, the retry happens now and the timer is off)."""
         self._check_live()
         if self.state != XenbusState.CLOSED or self.released:
             return []
+        self._retry_at = None
         if self.role is Role.BACKEND:
             if not self.online:
                 return []
-            return self._set(XenbusState.INIT_WAIT)
+            acts = self._set(XenbusState.INIT_WAIT)
+            if self.peer_state == XenbusState.CONNECTED:
+                acts += self._setup()  # as start(): a published frontend is mapped
+            return acts
         acts = self._set(XenbusState.INITIALISING)
         if self.peer_state == XenbusState.INIT_WAIT:
             acts += self._setup()
@@ -438,7 +486,7 @@ class XenbusMachine:
 
     # -- per role --------------------------------------------------------
 
-    def _backend_peer(self, fe: XenbusState) -> list[Action]:
+    def _backend_peer(self, fe: XenbusState, now: float | None) -> list[Action]:
         S = XenbusState
         me = self.state
         if fe == S.UNKNOWN:
@@ -447,14 +495,14 @@ class XenbusMachine:
             if me == S.INIT_WAIT:
                 return []
             if me == S.CONNECTED:  # frontend restarted without closing
-                return [*self._disconnect(), *self._set(S.INIT_WAIT)]
+                return [*self._peer_teardown(now), *self._set(S.INIT_WAIT)]
             if me == S.CLOSED:
-                return self._set(S.INIT_WAIT) if self.online else []
+                return self._set(S.INIT_WAIT) if self.online and not self.held else []
             return []  # Closing: the toolstack is removing the device
         if fe == S.INITIALISED:
             if me == S.INIT_WAIT:
                 return []  # as netback: wait for Connected
-            return self._ill_timed(fe)
+            return self._ill_timed(fe, now)
         if fe == S.CONNECTED:
             if me == S.INIT_WAIT:
                 return self._setup()
@@ -462,40 +510,40 @@ class XenbusMachine:
                 return []
             if me in (S.CLOSING, S.CLOSED):
                 return []  # the frontend has not seen our close yet
-            return self._ill_timed(fe)
+            return self._ill_timed(fe, now)
         if fe == S.CLOSING:
             if me == S.CLOSED:
                 return []
-            return [*self._disconnect(), *self._set(S.CLOSING)]
+            return [*self._peer_teardown(now), *self._set(S.CLOSING)]
         if fe == S.CLOSED:
             if me == S.INIT_WAIT and self.online and not self.setting_up:
                 return []  # nothing up yet; a closed frontend re-initialises when it sees us
-            acts = [*self._disconnect(), *self._set(S.CLOSED)]
+            acts = [*self._peer_teardown(now), *self._set(S.CLOSED)]
             if not self.online:
                 acts += self._release()
             return acts
         # InitWait is a backend-only state: a frontend never writes it.
-        return self._ill_timed(fe)
+        return self._ill_timed(fe, now)
 
-    def _frontend_peer(self, be: XenbusState) -> list[Action]:
+    def _frontend_peer(self, be: XenbusState, now: float | None) -> list[Action]:
         S = XenbusState
         me = self.state
         if be == S.UNKNOWN:  # backend entries gone: wait for our device dir to go too
-            return [*self._disconnect(), *self._set(S.CLOSED)]
+            return [*self._peer_teardown(now), *self._set(S.CLOSED)]
         if be == S.INITIALISING:
             return []  # transient on the backend side
         if be == S.INIT_WAIT:
             if me == S.INITIALISING:
                 return self._setup()
             if me == S.CLOSED:  # backend (re)started after we closed: reconnect
-                return [*self._set(S.INITIALISING), *self._setup()]
+                return [] if self.held else [*self._set(S.INITIALISING), *self._setup()]
             # Connected: as netfront, ignore. A backend that really restarted lost
             # its mapping, which our channel reports as link_lost (-> Closed, then
             # the reconnect above); reconnecting here too would let the two sides
             # chase each other's resets. Closing: we are shutting down.
             return []
         if be == S.INITIALISED:
-            return self._ill_timed(be)  # a backend never writes Initialised
+            return self._ill_timed(be, now)  # a backend never writes Initialised
         if be == S.CONNECTED:
             if me == S.CONNECTED:
                 return []
@@ -506,10 +554,10 @@ class XenbusMachine:
                 return []
             if me in (S.CLOSING, S.CLOSED):
                 return []  # the backend has not seen our close yet
-            return self._ill_timed(be)
+            return self._ill_timed(be, now)
         # Closing or Closed: as netfront, go straight to Closed.
         if me == S.CLOSED:
             return []
         if me == S.INITIALISING and not self.setting_up:
             return []  # left over from before our start: it re-probes once it sees us
-        return [*self._disconnect(), *self._set(S.CLOSED)]
+        return [*self._peer_teardown(now), *self._set(S.CLOSED)]

@@ -10,6 +10,9 @@ APT_PACKAGES=(
     libxen-dev xenstore-utils xen-utils-4.17
     # networking used by the simulator, the tests and the benchmarks
     iproute2 iperf3 socat iputils-ping util-linux
+    # Open vSwitch (tests/e2e/test_ovs.py: its userspace datapath, private daemons) and
+    # systemd (tests/packaging/test_systemd_real.py boots it in namespaces of its own)
+    openvswitch-switch systemd
     # building the C parts
     gcc make pkg-config libffi-dev python3-dev python3-venv
     # fuzzing (scripts/fuzz.sh, tests/fuzz): libFuzzer comes with clang
@@ -33,8 +36,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # xensim (the simulator: a development tool, its own distribution, never in ncd's
-# package) and ncd itself, both editable, with the test tools.
-.venv/bin/python -m pip install -q -e ./xensim -e '.[test]'
+# package) and ncd itself, both editable, with the test tools and bench/run's plotting
+# (matplotlib).
+.venv/bin/python -m pip install -q -e ./xensim -e '.[test,bench]'
 
 # The Debian package's tools (tests/packaging builds the .deb): dpkg-dev, lintian and
 # the Build-Depends of debian/control, through the build script itself.

@@ -40,7 +40,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     world = _world(args)
     _require_up(world)
-    print(world.create_domain())
+    print(world.create_domain(args.name))
     return 0
 
 
@@ -142,7 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-logs", action="store_true", help="keep the world directory's logs"
     )
     down.set_defaults(func=cmd_down)
-    add("create", "create one more domU, print its domid").set_defaults(func=cmd_create)
+    cr = add("create", "create one more domU, print its domid")
+    cr.add_argument(
+        "--name",
+        help="the domain's name, written to /local/domain/<domid>/name as xl does "
+        "(default domU<domid>; a name another domain has is refused)",
+    )
+    cr.set_defaults(func=cmd_create)
     de = add("destroy", "destroy a domU (kill its processes, free its resources)")
     de.add_argument("domid", type=int, help="the domain to destroy")
     de.set_defaults(func=cmd_destroy)

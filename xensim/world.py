@@ -189,15 +189,26 @@ class World:
         with self.xs() as xs:
             write_domain_nodes(xs, 0, _perm_text)
 
-    def create_domain(self) -> int:
-        """Create the next domU: broker domain, xenstore introduction, libxl's nodes, netns."""
+    def create_domain(self, name: str | None = None) -> int:
+        """Create the next domU: broker domain, xenstore introduction, libxl's nodes, netns.
+
+        ``name`` (default ``domU<domid>``) goes to ``/local/domain/<domid>/name``, written
+        before the domain is introduced, as libxl does; like libxl, a name another domain
+        has is refused."""
+        if name is not None:
+            check_domain_name(name)
+            with self.xs() as xs:
+                for d in xs.directory("/local/domain"):
+                    path = f"/local/domain/{d}/name"
+                    if xs.exists(path) and xs.read(path) == name.encode():
+                        raise WorldError(f"domain with name {name!r} already exists (domain {d})")
         domid = self.state.next_domid
         self.state.next_domid += 1
         self._save()
         self.broker().create_domain(domid)
         self._add_netns(domid)
         with self.xs() as xs:
-            write_domain_nodes(xs, domid, _perm_text)
+            write_domain_nodes(xs, domid, _perm_text, name)
             xs.introduce(domid, mfn=0, port=1)
         log.info("domain %d created (netns %s)", domid, self.netns(domid))
         return domid
@@ -296,7 +307,18 @@ def _perm_text(domid: int, kind: str) -> str:
     return f"{kind}{domid}"
 
 
-def write_domain_nodes(xs: Any, domid: int, perm: Callable[[int, str], Any]) -> None:
+def check_domain_name(name: str) -> None:
+    """A name libxl would take: not empty, no '/', printable ASCII, not all digits (xl
+    reads those as a domid)."""
+    if not name or "/" in name or not (name.isascii() and name.isprintable()):
+        raise WorldError(f"bad domain name {name!r}: printable ASCII without '/'")
+    if name.isdigit():
+        raise WorldError(f"bad domain name {name!r}: all digits reads as a domid")
+
+
+def write_domain_nodes(
+    xs: Any, domid: int, perm: Callable[[int, str], Any], name: str | None = None
+) -> None:
     """What the toolstack leaves in xenstore for a new domain: for dom0 what
     xen-init-dom0 writes (plus the backend directory libxl uses), for a domU libxl's
     nodes with libxl's permissions. ``xs`` is any store with ``mkdir``/``write``/
@@ -313,7 +335,7 @@ def write_domain_nodes(xs: Any, domid: int, perm: Callable[[int, str], Any]) -> 
     rw = [perm(domid, "n")]  # libxl's rwperm: the guest owns
     xs.mkdir(home)
     xs.set_perms(home, ro)
-    xs.write(f"{home}/name", f"domU{domid}")
+    xs.write(f"{home}/name", name or f"domU{domid}")
     xs.write(f"{home}/domid", str(domid))
     for node in ("device", "control"):
         xs.mkdir(f"{home}/{node}")

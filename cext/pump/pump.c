@@ -38,7 +38,7 @@ struct ncd_pump {
     uint32_t tx_max_rec; /* largest record we may read from the fd (vnet hdr + frame) */
     uint32_t tx_commit, rx_commit; /* commit every this many bytes within a batch */
     int is_socket;
-    int wake_fd, done_fd, evtchn_fd;
+    int wake_fd, done_fd;
     pthread_t thread;
     pthread_mutex_t lock; /* serialises stop/join */
     int joined;
@@ -53,6 +53,7 @@ struct ncd_pump {
     size_t tx_need;
     int rx_waiting_fd; /* rx is waiting for POLLOUT */
     int tx_wait_counted;
+    struct ncd_vchan_eoi eoi; /* late EOI of the event channel (vchan_eoi.c) */
 };
 
 /* ---- two-iovec ring spans: span.h ------------------------------------ */
@@ -81,6 +82,7 @@ static void snapshot_vchan_stats(struct ncd_pump *p)
     struct ncd_vchan_stats vs;
     ncd_vchan_get_stats(p->v, &vs);
     CNT_SET(p, notify_sent, vs.notify_sent);
+    CNT_SET(p, notify_spurious, ncd_vchan_eoi_spurious(&p->eoi));
 }
 
 static void hostile(struct ncd_pump *p, const char *what)
@@ -393,10 +395,13 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
 
 /* ---- the thread ------------------------------------------------------------ */
 
-static void consume_event(struct ncd_pump *p)
+/* The event fd fired: take the event; its unmask waits if it carried no work. */
+static int consume_event(struct ncd_pump *p)
 {
-    if (ncd_vchan_wait(p->v) == 0)
+    int rc = ncd_vchan_eoi_event(&p->eoi, p->v);
+    if (rc > 0)
         CNT_ADD(p, notify_recv, 1);
+    return rc;
 }
 
 static void *pump_main(void *arg)
@@ -409,6 +414,7 @@ static void *pump_main(void *arg)
     while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
         size_t remain = 0;
         int tx = DIR_IDLE, rx;
+        uint64_t rx_batches = CNT_GET(p, rx_batches);
 
         int open = ncd_vchan_is_open(p->v);
         if (open == 1)
@@ -418,6 +424,11 @@ static void *pump_main(void *arg)
         rx = rx_run(p, &remain);
         if (rx == DIR_FATAL)
             break;
+        /* the peer's data moved without an event: it is working, unmask now */
+        if (CNT_GET(p, rx_batches) != rx_batches && ncd_vchan_eoi_work(&p->eoi, p->v) < 0) {
+            set_state(p, NCD_PUMP_INTERNAL, "event channel unmask: %s", strerror(errno));
+            break;
+        }
         if (tx == DIR_MORE || rx == DIR_MORE)
             continue; /* work left: no sleeping, bounded by progress */
 
@@ -460,10 +471,11 @@ static void *pump_main(void *arg)
             }
         }
         snapshot_vchan_stats(p);
+        ncd_vchan_eoi_arm(&p->eoi, p->v); /* what the peer owns, to tell work from storm */
 
         struct pollfd pfd[3] = {
             {.fd = p->wake_fd, .events = POLLIN},
-            {.fd = p->evtchn_fd, .events = POLLIN},
+            {.fd = ncd_vchan_eoi_fd(&p->eoi, p->v), .events = POLLIN},
             {.fd = p->cfg.fd, .events = 0},
         };
         if (open == 1 && tx == DIR_IDLE)
@@ -471,7 +483,7 @@ static void *pump_main(void *arg)
         if (rx == DIR_BLOCKED)
             pfd[2].events |= POLLOUT;
         /* a server still waiting for its client: look again every 100 ms */
-        int n = poll(pfd, 3, open == 2 ? 100 : -1);
+        int n = poll(pfd, 3, ncd_vchan_eoi_timeout(&p->eoi, open == 2 ? 100 : -1));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -479,8 +491,11 @@ static void *pump_main(void *arg)
             break;
         }
         CNT_ADD(p, wakeups, 1);
-        if (pfd[1].revents & POLLIN)
-            consume_event(p);
+        if (((pfd[1].revents & POLLIN) && consume_event(p) < 0) ||
+            ncd_vchan_eoi_tick(&p->eoi, p->v) < 0) {
+            set_state(p, NCD_PUMP_INTERNAL, "event channel: %s", strerror(errno));
+            break;
+        }
         if (pfd[1].revents & (POLLERR | POLLNVAL)) {
             set_state(p, NCD_PUMP_INTERNAL, "event channel fd failed");
             break;
@@ -550,7 +565,6 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
     p->tx_commit = commit_every(p->cfg.write_ring_size);
     p->rx_commit = commit_every(p->cfg.read_ring_size);
     p->is_socket = S_ISSOCK(sb.st_mode);
-    p->evtchn_fd = ncd_vchan_fd(v);
     p->wake_fd = p->done_fd = -1;
     p->joined = 1; /* no thread to join until pthread_create succeeds */
     pthread_mutex_init(&p->lock, NULL);

@@ -70,6 +70,7 @@ struct ncd_pump_stats {
     uint64_t wakeups;               /* poll() returns */
     uint64_t tx_batches, rx_batches; /* commits (each at most one notify) */
     uint64_t spoofed_source;        /* rx frames dropped by the source lock (cfg.lock) */
+    uint64_t notify_spurious;       /* events that carried no work (late EOI, vchan_eoi.c) */
 };
 
 /* Start the thread. Returns 0, or -1 with a message in err. */

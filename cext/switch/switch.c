@@ -81,6 +81,7 @@ struct port {
     struct ncd_vchan *v;
     int fd;   /* TAP fd, or -1 */
     int evfd; /* vchan event-channel fd, or -1 */
+    struct ncd_vchan_eoi eoi; /* late EOI of the event channel (switch thread only) */
     int is_socket;
     uint32_t max_frame, rsize, wsize, commit;
     /* under sw->lock */
@@ -953,7 +954,11 @@ static void *switch_main(void *arg)
                     waiting_client = 1;
                     continue;
                 }
-                moved += rx_vchan(sw, p);
+                unsigned m = rx_vchan(sw, p);
+                /* the peer's data moved without an event: it is working, unmask now */
+                if (m && ncd_vchan_eoi_work(&p->eoi, p->v) < 0)
+                    port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "event channel unmask failed");
+                moved += m;
                 check_closed(sw, p);
             } else {
                 moved += rx_tap(sw, p);
@@ -970,6 +975,7 @@ static void *switch_main(void *arg)
         struct pollfd pfd[1 + NCD_SWITCH_MAX_PORTS];
         struct port *pp[1 + NCD_SWITCH_MAX_PORTS];
         unsigned n = 1;
+        int timeout = waiting_client ? 100 : 1000;
         pfd[0] = (struct pollfd){.fd = sw->wake_fd, .events = POLLIN};
         pp[0] = NULL;
         for (unsigned i = 0; i < sw->nactive; i++) {
@@ -987,7 +993,10 @@ static void *switch_main(void *arg)
                     if ((size_t)r > p->r_remain)
                         again = 1;
                 }
-                pfd[n] = (struct pollfd){.fd = p->evfd, .events = POLLIN};
+                ncd_vchan_eoi_arm(&p->eoi, p->v); /* to tell the peer's work from a storm */
+                ST(&p->st.notify_spurious, ncd_vchan_eoi_spurious(&p->eoi));
+                pfd[n] = (struct pollfd){.fd = ncd_vchan_eoi_fd(&p->eoi, p->v), .events = POLLIN};
+                timeout = ncd_vchan_eoi_timeout(&p->eoi, timeout);
             } else {
                 pfd[n] = (struct pollfd){.fd = p->fd, .events = POLLIN};
             }
@@ -995,7 +1004,7 @@ static void *switch_main(void *arg)
         }
         if (again)
             continue;
-        int rc = poll(pfd, n, waiting_client ? 100 : 1000);
+        int rc = poll(pfd, n, timeout);
         INFO(sw, wakeups, 1);
         if (rc < 0)
             continue; /* EINTR; anything else repeats harmlessly */
@@ -1008,9 +1017,11 @@ static void *switch_main(void *arg)
         for (unsigned i = 1; i < n; i++) {
             struct port *p = pp[i];
             if (p->v) {
-                if (pfd[i].revents & POLLIN)
-                    ncd_vchan_wait(p->v);
-                if (pfd[i].revents & (POLLERR | POLLNVAL))
+                if (((pfd[i].revents & POLLIN) && ncd_vchan_eoi_event(&p->eoi, p->v) < 0) ||
+                    ncd_vchan_eoi_tick(&p->eoi, p->v) < 0)
+                    port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "event channel: %s",
+                              strerror(errno));
+                else if (pfd[i].revents & (POLLERR | POLLNVAL))
                     port_fail(sw, p, NCD_SWITCH_PORT_BAD_PEER, "event channel fd failed");
             } else if (pfd[i].revents & (POLLERR | POLLNVAL) ||
                        ((pfd[i].revents & POLLHUP) && !(pfd[i].revents & POLLIN))) {

@@ -108,6 +108,7 @@ struct ncd_switch_port_stats {
     uint64_t gso_segments;           /* tx: segments software GSO produced for this port */
     uint64_t drop_bad_headers;       /* rx: GSO frames whose headers are malformed (IP
                                         version/IHL/length, TCP/UDP header, protocol) */
+    uint64_t notify_spurious;        /* events that carried no work (late EOI, vchan_eoi.c) */
 };
 
 /* Bytes and frames of one (origin domain, destination domain) pair. */

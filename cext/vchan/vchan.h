@@ -88,6 +88,27 @@ int ncd_vchan_fd(struct ncd_vchan *v);
 /* Consume one pending event and unmask the port (blocks if none is pending
  * and the fd is blocking).  0, or -1 with errno. */
 int ncd_vchan_wait(struct ncd_vchan *v);
+/* Late EOI for a thread that sleeps on the event channel (vchan_eoi.c): events
+ * that carry no work leave the port masked for a growing, bounded delay.
+ * Zero-initialise; one thread uses it.  Before sleeping: arm(), then poll
+ * eoi_fd() (-1: leave it out) with eoi_timeout(); when it is readable: event()
+ * instead of ncd_vchan_wait(); after every wakeup: tick(); when the peer's data
+ * was consumed outside an event: work().  They return 0 (event(): 1 when it took
+ * an event, 0 when none was pending), or -1 with errno (pending/unmask failed). */
+struct ncd_vchan_eoi {
+    int64_t seen[3];   /* the peer's read-ring producer, write-ring consumer, live flag */
+    unsigned streak;   /* spurious events in a row */
+    int64_t unmask_at; /* CLOCK_MONOTONIC ns the deferred unmask is due; 0: unmasked */
+    uint64_t spurious; /* events that carried no work (relaxed atomic; any thread reads) */
+};
+void ncd_vchan_eoi_arm(struct ncd_vchan_eoi *e, struct ncd_vchan *v);
+int ncd_vchan_eoi_event(struct ncd_vchan_eoi *e, struct ncd_vchan *v);
+int ncd_vchan_eoi_fd(const struct ncd_vchan_eoi *e, struct ncd_vchan *v);
+int ncd_vchan_eoi_timeout(const struct ncd_vchan_eoi *e, int timeout_ms);
+int ncd_vchan_eoi_tick(struct ncd_vchan_eoi *e, struct ncd_vchan *v);
+int ncd_vchan_eoi_work(struct ncd_vchan_eoi *e, struct ncd_vchan *v);
+uint64_t ncd_vchan_eoi_spurious(const struct ncd_vchan_eoi *e);
+
 /* 0 closed (peer closed, we closed, or hostile), 1 open, 2 server waiting for
  * the client.  Data the peer wrote before closing stays readable. */
 int ncd_vchan_is_open(struct ncd_vchan *v);

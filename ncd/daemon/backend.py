@@ -16,11 +16,12 @@ import logging
 import re
 from typing import Any
 
-from ncd import features, layout, parse
+from ncd import features, layout, ovs, parse
 from ncd import tap as tapmod
 from ncd.vchan.channel import VchanClient
 from ncd.xenbus import Action, Role, XenbusState
 
+from . import netlink
 from .datapath import Datapath, SourceLock
 from .discovery import DeviceKey, Devices
 from .service import VifTable
@@ -38,12 +39,14 @@ class BackendVif(Vif):
     def __init__(self, ctx: VifContext, guest: int, devid: int) -> None:
         super().__init__(ctx, guest, devid)
         self.view: layout.BackendView | None = None
+        self.vifname: str | None = None  # the entry's vifname (libxl's), else ncvif<d>.<n>
         # The frontend (re)published its vchan since we last set up. Needed because a
         # frontend reconnecting to a restarted backend writes Initialising then Connected
         # at once: reading the level, we may only ever see the stale "Connected".
         self._published = False
         self._ring_ref_path = f"{layout.queue_dir(guest, devid, 0)}/ring-ref"
         self._frontend_gone = False  # logged once: the frontend's directory vanished
+        self._ovs: ovs.PortSpec | None = None  # the TAP is a port of this OVS bridge
 
     @property
     def peer(self) -> int:
@@ -60,7 +63,9 @@ class BackendVif(Vif):
     @property
     def ifname(self) -> str:
         sw = self.switch
-        return f"switch:{sw}" if sw else layout.backend_ifname(self.guest, self.devid)
+        if sw:
+            return f"switch:{sw}"
+        return self.vifname or layout.backend_ifname(self.guest, self.devid)
 
     @property
     def switch(self) -> str | None:
@@ -74,11 +79,54 @@ class BackendVif(Vif):
 
     def _load(self) -> None:
         self.view = layout.read_backend(self.xs, self.ctx.domid, self.guest, self.devid)
+        self.vifname = layout.read_vifname(self.xs, self.ctx.domid, self.guest, self.devid)
         self.machine.online = self.view.online
 
     def _tap_settings(self) -> TapSettings:
         assert self.view is not None
-        return TapSettings(mtu=self.view.mtu, bridge=self.bridge)
+        return TapSettings(mtu=self.view.mtu, bridge=None if self._ovs else self.bridge)
+
+    def _tap_offloads(self) -> bool:
+        return self._ovs is None or not self._ovs.userspace  # see ncd.ovs
+
+    async def _open_tap(self) -> None:
+        """The TAP; when ``bridge`` names an Open vSwitch bridge, a port of it (removed
+        before the TAP, by the same device teardown) instead of a Linux bridge's."""
+        bridge, vsctl = self.bridge, ovs.Vsctl(self.ctx.config.backend.ovs_db)
+        self._ovs = None
+        if bridge is not None:
+            self._ovs = await ovs.port_for(bridge, await netlink.link_kind(bridge), vsctl)
+        await super()._open_tap()
+        if self._ovs is None:
+            return
+        port = self.ifname
+        self._device.push(f"Open vSwitch port {port}", lambda: vsctl.del_ports([port]))
+        await vsctl.add_port(self._ovs, port, self._external_ids())
+        log.info("%s: %s is a port of Open vSwitch bridge %s", self.name, port, bridge)
+
+    def _external_ids(self) -> dict[str, str]:
+        """vif-openvswitch's Interface external-ids (``attached-mac``, ``xen-vm-name``,
+        ``xen-vm-uuid`` from the domain's ``vm`` node, falling back on its ``name``) and
+        ``iface-id`` where the backend entry has one; those unknown are left out."""
+        assert self.view is not None
+        home = f"/local/domain/{self.guest}"
+        vm = self._known(f"{home}/vm")
+        vm = vm if vm and vm.startswith("/") else None
+        ids = {
+            "attached-mac": self.view.mac,
+            "xen-vm-name": (vm and self._known(f"{vm}/name")) or self._known(f"{home}/name"),
+            "xen-vm-uuid": vm and self._known(f"{vm}/uuid"),
+            "iface-id": self._known(f"{self.own_dir}/iface-id"),
+        }
+        return {k: v for k, v in ids.items() if v}
+
+    def _known(self, path: str) -> str | None:
+        """A printable value at ``path`` (written by the toolstack, bounded), else None."""
+        try:
+            value = parse.text(path, layout.read_optional(self.xs, path), max_len=256)
+        except (OSError, parse.BadEntry):
+            return None
+        return value if value.isprintable() else None
 
     def _on_watch(self, path: str) -> None:
         if path == self._ring_ref_path:
@@ -130,7 +178,7 @@ class BackendVif(Vif):
             fe = layout.read_optional(self.xs, f"{self.peer_dir}/state")
             if layout.state_of(fe) is XenbusState.CONNECTED:  # with a fresh vchan: set up again
                 self._published = False
-                acts += self.machine.peer_changed(fe)
+                acts += self.machine.peer_changed(fe, self._now())
         return acts
 
     def describe(self) -> dict[str, Any]:
@@ -164,7 +212,18 @@ def devices(ctx: VifContext) -> Devices:
         ready=ready,
         make_vif=lambda key: BackendVif(ctx, *key),
         sweep=lambda table: reap_dead_domains(ctx, table),
+        forget_stale=lambda names: forget_ovs_ports(ctx, names),
     )
+
+
+async def forget_ovs_ports(ctx: VifContext, taps: list[str]) -> None:
+    """Remove the Open vSwitch ports of stale TAPs (a crashed daemon's), if any."""
+    if not ovs.installed():
+        return
+    try:
+        await ovs.Vsctl(ctx.config.backend.ovs_db).del_ports(taps, wait=False)
+    except ovs.OvsError as exc:
+        log.info("stale TAPs: Open vSwitch ports not removed: %s", exc)
 
 
 def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:

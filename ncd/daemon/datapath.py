@@ -37,6 +37,7 @@ def pump_counters(s: PumpStats, tracked: int = 0) -> VifCounters:
         ring_full_waits=s.ring_full_waits,
         notifications_sent=s.notify_sent,
         notifications_received=s.notify_recv,
+        notifications_spurious=s.notify_spurious,
         tracked_foreign_pages=tracked,
     )
 

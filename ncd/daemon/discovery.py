@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from ncd.xen.aio import Watch
@@ -42,6 +42,8 @@ class Devices:
     ready: Callable[[DeviceKey], bool]  # complete enough to pick up
     make_vif: Callable[[DeviceKey], Vif]
     sweep: Callable[[VifTable], None] = _no_sweep  # before every scan
+    # after stale TAPs were removed, what else they held (the backend: OVS ports)
+    forget_stale: Callable[[list[str]], Awaitable[None]] | None = None
 
 
 class Discovery:
@@ -57,8 +59,11 @@ class Discovery:
 
     async def run(self) -> None:
         d = self.devices
-        for name in await netlink.remove_stale_taps(d.tap_pattern, d.live_ifnames()):
+        stale = await netlink.remove_stale_taps(d.tap_pattern, d.live_ifnames())
+        for name in stale:
             self.log.info("removed stale %s (its device is gone)", name)
+        if stale and d.forget_stale is not None:
+            await d.forget_stale(stale)
         watches = UndoStack(f"{d.role} discovery")
         try:
             for path in d.watch:

@@ -34,6 +34,7 @@ from ncd.xen.errors import XenError
 from ncd.xen.xenstore import XenStore
 
 from . import backend, frontend
+from .declared import DeclaredVifs
 from .discovery import Devices, Discovery
 from .service import ControlHandler, VifTable
 from .switches import SwitchRegistry
@@ -138,6 +139,11 @@ class Daemon:
                 for d in roles
             ]
             role_tasks.append(loop.create_task(probe_xenstore(xs), name="xenstore probe"))
+            if backs and self.config.vifs:  # [[vif]]: attached by domain name
+                vifs = DeclaredVifs(xs, domid, self.config.vifs)
+                role_tasks.append(loop.create_task(vifs.run(), name="declared vifs"))
+            elif self.config.vifs:
+                log.warning("[[vif]] tables ignored: only a backend attaches declared vifs")
             tasks.extend(role_tasks)
             tasks.append(loop.create_task(self._status_loop()))
             interval = self.notifier.watchdog_interval

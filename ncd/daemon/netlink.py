@@ -101,3 +101,18 @@ async def remove_stale_taps(pattern: re.Pattern[str], live: set[str]) -> list[st
         return stale
 
     return await call(work)
+
+
+async def link_kind(name: str) -> str | None:
+    """The rtnetlink kind (``IFLA_INFO_KIND``: "bridge", "tun", "openvswitch"...) of the
+    link ``name``; "" for a link of no kind (a NIC), None when there is no such link."""
+
+    def work(ipr: IPRoute) -> str | None:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            return None
+        info = ipr.get_links(idx[0])[0].get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        return kind or ""
+
+    return await call(work)

@@ -44,6 +44,7 @@ def port_counters(s: PortStats, tracked: int = 0) -> VifCounters:
             "filtered_same_port": s.filtered_same_port,
             "no_destination": s.no_destination,
         },
+        notifications_spurious=s.notify_spurious,
         tracked_foreign_pages=tracked,
     )
 

@@ -37,6 +37,7 @@ from ncd import tap as tapmod
 from ncd.config import Config
 from ncd.features import ETH_MAX, Features, advertise, usable
 from ncd.metrics import Metrics, VifCounters
+from ncd.ratelog import RateLog
 from ncd.xen.aio import Watch, run_in_transaction
 from ncd.xen.xenstore import WatchEvent, XenStore
 from ncd.xenbus import (
@@ -59,6 +60,16 @@ from .switches import SwitchRegistry
 from .undo import Undo, UndoStack
 
 log = logging.getLogger("ncd.vif")
+
+# Watch events that change nothing (a peer writing its directory over and over) are
+# coalesced, as the late EOI of the event channel (cext/vchan/vchan_eoi.c): after
+# IDLE_FREE wakeups in a row that led to no action, the peer's watch is dropped for
+# IDLE_FIRST seconds, doubling up to IDLE_MAX, so xenstored sends none of the writes
+# meanwhile; set again, it fires once at once and the level is read again. A wakeup
+# that acts resets it: an honest peer's state changes are followed at once.
+IDLE_FREE = 4
+IDLE_FIRST = 0.005
+IDLE_MAX = 0.1
 
 OUR_FEATURES = Features.ALL  # what we would accept; what this kernel's TAP allows is advertised
 # A switch port has no TAP of its own: it accepts what a vchan record may carry (the
@@ -135,6 +146,13 @@ class Vif(abc.ABC):
         self._device = UndoStack(self.name)
         self._channel = UndoStack(self.name)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._plog = RateLog(log, self.name)  # the lines the peer causes
+        self._acted = False  # the last wakeup led to an action
+        self._idle = 0  # wakeups in a row that led to none
+        self._coalesced = 0  # watch events folded into a later look
+        self._backoffs = 0  # times the peer's watch was dropped for a while
+        self._setups = 0  # channels brought up
+        self._peer_watch: Watch | None = None
 
     # ---- role hooks ------------------------------------------------------------------
     @property
@@ -171,6 +189,10 @@ class Vif(abc.ABC):
         """The switch this vif is a port of (no TAP then), from the loaded entries."""
         return None
 
+    def _tap_offloads(self) -> bool:
+        """Whether what our TAP is plugged into takes offloaded frames (checksum, GSO)."""
+        return True
+
     @abc.abstractmethod
     def _observe(self) -> list[Action]:
         """Role-specific checks of our own directory (removed, online, toolstack close)."""
@@ -204,7 +226,12 @@ class Vif(abc.ABC):
 
     def counters(self) -> VifCounters:
         dp = self.datapath
-        return self._acc.plus(VifCounters() if dp is None else dp.counters())
+        own = VifCounters(
+            watch_events_coalesced=self._coalesced,
+            watch_backoffs=self._backoffs,
+            channel_setups=self._setups,
+        )
+        return self._acc.plus(own if dp is None else own.plus(dp.counters()))
 
     def info(self) -> dict[str, Any]:
         now = time.time()
@@ -233,6 +260,7 @@ class Vif(abc.ABC):
                 if self._stop:
                     await self._apply(self.machine.close())
                     break
+                self._acted = False
                 try:
                     if not self.loaded:
                         await self._try_load()
@@ -254,9 +282,11 @@ class Vif(abc.ABC):
             w = Watch(self.xs, path, self.events)  # type: ignore[arg-type]
             w.start()
             self._life.push(f"watch on {path}", w.close)
+        self._peer_watch = w
         self.ctx.metrics.add_vif(self.guest, self.devid, self.counters, lambda: self.state)
         self._life.push("metrics", lambda: self.ctx.metrics.remove_vif(self.guest, self.devid))
         self._life.push("retry timer", self._timer.cancel)
+        self._life.push("suppressed log lines", self._plog.flush)
         self._life.push("device", self._device.close)
 
     async def _teardown(self) -> None:
@@ -265,13 +295,26 @@ class Vif(abc.ABC):
 
     # ---- the loop --------------------------------------------------------------------
     async def _next_event(self) -> None:
+        self._idle = 0 if self._acted else self._idle + 1
         ev = await self.events.get()
+        w = self._peer_watch
+        if self._idle > IDLE_FREE and isinstance(ev, WatchEvent) and w and not self._stop:
+            self._backoffs += 1
+            w.close()
+            await asyncio.sleep(min(IDLE_FIRST * 2 ** (self._idle - IDLE_FREE - 1), IDLE_MAX))
+            try:
+                w.start()  # fires at once: the next look reads the level
+            except OSError as exc:  # the store is going away: the daemon reports that
+                log.warning("%s: cannot watch %s again: %s", self.name, w.path, exc)
+        seen = 0
         while True:
             if isinstance(ev, WatchEvent):
                 self._on_watch(ev.path)
+                seen += 1
             if self.events.empty():
                 break
             ev = self.events.get_nowait()
+        self._coalesced += max(seen - 1, 0)
 
     def _on_watch(self, path: str) -> None:
         """A watch fired for ``path`` (the level is re-read anyway; roles may note edges)."""
@@ -299,7 +342,7 @@ class Vif(abc.ABC):
         log.info("%s: %s ready, starting the handshake", self.name, self.ifname)
         raw = self._read_peer_state()
         self._peer_raw, self._peer_seen = raw, True
-        acts = self.machine.peer_changed(raw)  # before start: only remembered (or a Fail)
+        acts = self.machine.peer_changed(raw, self._now())  # before start: only remembered
         if self.machine.state == XenbusState.UNKNOWN:
             acts += self.machine.start()
         await self._apply(acts)
@@ -311,14 +354,14 @@ class Vif(abc.ABC):
         raw = self._read_peer_state()
         if not self._peer_seen or raw != self._peer_raw:
             self._peer_raw, self._peer_seen = raw, True
-            await self._apply(self.machine.peer_changed(raw))
+            await self._apply(self.machine.peer_changed(raw, self._now()))
         if self.datapath is not None:
             why = self.datapath.ended()
             if why is not None:
                 await self._apply(self.machine.link_lost(why, self._now()))
         acts = self._timer_expired()
         if acts:
-            log.info("%s: retrying the handshake", self.name)
+            self._plog.info("%s: retrying the handshake", self.name)
             await self._apply(acts)
 
     async def _internal_error(self, exc: Exception) -> None:
@@ -347,12 +390,16 @@ class Vif(abc.ABC):
 
     # ---- actions ---------------------------------------------------------------------
     async def _apply(self, actions: Sequence[Action]) -> None:
+        if actions:
+            self._acted = True
         for act in actions:
             if isinstance(act, SetState):
                 await self._write_state(act.state)
                 if act.state == XenbusState.CONNECTED:
                     self.connected_since = time.time()
-                    log.info("%s: connected (%s <-> dom%d)", self.name, self.ifname, self.peer)
+                    self._plog.info(
+                        "%s: connected (%s <-> dom%d)", self.name, self.ifname, self.peer
+                    )
                 elif act.state in (XenbusState.CLOSING, XenbusState.CLOSED):
                     self.connected_since = None
             elif isinstance(act, Setup):
@@ -378,6 +425,7 @@ class Vif(abc.ABC):
         except (OSError, ValueError) as exc:
             return self.machine.setup_failed(str(exc), self._now())
         self.datapath = dp
+        self._setups += 1
         why: list[str | None] = []  # why it ended, read before the teardown steps run
         self._channel.push("channel counters", lambda: self._close_datapath(dp, why))
         for what, undo in dp.undo_steps():  # e.g. vchan, then switch port: removed first
@@ -386,7 +434,7 @@ class Vif(abc.ABC):
         fd, loop = dp.done_fd(), self._loop
         loop.add_reader(fd, self.poke, "pump")
         self._channel.push("pump reader", lambda: loop.remove_reader(fd))
-        acts = self.machine.setup_done()
+        acts = self.machine.setup_done(self._now())
         if not self.machine.channel_up:  # overtaken by a Disconnect
             await self._channel.close()
         return acts
@@ -396,7 +444,7 @@ class Vif(abc.ABC):
         why = ended[0] if ended else None
         self._acc = self._acc.plus(dp.final_counters())
         if why is None:  # an orderly disconnect; a channel that ended on its own is
-            log.info("%s: channel down", self.name)  # logged once, as the failure
+            self._plog.info("%s: channel down", self.name)  # logged once, as the failure
 
     async def _release(self) -> None:
         had_tap, had_device = self.tap is not None, bool(self._device)
@@ -410,8 +458,8 @@ class Vif(abc.ABC):
         self.failures += 1
         self.last_error = fail.reason
         at = self.machine.get_timer()
-        retry = f"; retry in {at - self._now():.3g}s" if fail.kind.retry and at is not None else ""
-        log.warning("%s: failed (%s): %s%s", self.name, fail.kind.label, fail.reason, retry)
+        retry = f"; retry in {at - self._now():.3g}s" if at is not None else ""
+        self._plog.warning("%s: failed (%s): %s%s", self.name, fail.kind.label, fail.reason, retry)
         self.ctx.metrics.handshake_failed(fail.kind.label)
 
     async def _fail_locally(self, reason: str) -> None:
@@ -433,7 +481,9 @@ class Vif(abc.ABC):
             log.warning("%s: cannot write state %s: %s", self.name, state.label, exc)
 
     async def _publish_features(self) -> None:
-        if self.tap is not None:
+        if self.tap is not None and not self._tap_offloads():
+            self.features = Features.NONE
+        elif self.tap is not None:
             self.features = usable(OUR_FEATURES, self.tap.accepts_offloads)
         else:
             self.features = SWITCH_PORT_FEATURES

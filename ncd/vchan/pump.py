@@ -64,6 +64,7 @@ class PumpStats:
     tx_batches: int = 0
     rx_batches: int = 0
     spoofed_source: int = 0
+    notify_spurious: int = 0  # events that carried no work (late EOI)
 
     def drops(self) -> dict[str, int]:
         """Drops by reason, for metrics (``bad_record`` counts records from the peer)."""

@@ -69,9 +69,9 @@ def test_errors_are_one_line(tree, argv, msg):
 
 def test_usage_error_exit_2(tree, capsys):
     with pytest.raises(SystemExit) as e:
-        ncctl.main(["attach", "notanumber"], store_factory=lambda: tree.conn(0))
+        ncctl.main(["attach", "1", "--devid", "x"], store_factory=lambda: tree.conn(0))
     assert e.value.code == 2
-    assert "domain id: not a decimal number" in capsys.readouterr().err
+    assert "devid: not a decimal number" in capsys.readouterr().err
 
 
 def test_detach_with_daemon_down_removes_entries(tree, tmp_path):

@@ -205,6 +205,10 @@ def test_backend_restart_makes_frontend_reconnect():
     link.be.peer_changed(str(int(link.fe.state)))
     link.feed("be", link.be.start())
     link.pump()
+    # the backend's InitWait goes through the frontend's backoff: held until its timer
+    assert states(link) == (S.INIT_WAIT, S.CLOSED) and link.fe.held
+    link.feed("fe", link.fe.handle_timer(T0 + 1.0))
+    link.pump()
     assert states(link) == (S.CONNECTED, S.CONNECTED)
     fe_setups = [a for a in link.log["fe"] if isinstance(a, Setup)]
     assert len(fe_setups) == 2  # the frontend published a fresh channel
@@ -226,8 +230,11 @@ def test_link_lost_then_restart_recovers():
     link.pump()
     assert states(link) == (S.CLOSED, S.CLOSED)
     assert Fail("link lost: peer unmapped", FailKind.LINK_LOST) in link.log["be"]
-    # the frontend daemon retries after its backoff
+    # the frontend's Initialising waits for the backend's backoff, then it reconnects
     link.feed("fe", link.fe.restart())
+    link.pump()
+    assert states(link) == (S.CLOSED, S.INITIALISING) and link.be.held
+    link.feed("be", link.be.handle_timer(T0 + 1.0))
     link.pump()
     assert states(link) == (S.CONNECTED, S.CONNECTED)
 
@@ -239,6 +246,9 @@ def test_backend_restart_from_closed_reconnects_frontend():
     link.pump()
     assert states(link) == (S.CLOSED, S.CLOSED)
     link.feed("be", link.be.restart())
+    link.pump()
+    assert states(link) == (S.INIT_WAIT, S.CLOSED)  # the frontend waits for its backoff
+    link.feed("fe", link.fe.handle_timer(T0 + 1.0))
     link.pump()
     assert states(link) == (S.CONNECTED, S.CONNECTED)
 
@@ -512,6 +522,9 @@ def test_handshake_converges_under_any_delivery_order(rnd, scenario):
         link.pump()
         link.feed(side, link.machine(side).restart())
     link.pump()
+    for side in ("be", "fe"):  # a side held by its backoff resumes once its timer fired
+        link.feed(side, link.machine(side).handle_timer(T0 + 60))
+        link.pump()
     assert states(link) == (S.CONNECTED, S.CONNECTED), (scenario, link.log)
     assert link.channel == {"be": True, "fe": True}
     expected = {"be_crash": ["link lost: client gone"], "fe_lost": ["link lost: x"]}
@@ -558,17 +571,16 @@ def test_backoff_doubles_up_to_its_cap_and_resets_once_connected():
     be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=1.0, cap=4.0))
     be.start()
     now, delays = T0, []
+    assert be.peer_changed(b"4") == [Setup()]  # the frontend's published channel
     for _ in range(4):
-        assert be.peer_changed(b"4") == [Setup()]  # the frontend's published channel
         be.setup_failed("not mappable", now=now)
         deadline = be.get_timer()
         assert deadline is not None
         delays.append(deadline - now)
         now = deadline
-        assert be.handle_timer(now) == [SetState(S.INIT_WAIT)]
-        be.peer_changed(b"1")  # the frontend re-initialises, then publishes again
+        # the published frontend is mapped again
+        assert be.handle_timer(now) == [SetState(S.INIT_WAIT), Setup()]
     assert delays == [1.0, 2.0, 4.0, 4.0]
-    be.peer_changed(b"4")
     assert be.setup_done() == [SetState(S.CONNECTED)]
     be.link_lost("again", now=now)
     assert be.get_timer() == now + 1.0  # back to the first delay
@@ -655,7 +667,115 @@ def test_timer_is_never_due_before_a_failure_plus_its_delay(steps):
         else:
             fe.handle_timer(now)
         t = fe.get_timer()
-        if armed is not None and ev != "timer":
+        if armed is not None and ev not in ("timer", "restart"):  # restart: the retry
             assert t == armed  # a later failure never moves an armed deadline
         if t is not None and t != armed:
             assert now + 1.0 <= t <= now + 8.0
+
+
+# ------------------------------------------------------------ the peer goes through the backoff
+
+
+def flap(
+    m: XenbusMachine, states_: list[bytes], seconds: float, setup_ok: bool, step: float = 0.001
+) -> list[float]:
+    """Feed the peer's states in turn every ``step`` for ``seconds`` (the timer fired
+    when due, setups completed or failed at once, as a daemon would); the times of
+    the setups started."""
+    now, setups, i = T0, [], 0
+    while now < T0 + seconds:
+        acts = m.peer_changed(states_[i % len(states_)], now=now)
+        at = m.get_timer()
+        if at is not None and at <= now:
+            acts += m.handle_timer(now)
+        i += 1
+        for a in acts:
+            if isinstance(a, Setup):
+                setups.append(now)
+                if setup_ok:
+                    m.setup_done(now=now)
+                else:
+                    m.setup_failed("control page refused", now=now)
+        now += step
+    return setups
+
+
+def test_frontend_flapping_with_refused_pages_waits_for_the_backoff():
+    be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=0.5, cap=2.0))
+    be.start()
+    setups = flap(be, [b"1", b"4"], 10.0, setup_ok=False)  # 10,000 state writes
+    # one at once, then one per delay: 0.5, 1, 2, 2, 2 ...
+    assert 4 <= len(setups) <= 1 + 10.0 / 0.5
+    gaps = [b - a for a, b in zip(setups, setups[1:], strict=False)]
+    assert all(g >= 0.5 for g in gaps), gaps
+    assert min(gaps[2:]) >= 2.0  # at the cap
+    # the frontend behaves: a valid page connects within the cap
+    start = T0 + 10.0
+    ok = flap_until_connected(be, start)
+    assert ok - start <= 2.0 + 0.01
+
+
+def flap_until_connected(be: XenbusMachine, now: float) -> float:
+    """The frontend writes Initialising then Connected once, with a good page; the
+    timer fires when due. When the backend is Connected."""
+    acts = [*be.peer_changed(b"1", now=now), *be.peer_changed(b"4", now=now)]
+    while True:
+        if Setup() in acts:
+            be.setup_done(now=now)
+        if be.state == S.CONNECTED:
+            return now
+        at = be.get_timer()
+        assert at is not None, be.state
+        now = max(now, at)
+        acts = be.handle_timer(now)
+
+
+def test_frontend_flapping_with_good_pages_sets_up_once_per_delay():
+    be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=0.5, cap=2.0))
+    be.start()
+    setups = flap(be, [b"1", b"4"], 10.0, setup_ok=True)
+    assert len(setups) <= 1 + 10.0 / 0.5  # was one per two writes: 5,000
+    gaps = [b - a for a, b in zip(setups, setups[1:], strict=False)]
+    assert all(g >= 0.5 for g in gaps), gaps
+
+
+def test_a_stable_channel_reconnects_at_once_after_the_peer_restarts():
+    be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=1.0, cap=4.0))
+    be.start()
+    assert be.peer_changed(b"4", now=T0) == [Setup()]
+    be.setup_done(now=T0)
+    # up for longer than the cap: the frontend's restart is not a flap
+    assert be.peer_changed(b"1", now=T0 + 4.0) == [Disconnect(), SetState(S.INIT_WAIT)]
+    assert not be.held
+    assert be.peer_changed(b"4", now=T0 + 4.1) == [Setup()]
+
+
+def test_a_short_lived_channel_holds_the_next_setup():
+    be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=1.0, cap=4.0))
+    be.start()
+    be.peer_changed(b"4", now=T0)
+    be.setup_done(now=T0)
+    assert be.peer_changed(b"1", now=T0 + 0.1) == [Disconnect(), SetState(S.INIT_WAIT)]
+    assert be.held and be.get_timer() == T0 + 1.1
+    assert be.peer_changed(b"4", now=T0 + 0.2) == []  # remembered, not acted on
+    assert be.handle_timer(T0 + 1.1) == [Setup()]
+
+
+def test_peer_nonsense_with_the_time_holds_the_device():
+    be = XenbusMachine(Role.BACKEND, backoff=Backoff(first=1.0, cap=4.0))
+    be.start()
+    acts = be.peer_changed(b"x", now=T0)
+    assert isinstance(acts[-1], Fail) and acts[-1].kind is FailKind.BAD_STATE
+    assert be.get_timer() == T0 + 1.0
+    assert be.peer_changed(b"1", now=T0 + 0.5) == []  # held: stays Closed
+    assert be.state == S.CLOSED
+    assert be.handle_timer(T0 + 1.0) == [SetState(S.INIT_WAIT)]
+
+
+def test_backend_flapping_its_state_bounds_the_frontends_setups():
+    fe = XenbusMachine(Role.FRONTEND, backoff=Backoff(first=0.5, cap=2.0))
+    fe.start()
+    setups = flap(fe, [b"2", b"6"], 10.0, setup_ok=True)  # InitWait, Closed, InitWait...
+    assert 2 <= len(setups) <= 1 + 10.0 / 0.5
+    gaps = [b - a for a, b in zip(setups, setups[1:], strict=False)]
+    assert all(g >= 0.5 for g in gaps), gaps

@@ -47,9 +47,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def net(sim_module, tmp_path_factory) -> Iterator[Net]:
-    n = Net(sim_module, tmp_path_factory.mktemp("logs"))
+    logs = tmp_path_factory.mktemp("logs")
+    n = Net(sim_module, logs)
     try:
-        n.start(0, "backend")
+        # each case is a failure the frontend caused, and the frontend's next try goes
+        # through the backend's backoff (ncd/xenbus.py): keep it short for 18 cases
+        cfg = logs / "ncd.toml"
+        cfg.write_text("[channel]\nreconnect_delay = 0.1\nreconnect_delay_max = 0.5\n")
+        n.start(0, "backend", "--config", str(cfg))
         n.start(1, "frontend")
         n.attach(1, 0, "00:16:3e:00:01:00")
         n.attach(2, 0, "00:16:3e:00:02:00")  # guest 2 runs no daemon: the test is its frontend

@@ -44,7 +44,7 @@ def test_conffile_lists_every_config_key_with_its_default() -> None:
     text = CONFFILE.read_text()
     assert _defaults().keys() == {*config._SECTION_TYPES, "switch"}
     assert {f.name for f in dataclasses.fields(config.Config)} == {*config._SECTION_TYPES,
-                                                                    "switches"}
+                                                                    "switches", "vifs"}
     assert tomllib.loads(_uncommented(text)) == _defaults()
 
 

@@ -19,7 +19,7 @@ from .sanitize import run_pytest_sanitized
 @pytest.mark.slow
 @pytest.mark.parametrize("files", [
     ["test_ring.py", "test_wait.py"],
-    ["test_pump_local.py", "test_frame_codec.py", "test_pump_lock.py"],
+    ["test_pump_local.py", "test_frame_codec.py", "test_pump_lock.py", "test_pump_lateeoi.py"],
     ["test_vchan_state.py"],
 ], ids=["ring+wait", "pump+codec", "state"])
 def test_under_asan_ubsan(files: list[str], tmp_path: Path) -> None:
