@@ -1,7 +1,7 @@
 """A hostile backend against the running frontend daemon.
 
-Guest 1 runs ``ncd frontend`` with two devices: devid 0 backed by ``ncd backend`` in
-dom0 (the good one), devid 1 backed by domain 2, where the test's
+Guest 1 runs ``ncd frontend`` with devid 0 backed by ``ncd backend`` in dom0 (the good
+one) and, one per case, devid N backed by domain 2, where the test's
 :class:`tests.hostile.backend_peer.HostileBackend` maps the frontend's vchan and then
 misbehaves. Every case: the frontend stays up, bounded and idle afterwards; its devid 1
 ends not Connected with one log line naming the rule and a counter; devid 0 carries a TCP
@@ -43,24 +43,38 @@ class Front:
         net.wait_connected(1, 0)
         net.addr(0, "ncvif1.0", f"{BE}/24")
         net.addr(1, "nc0", f"{FE}/24")
-        net.ncctl("attach", "1", "--devid", "1", "--backend", "2", "--mac", "00:16:3e:00:01:01")
+        self.devid = 0
+        self.peer: DomProc | None = None
+        self.fresh_device()
+        self.baseline_rss = proc_usage(self.frontend.pid)["rss_kb"]
+
+    def fresh_device(self) -> None:
+        """A new device 1/N backed by domain 2 and a new hostile backend for it: each
+        case starts with a new vif (and its own budget of peer-caused log lines,
+        ncd/ratelog.py); the previous hostile backend closes first."""
+        if self.peer is not None:
+            self.peer.call("closed")
+            self.peer.close()
+        self.devid += 1
+        n = self.devid
+        mac = f"00:16:3e:00:01:{n:02x}"
+        self.net.ncctl("attach", "1", "--devid", str(n), "--backend", "2", "--mac", mac)
         self.peer = DomProc.python(
-            net.sim,
+            self.net.sim,
             2,
             "tests.hostile.backend_peer:HostileBackend",
             "1",
-            "1",
-            errlog=net.logdir / "hostile-backend.log",
+            str(n),
+            errlog=self.net.logdir / f"hostile-backend-{n}.log",
         )
-        net._helpers.append(self.peer)
+        self.net._helpers.append(self.peer)
         self.connect()
-        self.baseline_rss = proc_usage(self.frontend.pid)["rss_kb"]
 
     def vif(self) -> dict | None:
-        return self.net.vif(1, 1, 1)
+        return self.net.vif(1, 1, self.devid)
 
     def vif_stats(self) -> dict:
-        return next(v for v in self.net.stats(1)["vifs"] if v["devid"] == 1)
+        return next(v for v in self.net.stats(1)["vifs"] if v["devid"] == self.devid)
 
     def failures(self) -> int:
         return sum(self.net.stats(1)["handshake_failures"].values())
@@ -68,7 +82,7 @@ class Front:
     def connect(self) -> None:
         self.peer.call("init_wait")
         self.peer.call("connect 15")
-        self.net.wait_state(1, 1, 1, "Connected", timeout=15)
+        self.net.wait_state(1, 1, self.devid, "Connected", timeout=15)
 
     def attack(self, kind: str, rule: str, *lines: str) -> None:
         """Run ``lines`` on the connected hostile backend while the good device carries a
@@ -81,17 +95,18 @@ class Front:
             self.peer.call(line)
         self.net.wait(
             lambda: re_search(
-                rf"vif 1/1: failed \({kind}\): [^\n]*{rule}", self.frontend.log_text()[mark:]
+                rf"vif 1/{self.devid}: failed \({kind}\): [^\n]*{rule}",
+                self.frontend.log_text()[mark:],
             ),
             10,
-            f"the frontend failing devid 1 on {rule!r}",
+            f"the frontend failing devid {self.devid} on {rule!r}",
             self.frontend,
         )
         self.net.wait(lambda: self.failures() > before, 5, "the failure counted")
         self.net.wait(
             lambda: (v := self.vif()) is not None and v["state"] != "Connected",
             10,
-            "devid 1 not Connected",
+            "the hostile device not Connected",
             self.frontend,
         )
         sent, got = Net.result(send), Net.result(recv)
@@ -158,26 +173,31 @@ RECORDS = [
 
 @pytest.mark.parametrize("data,rule", [c[1:] for c in RECORDS], ids=[c[0] for c in RECORDS])
 def test_bad_record_from_the_backend(front: Front, data: bytes, rule: str) -> None:
+    front.fresh_device()
     bad = front.vif_stats()["drops"]["bad_record_from_peer"]
     front.attack("link_lost", rule, "frames 2", f"send {data.hex()}")
     assert front.vif_stats()["drops"]["bad_record_from_peer"] > bad
 
 
 def test_producer_beyond_the_ring(front: Front) -> None:
+    front.fresh_device()
     front.attack("link_lost", "producer index", "set_index left_prod +0x10000000")
 
 
 def test_bad_client_live_flag(front: Front) -> None:
+    front.fresh_device()
     front.attack("link_lost", "live flag", f"poke {CLI_LIVE} 09")
 
 
 def test_bad_backend_state(front: Front) -> None:
+    front.fresh_device()
     front.attack("bad_state", "state", "state 9")
 
 
 def test_backend_states_flapping(front: Front) -> None:
     """Connected <-> InitWait 200 times: the frontend neither crashes nor spins, and
     serves a fresh vchan when the backend starts over."""
+    front.fresh_device()
     mark = len(front.frontend.log_text())
     front.peer.call("flap 200")
     assert front.frontend.alive()

@@ -124,10 +124,20 @@ class Arena:
         )
 
     # ---- a fresh start for the hostile vif ------------------------------------------------
-    def reset(self, peer: DomProc | None = None) -> None:
-        """Hostile vif back to InitWait with nothing shared (a good frontend's start)."""
+    def reset(self, peer: DomProc | None = None, fresh: bool = True) -> None:
+        """Hostile vif back to InitWait with nothing shared (a good frontend's start).
+        ``fresh``: the toolstack detaches and re-attaches it first, so that each case
+        starts with a new vif (and its own budget of peer-caused log lines, ncd/ratelog.py)."""
         p = peer or self.peer
         p.call("reset")
+        if fresh:
+            p.call("state 6")  # Closed, as a frontend answers the toolstack's close
+            r = self.net.ncctl("detach", "2", "0", check=False)
+            assert r.returncode == 0, f"ncctl detach 2 0: {r.stdout}{r.stderr}"
+            self.net.wait(lambda: self.vif() is None, 15, "vif 2/0 released", self.backend)
+            self.net.attach(2, 0, HOSTILE_MAC)
+            self.net.wait_state(0, 2, 0, "InitWait")
+            p.call("reset")
         self.net.wait_state(0, 2, 0, "InitWait")
         self.net.wait(
             lambda: self.dom0_resources() == self.dom0_base,
@@ -156,7 +166,7 @@ class Arena:
         """The attack stops (the guest starts over: state 1, nothing shared), the backend
         passes :meth:`check_survived`, and the vif is re-attachable: a good offer
         connects and carries frames."""
-        self.reset()
+        self.reset(fresh=False)
         self.check_survived()
         self.peer.call("offer 12 12")
         self.wait_connected()
