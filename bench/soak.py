@@ -57,8 +57,14 @@ from tests.simworld import SimWorld  # noqa: E402
 STEADY, RESTARTED, CHURNED = 1, 2, 3
 TCP_PORT, UDP_PORT = 5301, 5401
 UDP_SIZE = 1000
-MARGINS = {"rss_kb": (8192, 0.10), "fds": (4, 0), "threads": (2, 0), "grants": (0, 0),
-           "mappings": (0, 0), "ports": (0, 0)}
+MARGINS = {
+    "rss_kb": (8192, 0.10),
+    "fds": (4, 0),
+    "threads": (2, 0),
+    "grants": (0, 0),
+    "mappings": (0, 0),
+    "ports": (0, 0),
+}
 
 
 def be_ip(g: int) -> str:
@@ -218,8 +224,10 @@ class Soak:
                 t.pings_failed += 1
                 if g == STEADY:
                     self.fail(f"round {t.rounds}: the steady guest's pings went unanswered")
-        for rx, tx, what in ((self.tcp_rx, self.tcp_tx, "guest 1 -> dom0"),
-                             (down_rx, self.down_tx, "dom0 -> guest 2")):
+        for rx, tx, what in (
+            (self.tcp_rx, self.tcp_tx, "guest 1 -> dom0"),
+            (down_rx, self.down_tx, "dom0 -> guest 2"),
+        ):
             sent, got = Net.result(tx), Net.result(rx)
             t.tcp_transfers += 1
             t.tcp_bytes += got["bytes"]
@@ -240,8 +248,14 @@ class Soak:
     def churn(self) -> None:
         if self.churned_up:
             self.net.ncctl("detach", str(CHURNED), "0")
-            self.net.wait(lambda: self.net.vif(0, CHURNED, 0) is None
-                          and self.net.vif(CHURNED, CHURNED, 0) is None, 30, "detach")
+            self.net.wait(
+                lambda: (
+                    self.net.vif(0, CHURNED, 0) is None
+                    and self.net.vif(CHURNED, CHURNED, 0) is None
+                ),
+                30,
+                "detach",
+            )
         else:
             self._attach(CHURNED)
         self.churned_up = not self.churned_up
@@ -286,9 +300,12 @@ class Soak:
                 self.restart()
                 next_restart = now + a.restart_every
             self.sample()
-            print(f"soak: {self.samples[-1]['t']:.0f}s round {self.totals.rounds} "
-                  f"{self.totals.tcp_bytes / 1e6:.0f} MB TCP checked, churns "
-                  f"{self.totals.churns}, restarts {self.totals.restarts}", flush=True)
+            print(
+                f"soak: {self.samples[-1]['t']:.0f}s round {self.totals.rounds} "
+                f"{self.totals.tcp_bytes / 1e6:.0f} MB TCP checked, churns "
+                f"{self.totals.churns}, restarts {self.totals.restarts}",
+                flush=True,
+            )
         if not self.backend.alive():
             self.fail("the backend died")
 
@@ -300,7 +317,8 @@ def slope(xs: list[float], ys: list[float]) -> float:
         return 0.0
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs)
+        (x - mx) ** 2 for x in xs
+    )
 
 
 def growth(samples: list[dict[str, float]]) -> list[dict[str, Any]]:
@@ -317,10 +335,18 @@ def growth(samples: list[dict[str, float]]) -> list[dict[str, Any]]:
         ys = [s[key] for s in samples]
         first, last = max(ys[:third]), max(ys[-third:])
         margin = absolute + rel * first
-        half = samples[n // 2:]
+        half = samples[n // 2 :]
         per_min = slope([s["t"] / 60 for s in half], [s[key] for s in half])
-        out.append({"series": key, "first_max": first, "last_max": last, "margin": margin,
-                    "slope_per_min": per_min, "bounded": n < 6 or last <= first + margin})
+        out.append(
+            {
+                "series": key,
+                "first_max": first,
+                "last_max": last,
+                "margin": margin,
+                "slope_per_min": per_min,
+                "bounded": n < 6 or last <= first + margin,
+            }
+        )
     return out
 
 
@@ -365,9 +391,11 @@ def report(t: Totals, g: list[dict[str, Any]], info: dict[str, Any], png: str | 
         "|---|---|---|---|---|---|",
     ]
     for r in g:
-        lines.append(f"| {r['series']} | {r['first_max']:.0f} | {r['last_max']:.0f} | "
-                     f"{r['margin']:.0f} | {r['slope_per_min']:+.1f} | "
-                     f"{'yes' if r['bounded'] else '**no**'} |")
+        lines.append(
+            f"| {r['series']} | {r['first_max']:.0f} | {r['last_max']:.0f} | "
+            f"{r['margin']:.0f} | {r['slope_per_min']:+.1f} | "
+            f"{'yes' if r['bounded'] else '**no**'} |"
+        )
     if t.failures:
         lines.append("\nFailures: " + "; ".join(t.failures[:10]))
     if png:
@@ -378,27 +406,39 @@ def report(t: Totals, g: list[dict[str, Any]], info: dict[str, Any], png: str | 
 def git_rev() -> str:
     import subprocess
 
-    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     return r.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30, help="how long to soak")
-    ap.add_argument("--sample-seconds", type=float, default=10,
-                    help="length of a traffic round; one sample after each")
-    ap.add_argument("--churn-every", type=float, default=60,
-                    help="seconds between attach/detach of guest 3")
-    ap.add_argument("--restart-every", type=float, default=180,
-                    help="seconds between restarts of guest 2's frontend daemon")
-    ap.add_argument("--tcp-mbps", type=float, default=4,
-                    help="pace of each TCP transfer, megabytes per second")
+    ap.add_argument(
+        "--sample-seconds",
+        type=float,
+        default=10,
+        help="length of a traffic round; one sample after each",
+    )
+    ap.add_argument(
+        "--churn-every", type=float, default=60, help="seconds between attach/detach of guest 3"
+    )
+    ap.add_argument(
+        "--restart-every",
+        type=float,
+        default=180,
+        help="seconds between restarts of guest 2's frontend daemon",
+    )
+    ap.add_argument(
+        "--tcp-mbps", type=float, default=4, help="pace of each TCP transfer, megabytes per second"
+    )
     ap.add_argument("--udp-per-round", type=int, default=2000, help="UDP datagrams a round")
     ap.add_argument("--png", help="write a PNG of the samples here (matplotlib)")
     ap.add_argument("--json", help="write totals, growth and samples as JSON here")
-    ap.add_argument("--append-results", action="store_true",
-                    help="append the report to bench/RESULTS.md")
+    ap.add_argument(
+        "--append-results", action="store_true", help="append the report to bench/RESULTS.md"
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("soak: needs root (network namespaces, TAPs)", file=sys.stderr)
@@ -418,14 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     g = growth(soak.samples)
     for r in g:
         if not r["bounded"]:
-            soak.fail(f"{r['series']} grew: {r['first_max']:.0f} -> {r['last_max']:.0f} "
-                      f"(margin {r['margin']:.0f})")
-    cmd = " ".join(["sudo", ".venv/bin/python", "bench/soak.py",
-                    *(argv if argv is not None else sys.argv[1:])])
-    info = {"command": cmd, "git": git_rev(), "took": time.monotonic() - t0,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load_before": load_before,
-            "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+            soak.fail(
+                f"{r['series']} grew: {r['first_max']:.0f} -> {r['last_max']:.0f} "
+                f"(margin {r['margin']:.0f})"
+            )
+    cmd = " ".join(
+        ["sudo", ".venv/bin/python", "bench/soak.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    info = {
+        "command": cmd,
+        "git": git_rev(),
+        "took": time.monotonic() - t0,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": load_before,
+        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
     png = None
     if args.png:
         plot(soak.samples, Path(args.png))
@@ -433,8 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     text = report(soak.totals, g, info, png)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "totals": soak.totals.__dict__,
-                                               "growth": g, "samples": soak.samples}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "info": info,
+                    "totals": soak.totals.__dict__,
+                    "growth": g,
+                    "samples": soak.samples,
+                },
+                indent=1,
+            )
+        )
     if args.append_results:
         with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
             fh.write(text)

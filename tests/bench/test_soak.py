@@ -19,10 +19,27 @@ def test_soak_two_minutes(tmp_path: Path) -> None:
     require_root("the soak makes a xensim world")
     out, png = tmp_path / "soak.json", tmp_path / "soak.png"
     r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "2",
-         "--sample-seconds", "5", "--churn-every", "20", "--restart-every", "40",
-         "--png", str(png), "--json", str(out)],
-        capture_output=True, text=True, timeout=400, cwd=str(ROOT))
+        [
+            sys.executable,
+            str(ROOT / "bench" / "soak.py"),
+            "--minutes",
+            "2",
+            "--sample-seconds",
+            "5",
+            "--churn-every",
+            "20",
+            "--restart-every",
+            "40",
+            "--png",
+            str(png),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=str(ROOT),
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "Result: **PASS**" in r.stdout
     res = json.loads(out.read_text())
