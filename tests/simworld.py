@@ -13,10 +13,10 @@ from xensim.world import World
 class SimWorld:
     """A world brought up for one test (or module) and torn down afterwards."""
 
-    def __init__(self, directory: Path, domains: int = 2) -> None:
+    def __init__(self, directory: Path, domains: int = 2, broker_args: Sequence[str] = ()) -> None:
         self.world = World(directory)
         self.prefix = f"ncdt{os.getpid()}-d"
-        self.world.up(domains, netns_prefix=self.prefix)
+        self.world.up(domains, netns_prefix=self.prefix, broker_args=broker_args)
 
     @property
     def dir(self) -> Path:

@@ -91,7 +91,14 @@ class World:
         return {**os.environ, **paths.domain_env(self.dir, domid)}
 
     # ---- up -----------------------------------------------------------------
-    def up(self, domains: int, netns_prefix: str = paths.NETNS_PREFIX) -> None:
+    def up(
+        self,
+        domains: int,
+        netns_prefix: str = paths.NETNS_PREFIX,
+        broker_args: Sequence[str] = (),
+    ) -> None:
+        """Start the broker (with ``broker_args``, e.g. ``--max-evtchn-port 4``: its limits)
+        and xenstored, create dom0 and ``domains`` domUs."""
         if self.state_file.exists():
             raise WorldError(
                 f"a world already exists at {self.dir} (run `ncd-sim down --dir {self.dir}` first)"
@@ -109,7 +116,7 @@ class World:
         self._save()
         try:
             for daemon in DAEMONS:
-                self._start_daemon(daemon)
+                self._start_daemon(daemon, broker_args if daemon == "broker" else ())
             for daemon in DAEMONS:
                 self._wait_ready(daemon)
             self._init_dom0()
@@ -120,10 +127,10 @@ class World:
             self.down(keep_logs=True)
             raise
 
-    def _start_daemon(self, name: str) -> None:
+    def _start_daemon(self, name: str, extra: Sequence[str] = ()) -> None:
         logf = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"xensim.{name}", "--dir", str(self.dir)],
+            [sys.executable, "-m", f"xensim.{name}", "--dir", str(self.dir), *extra],
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,

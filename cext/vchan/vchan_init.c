@@ -356,6 +356,13 @@ static const char *grant_hint(int e)
                : "";
 }
 
+static const char *evtchn_hint(int e)
+{
+    return e == ENOSPC ? " (the domain's event channel limit is reached: xl.cfg "
+                         "max_event_channels, 1023 by default; fewer vchans)"
+                       : "";
+}
+
 static int check_sizes(size_t read_min, size_t write_min, char *err, size_t errlen)
 {
     if (read_min > NCD_VCHAN_MAX_RING || write_min > NCD_VCHAN_MAX_RING)
@@ -409,11 +416,11 @@ static int event_setup(struct ncd_vchan *v, int64_t remote_port, char *err, size
     if (port < 0) {
         e = errno;
         if (remote_port < 0)
-            ncd_fail(err, errlen, e, "xenevtchn_bind_unbound_port(dom%u): %s", v->peer_domid,
-                     strerror(e));
+            ncd_fail(err, errlen, e, "xenevtchn_bind_unbound_port(dom%u): %s%s", v->peer_domid,
+                     strerror(e), evtchn_hint(e));
         else
-            ncd_fail(err, errlen, e, "xenevtchn_bind_interdomain(dom%u, port %u): %s",
-                     v->peer_domid, (unsigned)remote_port, strerror(e));
+            ncd_fail(err, errlen, e, "xenevtchn_bind_interdomain(dom%u, port %u): %s%s",
+                     v->peer_domid, (unsigned)remote_port, strerror(e), evtchn_hint(e));
         goto close_handle;
     }
     v->port = (uint32_t)port;

@@ -45,6 +45,7 @@ class BackendVif(Vif):
         # at once: reading the level, we may only ever see the stale "Connected".
         self._published = False
         self._ring_ref_path = f"{layout.queue_dir(guest, devid, 0)}/ring-ref"
+        self._frontend_gone = False  # logged once: the frontend's directory vanished
         self._ovs: ovs.PortSpec | None = None  # the TAP is a port of this OVS bridge
         # The `rate` key (libxl's BYTES,USEC): read at setup, re-read on every poke (our
         # directory is watched) and applied live to the channel, as netback's
@@ -184,6 +185,15 @@ class BackendVif(Vif):
         old = link.rate
         link.set_rate(new)
         log.info("%s: rate limit now %s (was %s)", self.name, new, old)
+
+    def _read_peer_state(self) -> bytes | None:
+        raw = super()._read_peer_state()
+        if raw is None and not self._frontend_gone:  # the machine releases the device
+            if layout.read_optional(self.xs, self.peer_dir) is None:
+                self._frontend_gone = True
+                log.warning("%s: the frontend's directory %s is gone: releasing the device",
+                            self.name, self.peer_dir)
+        return raw
 
     def _observe(self) -> list[Action]:
         base = self.own_dir

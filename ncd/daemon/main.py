@@ -8,6 +8,11 @@ Configuration from TOML (``--config``, default /etc/ncd/ncd.toml) with flags on
 top; logs to stderr; uvloop; SIGTERM/SIGINT close every vif (Closing -> Closed,
 TAP removed) and exit 0. sd_notify READY once the control socket and the
 device watch are up, STATUS with the vif counts, WATCHDOG when systemd asks.
+
+Losing xenstored (its connection fails; a watch alone would never say so) is fatal:
+without it the daemon sees neither detaches nor handshakes, so it logs why, closes
+every vif and exits 1, and systemd restarts it (``Restart=on-failure``) until xenstored
+is back. The hypervisor's channels need no daemon: a vif keeps its traffic meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ncd.config import Config, ConfigError, add_arguments, from_args
 from ncd.control import ControlError, ControlServer
 from ncd.metrics import Metrics, serve_metrics
 from ncd.sdnotify import SdNotifier
+from ncd.xen.errors import XenError
 from ncd.xen.xenstore import XenStore
 
 from . import backend, frontend
@@ -35,6 +41,26 @@ from .switches import SwitchRegistry
 from .vif import VifContext
 
 log = logging.getLogger("ncd")
+
+XENSTORE_PROBE_INTERVAL = 2.0  # seconds between reads of our own ``domid``
+
+
+class XenStoreLost(RuntimeError):
+    """Our xenstore connection failed: the daemon cannot go on without it."""
+
+
+async def probe_xenstore(xs: XenStore, interval: float = XENSTORE_PROBE_INTERVAL) -> None:
+    """Read our ``domid`` every ``interval`` seconds; raise :class:`XenStoreLost` once
+    that fails (xenstored died or closed our connection)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            xs.read("domid")
+        except XenError as exc:
+            raise XenStoreLost(
+                f"xenstore connection lost ({exc}): exiting so that the service manager "
+                "restarts ncd once xenstored is back"
+            ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +138,7 @@ class Daemon:
                 loop.create_task(Discovery(ctx, self.table, d).run(), name=f"{d.role} discovery")
                 for d in roles
             ]
+            role_tasks.append(loop.create_task(probe_xenstore(xs), name="xenstore probe"))
             if backs and self.config.vifs:  # [[vif]]: attached by domain name
                 vifs = DeclaredVifs(xs, domid, self.config.vifs)
                 role_tasks.append(loop.create_task(vifs.run(), name="declared vifs"))

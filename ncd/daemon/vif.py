@@ -415,7 +415,13 @@ class Vif(abc.ABC):
         assert self._loop is not None
         assert self.tap is not None or self.switch is not None
         try:
-            dp = self._setup(self.tap)
+            try:
+                dp = self._setup(self.tap)
+            except OSError as exc:
+                if exc.errno != errno.EBADFD or self.tap is None:
+                    raise
+                await self._replace_deleted_tap()
+                dp = self._setup(self.tap)
         except (OSError, ValueError) as exc:
             return self.machine.setup_failed(str(exc), self._now())
         self.datapath = dp
@@ -507,6 +513,14 @@ class Vif(abc.ABC):
         except BaseException:
             await self._device.close()  # the error unwind is the teardown: TAP removed
             raise
+
+    async def _replace_deleted_tap(self) -> None:
+        """Our TAP was deleted under us (``ip link del``: its fd is EBADFD for good):
+        drop it and create it again, so the retried setup has a device to pump."""
+        log.warning("%s: %s was deleted under the daemon: creating it again", self.name,
+                    self.ifname)
+        await self._device.close()
+        await self._open_tap()
 
     async def _close_tap(self, tap: tapmod.Tap) -> None:
         self.tap = None

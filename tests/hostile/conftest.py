@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.harness import Net
+from tests.hostile.world import Arena
+
+
+@pytest.fixture(scope="module")
+def arena(sim_module, tmp_path_factory) -> Iterator[Arena]:
+    """One world per module: the backend, a good guest, a hostile guest (tests.hostile.world)."""
+    net = Net(sim_module, tmp_path_factory.mktemp("logs"))
+    try:
+        yield Arena(net)
+    finally:
+        net.close()
