@@ -388,8 +388,24 @@ class Lab:
         self.detach(d, 0)
         self.dom0(f"i=0; while ip link show ncvif{d}.0 >/dev/null 2>&1; do i=$((i+1)); "
                   "[ $i -gt 100 ] && exit 1; sleep 0.2; done", 60, "TAP gone after detach")
-        self.attach(d, 0, f"--mac {NCD_MAC}", what="ncctl re-attach")
+        # re-attached the way an xl user types it: the guest by name, an xl vifspec
+        k0, _, kplen = KERNEL_NET
+        self.dom0(f"(brctl addbr xenbr0 2>/dev/null || true) && "
+                  f"ip addr replace {k0}/{kplen} dev xenbr0 && ip link set xenbr0 up", 60,
+                  "bridge xenbr0")
+        self.dom0(f"ncctl attach {GUEST_NAME} "
+                  f"'mac={NCD_MAC},bridge=xenbr0,rate=100Mb/s'", 60, "ncctl re-attach (xl vifspec)")
+        self.vifs.add((0, d, 0))
         self.wait_vif(f"ncvif{d}.0", "nc0")
+        rep["reattach_rate_key"] = self.dom0(
+            f"xenstore-read /local/domain/0/backend/ncvif/{d}/0/rate", 30, "rate key").out.strip()
+        if rep["reattach_rate_key"] != "625000,50000":
+            raise LabError(f"rate=100Mb/s wrote rate={rep['reattach_rate_key']!r}")
+        self.guest(f"ip addr add 198.18.1.3/{kplen} dev nc0", 60,
+                   "guest address in xenbr0's subnet")
+        rep["ping_reattached_guest_to_xenbr0"] = ping_summary(
+            self.guest(f"ping -c 5 -i 0.2 -W 5 {k0}", 90, "ping guest->xenbr0 (xl vifspec)").out)
+        self.guest(f"ip addr del 198.18.1.3/{kplen} dev nc0 || true")
         rep["reattached"] = True
         log(f"ncd daemon path: {rep}")
 
