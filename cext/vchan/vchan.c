@@ -405,7 +405,7 @@ int ncd_vchan_wait(struct ncd_vchan *v)
     if (v->evt) {
         xenevtchn_port_or_error_t p = xenevtchn_pending(v->evt);
         if (p < 0)
-            return -1;
+            return errno == EAGAIN ? 0 : -1; /* none pending: a wakeup raced */
         if (xenevtchn_unmask(v->evt, (evtchn_port_t)p) < 0)
             return -1;
     } else {

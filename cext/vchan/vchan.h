@@ -85,8 +85,8 @@ int ncd_vchan_client_init(struct ncd_vchan **out, uint16_t peer_domid, uint32_t 
 
 /* Event-channel fd: readable when the peer notified us.  Then call wait(). */
 int ncd_vchan_fd(struct ncd_vchan *v);
-/* Consume one pending event and unmask the port (blocks if none is pending
- * and the fd is blocking).  0, or -1 with errno. */
+/* Consume one pending event and unmask the port.  The event channel fd is
+ * non-blocking: 0 also when none is pending (a wakeup raced), -1 with errno. */
 int ncd_vchan_wait(struct ncd_vchan *v);
 /* Late EOI for a thread that sleeps on the event channel (vchan_eoi.c): events
  * that carry no work leave the port masked for a growing, bounded delay.

@@ -16,6 +16,7 @@
  * Whatever a helper left behind is released by ncd_vchan_close().
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -409,6 +410,15 @@ static int event_setup(struct ncd_vchan *v, int64_t remote_port, char *err, size
     v->evt = xenevtchn_open(NULL, 0);
     if (!v->evt)
         return ncd_fail(err, errlen, errno, "xenevtchn_open: %s", strerror(errno));
+    /* Non-blocking: xenevtchn_pending() after a poll that saw the fd readable must
+     * not sleep when the event is gone meanwhile (the port unbound under us, the
+     * peer domain destroyed); it answers EAGAIN and the thread polls again. */
+    int fd = xenevtchn_fd(v->evt), fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        e = errno;
+        ncd_fail(err, errlen, e, "O_NONBLOCK on the event channel fd %d: %s", fd, strerror(e));
+        goto close_handle;
+    }
     if (remote_port < 0)
         port = xenevtchn_bind_unbound_port(v->evt, v->peer_domid);
     else

@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -307,12 +308,19 @@ xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce)
         uint64_t cnt;
         uint32_t old;
         int deliver;
-        int n = epoll_wait(xce->epfd, &ev, 1, -1);
+        /* as a read() of /dev/xen/evtchn: blocks, unless the fd is O_NONBLOCK */
+        int nonblock = (fcntl(xce->epfd, F_GETFL) & O_NONBLOCK) != 0;
+        int n = epoll_wait(xce->epfd, &ev, 1, nonblock ? 0 : -1);
 
         if (n < 0)
             return -1; /* EINTR like a read() of /dev/xen/evtchn */
-        if (n == 0)
+        if (n == 0) {
+            if (nonblock) {
+                errno = EAGAIN;
+                return -1;
+            }
             continue;
+        }
         pthread_mutex_lock(&xce->lock);
         p = find_port(xce, ev.data.u32);
         if (!p) {

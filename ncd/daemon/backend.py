@@ -189,7 +189,7 @@ class BackendVif(Vif):
     def _read_peer_state(self) -> bytes | None:
         raw = super()._read_peer_state()
         if raw is None and not self._frontend_gone:  # the machine releases the device
-            if layout.read_optional(self.xs, self.peer_dir) is None:
+            if layout.read_peer(self.xs, self.peer_dir) is None:
                 self._frontend_gone = True
                 log.warning("%s: the frontend's directory %s is gone: releasing the device",
                             self.name, self.peer_dir)

@@ -368,6 +368,8 @@ def test_tap_port_over_a_seqpacket_socket(switch, guests) -> None:
         a.send(g)
         app.settimeout(10)
         assert app.recv(70000) == vnet + g
+        # the switch accounts a frame after its write to the TAP: the reader can be first
+        wait_for(lambda: (1, 0x7FF0) in sw.accounting(), what="accounting of a -> TAP")
         acct = sw.accounting()
         assert acct[(0x7FF0, 1)] == (1, len(f)) and acct[(1, 0x7FF0)] == (1, len(g))
         sw.remove_port(tp)

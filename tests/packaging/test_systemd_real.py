@@ -272,6 +272,15 @@ def world() -> Iterator[SimWorld]:
         shutil.rmtree(d)
 
 
+def _code_outside_tmp(d: Path) -> Path:
+    """This checkout's ncd and xensim's shim libraries, copied beside the world: a
+    checkout under /tmp (CI's, a fresh clone's) is hidden from the unit by PrivateTmp=."""
+    code = d / "code"
+    shutil.copytree(ROOT / "ncd", code / "ncd", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(paths.domain_env(d, 0)["LD_LIBRARY_PATH"]), code / "xensim-lib")
+    return code
+
+
 def _xs_state(world: SimWorld, path: str) -> str:
     r = world.run(0, ["xenstore-read", f"{path}/state"], check=False)
     return r.stdout.strip() if r.returncode == 0 else "removed"
@@ -288,10 +297,12 @@ def test_units_under_systemd(world: SimWorld) -> None:
     try:
         if o:
             o.vsctl("add-br", "ovsbr0", "--", "set", "Bridge", "ovsbr0", "datapath_type=netdev")
+        code = _code_outside_tmp(d)
         for domid, role in ((0, "backend"), (1, "frontend")):
             env = paths.domain_env(world.dir, domid)
             del env[paths.ENV_RUNTIME]  # the unit's own: RuntimeDirectory=ncd
-            env["PYTHONPATH"] = str(ROOT)
+            env["PYTHONPATH"] = str(code)
+            env["LD_LIBRARY_PATH"] = str(code / "xensim-lib")
             config = f'[backend]\novs_db = "{o.db}"\n' if o and role == "backend" else ""
             sds[domid] = Systemd(d / f"sd{domid}", role, world.world.netns(domid), env, config)
         be, fe = sds[0], sds[1]
