@@ -136,8 +136,11 @@ def test_deb_control_depends_and_conffiles(deb: Path, tmp_path: Path) -> None:
     assert not {d for d in depends if "xensim" in d or d.startswith("python3-pip")}
     _dpkg_deb("-e", str(deb), str(tmp_path / "DEBIAN"))
     assert (tmp_path / "DEBIAN/conffiles").read_text().split() == ["/etc/ncd/ncd.toml"]
-    # units are installed disabled (one package for dom0 and guests; dh_installsystemd
-    # --no-enable): enabled again only on an upgrade of a unit the administrator enabled
+    # ncd-backend and ncd-frontend are enabled on install (each starts only in its kind
+    # of domain: the units' conditions); ncd-driver is installed disabled (no
+    # enable on a new install: only on an upgrade of a unit the administrator enabled)
     postinst = (tmp_path / "DEBIAN/postinst").read_text()
     for unit in ("ncd-backend.service", "ncd-frontend.service"):
-        assert f"if deb-systemd-helper debian-installed '{unit}'; then" in postinst, postinst
+        assert f"deb-systemd-helper enable '{unit}'" in postinst, postinst
+        assert f"if deb-systemd-helper debian-installed '{unit}'; then" not in postinst
+    assert "if deb-systemd-helper debian-installed 'ncd-driver.service'; then" in postinst

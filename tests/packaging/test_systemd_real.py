@@ -5,7 +5,7 @@ domain, as each Xen domain has its own: Debian's /lib/systemd/systemd as PID 1 o
 PID, mount, cgroup and network namespaces (``unshare``), in a cgroup2 subtree of its own,
 with a private /run and a unit path (``$SYSTEMD_UNIT_PATH``) holding only Debian's basic
 targets and the unit as shipped, plus a drop-in for what differs on xensim: no
-ConditionVirtualization=xen, ExecStart runs this checkout's ncd with Debian's python3
+ConditionVirtualization=xen / ConditionPathExists=/proc/xen/capabilities, ExecStart runs this checkout's ncd with Debian's python3
 (what /usr/bin/ncd runs), the domain's environment (xenstored socket, shim libraries),
 NetworkNamespacePath= the domain's namespace, WatchdogSec=4s (30s as shipped) and the log
 in a file. The units' sandboxing stays as shipped.
@@ -70,8 +70,10 @@ After=basic.target
 
 DROPIN = """[Unit]
 ConditionVirtualization=
+ConditionPathExists=
 
 [Service]
+ExecCondition=
 ExecStart=
 ExecStart=/usr/bin/python3 -m ncd.daemon.main {role} --config {d}/ncd.toml
 {env}
