@@ -4,8 +4,9 @@ This machine runs no systemd (PID 1 is the sandbox's own init), so the test boot
 domain, as each Xen domain has its own: Debian's /lib/systemd/systemd as PID 1 of new
 PID, mount, cgroup and network namespaces (``unshare``), in a cgroup2 subtree of its own,
 with a private /run and a unit path (``$SYSTEMD_UNIT_PATH``) holding only Debian's basic
-targets and the unit as shipped, plus a drop-in for what differs on xensim: no
-ConditionVirtualization=xen / ConditionPathExists=/proc/xen/capabilities, ExecStart runs this checkout's ncd with Debian's python3
+targets and the unit as shipped, plus a drop-in for what differs on xensim: none of
+the units' conditions on Xen (ConditionVirtualization=, ConditionPathExists=,
+ExecCondition=), ExecStart runs a copy of this checkout's ncd with Debian's python3
 (what /usr/bin/ncd runs), the domain's environment (xenstored socket, shim libraries),
 NetworkNamespacePath= the domain's namespace, WatchdogSec=4s (30s as shipped) and the log
 in a file. The units' sandboxing stays as shipped.
