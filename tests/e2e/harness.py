@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,3 +262,34 @@ def proc_usage(pid: int) -> dict[str, int]:
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
     threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
     return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": threads, "rss_kb": rss}
+
+
+MACS = {1: "00:16:3e:00:01:00", 2: "00:16:3e:00:02:00"}
+
+
+def dom0_ip(g: int) -> str:
+    """dom0's end of guest g's vif (its own /24)."""
+    return f"198.18.{g}.1"
+
+
+def guest_ip(g: int) -> str:
+    return f"198.18.{g}.2"
+
+
+@contextmanager
+def two_guests(sim: SimWorld, logdir: Path) -> Iterator[Net]:
+    """dom0 ``ncd backend``, guests 1 and 2 ``ncd frontend``, each with a TAP vif
+    (MACS) Connected and addressed: dom0_ip(g) on ncvif<g>.0, guest_ip(g) on nc0."""
+    n = Net(sim, logdir)
+    try:
+        n.start(0, "backend")
+        for g in (1, 2):
+            n.start(g, "frontend")
+            n.attach(g, 0, MACS[g])
+        for g in (1, 2):
+            n.wait_connected(g, 0)
+            n.addr(0, f"ncvif{g}.0", f"{dom0_ip(g)}/24")
+            n.addr(g, "nc0", f"{guest_ip(g)}/24")
+        yield n
+    finally:
+        n.close()

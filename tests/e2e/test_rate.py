@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import Net
+from tests.e2e.harness import Net, dom0_ip, two_guests
 from tests.e2e.ratecheck import (
     choose_rate,
     iperf_mbps,
@@ -26,32 +26,12 @@ from tests.e2e.ratecheck import (
 
 pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None, reason="no iperf3 (setup.sh)")
 
-MACS = {1: "00:16:3e:00:01:00", 2: "00:16:3e:00:02:00"}
-
-
-def dom0_ip(g: int) -> str:
-    return f"198.18.{g}.1"
-
-
-def guest_ip(g: int) -> str:
-    return f"198.18.{g}.2"
 
 
 @pytest.fixture(scope="module")
 def net(sim_module, tmp_path_factory) -> Iterator[Net]:
-    n = Net(sim_module, tmp_path_factory.mktemp("logs"))
-    try:
-        n.start(0, "backend")
-        for g in (1, 2):
-            n.start(g, "frontend")
-            n.attach(g, 0, MACS[g])
-        for g in (1, 2):
-            n.wait_connected(g, 0)
-            n.addr(0, f"ncvif{g}.0", f"{dom0_ip(g)}/24")
-            n.addr(g, "nc0", f"{guest_ip(g)}/24")
+    with two_guests(sim_module, tmp_path_factory.mktemp("logs")) as n:
         yield n
-    finally:
-        n.close()
 
 
 def both(net: Net) -> tuple[float, float]:
