@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import procs  # noqa: E402
 from bench.iperf import iperf_once  # noqa: E402
 from ncd.control import ControlClient, ControlError  # noqa: E402
 from xensim import paths  # noqa: E402
@@ -134,15 +134,7 @@ class Bench:
         raise RuntimeError("vif did not connect; see the daemon logs in " + str(self.tmp))
 
     def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        procs.stop(self.procs, 15)
         for ns in self.veth:
             sh(["ip", "netns", "del", ns], check=False)
         if self.world.state_file.exists():

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import procs  # noqa: E402
 from bench.iperf import iperf_once  # noqa: E402
 from ncd import layout  # noqa: E402
 from ncd.control import ControlClient, ControlError  # noqa: E402
@@ -229,15 +229,7 @@ class Scale:
         self.run_in(0, [PY, "-c", code, *map(str, self.guests)], timeout=120)
 
     def down(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        procs.stop(self.procs.values(), 20)
         if self.world.state_file.exists():
             self.world.down()
         if not getattr(self.args, "keep_logs", False):

@@ -37,7 +37,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import procs  # noqa: E402
 from bench.iperf import iperf_once  # noqa: E402
 from ncd.control import ControlClient, ControlError  # noqa: E402
 from xensim import paths  # noqa: E402
@@ -279,15 +279,7 @@ class Bench:
                 )
 
     def down(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        procs.stop(self.procs.values(), 15)
         if self.world.state_file.exists():
             self.world.down()
         if not self.args.keep_logs:
