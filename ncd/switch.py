@@ -29,6 +29,7 @@ from typing import Any
 
 from ncd.features import ETH_MAX, Features, Negotiated
 from ncd.vchan._lib import ffi, lib
+from ncd.vchan.pump import mac_bytes as parse_mac  # one MAC parser: the pump's locks
 
 ERRLEN = 256
 MAX_PORTS: int = lib.NCD_SWITCH_MAX_PORTS
@@ -105,15 +106,6 @@ class SwitchInfo:
     spins_won: int = 0  # sleeps avoided: the spin before sleeping found work
 
 
-def parse_mac(mac: str | bytes) -> bytes:
-    if isinstance(mac, bytes):
-        if len(mac) != 6:
-            raise ValueError(f"MAC must be 6 bytes, got {len(mac)}")
-        return mac
-    parts = mac.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"bad MAC {mac!r}")
-    return bytes(int(p, 16) for p in parts)
 
 
 def format_mac(mac: bytes) -> str:

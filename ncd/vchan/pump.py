@@ -82,7 +82,8 @@ class PumpStats:
         }
 
 
-def _mac_bytes(mac: str | bytes) -> bytes:
+def mac_bytes(mac: str | bytes) -> bytes:
+    """A MAC as 6 bytes, from bytes or ``aa:bb:cc:dd:ee:ff``; ValueError otherwise."""
     if isinstance(mac, bytes):
         if len(mac) != 6:
             raise ValueError(f"MAC must be 6 bytes, got {len(mac)}")
@@ -107,7 +108,7 @@ def fill_lock(lock: Any, mac: str | bytes | None, trunk: bool, ips: Iterable[str
             raise ValueError("a source lock with addresses needs the MAC (or trunk)")
         lock.enabled = 0
         return
-    m = _mac_bytes(mac) if mac is not None else b"\0" * 6
+    m = mac_bytes(mac) if mac is not None else b"\0" * 6
     if not trunk and m[0] & 1:
         raise ValueError("a group MAC cannot be locked")
     lock.enabled = 1
