@@ -106,8 +106,6 @@ class SwitchInfo:
     spins_won: int = 0  # sleeps avoided: the spin before sleeping found work
 
 
-
-
 def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
