@@ -14,7 +14,11 @@ appended to bench/RESULTS.md with the machine and the command. Addresses come fr
 198.18.0.0/15; everything it creates is removed at the end.
 
     .venv/bin/python bench/bench_net.py [--seconds 4] [--rounds 3] [--ring-bytes N]
-                                        [--append-results]
+                                        [--queues N] [--tests tcp1,tcp2] [--append-results]
+
+``--queues N`` runs both daemons with ``--max-queues N`` (queues per vif; default: the
+daemons' default), ``--tests`` a subset of the tests by key (tcp1, tcp2, tcp1r, udp64,
+rtt).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,6 +90,8 @@ class Bench:
         for ns in (ns0, ns1):
             sh(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], ns)
         ring = ["--ring-bytes", str(self.args.ring_bytes)] if self.args.ring_bytes else []
+        queues = getattr(self.args, "queues", 0)  # bench/run passes no --queues
+        ring += ["--max-queues", str(queues)] if queues else []
         for domid, role in ((0, "backend"), (GUEST, "frontend")):
             log = open(self.tmp / f"ncd-{role}.log", "wb")  # noqa: SIM115 - child's
             self.procs.append(subprocess.Popen(
@@ -191,6 +198,14 @@ TESTS: list[tuple[str, str, Callable[[Bench, Path_], float | tuple[float, float]
 ]
 
 
+ALL_TESTS = ",".join(k for k, _, _ in TESTS)
+
+
+def selected(args: argparse.Namespace) -> list[tuple[str, str, Callable[..., Any]]]:
+    keys = args.tests.split(",")
+    return [t for t in TESTS if t[0] in keys]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -205,6 +220,13 @@ def machine() -> str:
 
 def fmt(v: float) -> str:
     return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def options(args: argparse.Namespace) -> str:
+    """The command line's options beyond --seconds / --rounds, as given."""
+    out = f" --ring-bytes {args.ring_bytes}" if args.ring_bytes else ""
+    out += f" --queues {args.queues}" if args.queues else ""
+    return out + (f" --tests {args.tests}" if args.tests != ALL_TESTS else "")
 
 
 def report(results: dict[str, dict[str, list]], args: argparse.Namespace, took: float) -> str:
@@ -223,14 +245,14 @@ def report(results: dict[str, dict[str, list]], args: argparse.Namespace, took: 
         "",
         f"Machine: {machine()} (load average at the end {load[0]:.1f})",
         f"Command: `.venv/bin/python bench/bench_net.py --seconds {args.seconds} --rounds "
-        f"{args.rounds}{' --ring-bytes ' + str(args.ring_bytes) if args.ring_bytes else ''}"
-        f" --append-results` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git "
+        f"{args.rounds}{options(args)} --append-results` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git "
         f"{git}, {took:.0f}s)",
         "",
         "| test | ncd | veth | ncd / veth | ncd rounds |",
         "|---|---|---|---|---|",
     ]
-    for key, label, _ in TESTS:
+    for key, label, _ in selected(args):
         n, v = results[key]["ncd"], results[key]["veth"]
         if key == "rtt":
             n50, v50 = statistics.median(x[0] for x in n), statistics.median(x[0] for x in v)
@@ -248,12 +270,20 @@ def report(results: dict[str, dict[str, list]], args: argparse.Namespace, took: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--pings", type=int, default=400)
+    ap.add_argument("--seconds", type=int, default=4, help="seconds per iperf3 run")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (medians are taken)")
+    ap.add_argument("--pings", type=int, default=400, help="echo requests per RTT round")
     ap.add_argument("--ring-bytes", type=int, default=0, help="daemon ring size each way")
-    ap.add_argument("--append-results", action="store_true")
+    ap.add_argument("--queues", type=int, default=0,
+                    help="queues per vif (the daemons' --max-queues; 0: their default)")
+    ap.add_argument("--tests", default=ALL_TESTS,
+                    help=f"comma-separated tests to run, of {ALL_TESTS} (default: all)")
+    ap.add_argument("--append-results", action="store_true",
+                    help="append the table to bench/RESULTS.md")
     args = ap.parse_args()
+    unknown = set(args.tests.split(",")) - set(ALL_TESTS.split(","))
+    if unknown:
+        ap.error(f"--tests: unknown {', '.join(sorted(unknown))} (known: {ALL_TESTS})")
     for tool in ("iperf3", "ping", "ip"):
         if shutil.which(tool) is None:
             print(f"bench_net: {tool} not found", file=sys.stderr)
@@ -264,7 +294,7 @@ def main() -> int:
     try:
         ncd, veth = b.up()
         for rnd in range(args.rounds):
-            for key, label, fn in TESTS:
+            for key, label, fn in selected(args):
                 for p in ((ncd, veth) if rnd % 2 == 0 else (veth, ncd)):
                     v = fn(b, p)
                     results[key][p.name].append(v)
