@@ -10,8 +10,9 @@ machine, performs the actions it returns, and sets one loop timer at the
 machine's next deadline. Role specifics (which keys, which TAP settings, map or
 grant) live in the subclasses in :mod:`.backend` and :mod:`.frontend`.
 
-Lifecycle: load entries (validated) -> TAP -> publish features -> handshake ->
-Connected (datapath up) ... -> Disconnect / ReleaseDevice. Every acquisition
+Lifecycle: load entries (validated) -> TAP (multi-queue) -> publish features (and the
+queue keys, :mod:`ncd.queues`) -> handshake -> Connected (datapath up: one vchan and
+pump per queue) ... -> Disconnect / ReleaseDevice. Every acquisition
 pushes its undo onto an :class:`~.undo.UndoStack` (mirage-net-xen's Cleanup):
 the channel's (pump reader, datapath) on ``_channel``, closed by Disconnect;
 the device's (TAP, then the channel) on ``_device``, closed by ReleaseDevice or
