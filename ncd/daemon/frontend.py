@@ -85,16 +85,19 @@ class FrontendVif(Vif):
         ring = self.ctx.config.channel.ring_bytes
         n = self._choose_queues()
         queues.publish_num(self.xs, self.own_dir, n)
-        self.queues = n
+        link: Channel
         if tap is not None:
             paths = [layout.queue_dir(self.guest, self.devid, i) for i in range(n)]
-            return Datapath.serve(self.xs, self._backend, paths, ring, tap, neg)
-        path = layout.queue_dir(self.guest, self.devid, 0)
-        registry, name, view = self.ctx.switches, self.switch, self.view
-        assert registry is not None and name is not None and view is not None
-        vchan = VchanServer.create(self.xs, self._backend, path, ring, ring)
-        return SwitchLink.open(registry, name, vchan, neg, label=self.name,
-                               domid=self._backend, mac=view.mac, trunk=True)
+            link = Datapath.serve(self.xs, self._backend, paths, ring, tap, neg)
+        else:
+            path = layout.queue_dir(self.guest, self.devid, 0)
+            registry, name, view = self.ctx.switches, self.switch, self.view
+            assert registry is not None and name is not None and view is not None
+            vchan = VchanServer.create(self.xs, self._backend, path, ring, ring)
+            link = SwitchLink.open(registry, name, vchan, neg, label=self.name,
+                                   domid=self._backend, mac=view.mac, trunk=True)
+        self.queues = n
+        return link
 
     def _choose_queues(self) -> int:
         """min(our limit, the backend's ``multi-queue-max-queues``, our CPUs); a bad value
