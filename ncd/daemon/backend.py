@@ -94,7 +94,8 @@ class BackendVif(Vif):
 
     def _queue_limit(self) -> int:
         """A vif rate-limited when it is set up offers one queue: the limit is then the
-        one pump's (a limit set later is split evenly over the queues: datapath.share)."""
+        vif's (a limit set later on a multi-queue vif is each queue's credit, as in
+        netback)."""
         return 1 if not self.rate.unlimited else super()._queue_limit()
 
     def _queue_keys(self) -> dict[str, str]:

@@ -86,14 +86,6 @@ class Queue:
         return final
 
 
-def share(rate: Rate, n: int) -> Rate:
-    """Each of ``n`` queues' part of the vif's rate limit (the queues' sum stays within
-    it); unlimited stays unlimited."""
-    if rate.unlimited or n == 1:
-        return rate
-    return Rate(max(1, rate.bytes // n), rate.usec)
-
-
 class Datapath:
     """A vchan per queue with a pump each on the TAP's queues; close() releases all."""
 
@@ -119,7 +111,6 @@ class Datapath:
         """Queues 0..n-1: each its vchan (``vchan_for(i)``), TAP fd and pump; on any
         failure the queues opened so far are closed again (the one unwind)."""
         tap.set_offloads(tun_offload_flags(neg.tx_features))  # exactly what was negotiated
-        each = share(rate, n)
         queues: list[Queue] = []
         try:
             for i in range(n):
@@ -133,10 +124,10 @@ class Datapath:
                 fd = (own or tap).fileno()
                 try:
                     if lock is None:
-                        pump = FramePump.start(vchan, fd, neg, rate=each)
+                        pump = FramePump.start(vchan, fd, neg, rate=rate)
                     else:
                         pump = FramePump.start(vchan, fd, neg, mac=lock.mac, trunk=lock.trunk,
-                                               ips=lock.ips, rate=each)
+                                               ips=lock.ips, rate=rate)
                 except BaseException:
                     vchan.close()
                     if own is not None:
@@ -161,17 +152,17 @@ class Datapath:
     def connect(cls, xs: Any, peer: int, paths: list[str], tap: tapmod.Tap, neg: Negotiated,
                 lock: SourceLock, rate: Rate = UNLIMITED) -> Datapath:
         """Backend: per queue, read (untrusted) ``paths[i]``/ring-ref, event-channel, map,
-        pump; frames from the guest must pass ``lock`` (anti-spoofing) and ``rate`` (split
-        evenly over the queues: :func:`share`)."""
+        pump; frames from the guest must pass ``lock`` (anti-spoofing) and ``rate`` (each
+        queue's own credit, as netback gives every queue the vif's credit)."""
         return cls._open(len(paths), tap, neg,
                          lambda i: VchanClient.connect(xs, peer, paths[i]), lock, rate)
 
     def set_rate(self, rate: Rate) -> None:
-        """A new rate limit on frames from the peer, applied live by the pumps."""
+        """A new rate limit on frames from the peer, applied live by every queue's pump
+        (each queue its own credit, as netback's xen_net_rate_changed does)."""
         if self._final is None:
-            each = share(rate, len(self.queues))
             for q in self.queues:
-                q.pump.set_rate(each.bytes, each.usec)
+                q.pump.set_rate(rate.bytes, rate.usec)
             self.rate = rate
 
     def done_fd(self) -> int:

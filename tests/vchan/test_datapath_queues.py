@@ -15,9 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ncd.daemon.datapath import Datapath, share
+from ncd.daemon.datapath import Datapath
 from ncd.features import ETH_MAX, Features, Negotiated
-from ncd.parse import Rate
 from ncd.vchan.channel import VchanClient, VchanServer, local_pair
 from ncd.vchan.pump import FramePump, PumpState
 from tests import framecodec as fr
@@ -165,11 +164,3 @@ def test_a_single_queue_channel_is_todays(world) -> None:
     finally:
         dp.close()
     assert len(taps) == 1
-
-
-def test_the_rate_is_shared_between_the_queues(world) -> None:
-    assert share(Rate(1000, 50000), 1) == Rate(1000, 50000)
-    assert share(Rate(1000, 50000), 4) == Rate(250, 50000)
-    assert share(Rate(3, 50000), 4) == Rate(1, 50000)
-    unlimited = Rate()
-    assert share(unlimited, 4) == unlimited
