@@ -19,14 +19,16 @@ a number in 1..its maximum (the setup fails, naming the key) rather than guess.
 from __future__ import annotations
 
 import os
+import re
 
 from ncd import parse
-from ncd.layout import StoreOps, read_optional
+from ncd.layout import StoreOps, list_optional, read_optional
 
 KEY_MAX_QUEUES = "multi-queue-max-queues"  # the backend's, in its directory
 KEY_NUM_QUEUES = "multi-queue-num-queues"  # the frontend's, in its directory
 QUEUES_MAX = 16  # the most queues ncd configures on its side (config [channel] max_queues)
 PEER_MAX_QUEUES = 65535  # a backend may offer more than we take; beyond this it is garbage
+_QUEUE_DIR = re.compile(r"queue-([0-9]{1,5})")  # layout.queue_dir's last component
 
 
 def cpus() -> int:
@@ -81,9 +83,15 @@ def read_frontend_num(store: StoreOps, frontend_dir: str) -> bytes | None:
 
 def publish_num(store: StoreOps, frontend_dir: str, n: int) -> None:
     """The frontend's key for ``n`` queues: written for two or more, removed for one (a
-    single queue is the layout without the key, as netfront writes it)."""
+    single queue is the layout without the key, as netfront writes it); the vchan
+    directories of queues beyond ``n`` (a daemon killed while it had more) go too, so
+    that what the backend reads is exactly this connection's."""
     path = f"{frontend_dir}/{KEY_NUM_QUEUES}"
     if n > 1:
         store.write(path, str(n))
     else:
         store.rm(path, missing_ok=True)
+    for name in list_optional(store, frontend_dir):
+        m = _QUEUE_DIR.fullmatch(name)
+        if m and int(m.group(1)) >= n:
+            store.rm(f"{frontend_dir}/{name}", missing_ok=True)

@@ -88,6 +88,18 @@ def test_the_frontend_key_is_there_for_two_queues_and_gone_for_one() -> None:
     assert queues.read_frontend_num(xs, base) is None
 
 
+def test_stale_queue_directories_beyond_the_count_go() -> None:
+    mem = MemStore()
+    mem.add_domain(1)
+    xs = mem.conn(0)
+    base = "/local/domain/1/device/ncvif/0"
+    for q in range(3):
+        xs.write(f"{base}/queue-{q}/ring-ref", "8")  # a killed daemon's three queues
+    xs.write(f"{base}/queue-x/ring-ref", "8")  # not a queue directory: not ours to judge
+    queues.publish_num(xs, base, 1)
+    assert sorted(xs.directory(base)) == ["queue-0", "queue-x"]
+
+
 def test_cpus_is_what_this_process_may_use() -> None:
     import os
 

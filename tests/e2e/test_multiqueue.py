@@ -208,3 +208,52 @@ def test_a_frontend_without_the_key_gets_one_queue_at_queue_0(net: Net) -> None:
     vif = net.wait_state(0, 2, 0, "Closed")
     err = vif["last_error"] or ""
     assert queues.KEY_NUM_QUEUES not in err and "queue-1" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("devid", "args"), [(1, ["--switch", "mq"]), (2, ["--rate", "10Mb/s"])], ids=["switch", "rate"]
+)
+def test_switch_ports_and_rate_limited_vifs_offer_one_queue(
+    net: Net, devid: int, args: list[str]
+) -> None:
+    """A switch port has one ring per port; a vif limited when it is picked up keeps its
+    limit whole on one queue: each offers multi-queue-max-queues 1, the others 2."""
+    net.ncctl("attach", "2", "--devid", str(devid), "--mac", f"00:16:3e:00:02:0{devid}", *args)
+    key = f"{BE}/2/{devid}/{queues.KEY_MAX_QUEUES}"
+    try:
+        assert net.wait(lambda: _read(net, key), 10, f"{key} written") == "1"
+        assert _read(net, f"{BE}/1/0/{queues.KEY_MAX_QUEUES}") == "2"
+    finally:
+        net.ncctl("detach", "2", str(devid), "--force", check=False)
+        net.wait(lambda: net.vif(0, 2, devid) is None, 10, f"vif 2/{devid} gone")
+
+
+def _restart_frontend(net: Net) -> None:
+    """Guest 1's daemon killed -9 and started again: a fresh setup reads the keys anew
+    (the TAP, persistent, is picked up again)."""
+    fe = next(d for d in net.daemons if d.domid == 1 and d.alive())
+    net.kill9(fe)
+    net.restart(fe)
+    net.wait_connected(1, 0, timeout=20)
+
+
+def test_a_backend_without_the_key_gets_one_queue_at_queue_0(net: Net) -> None:
+    """An old backend writes no multi-queue-max-queues: the guest takes one queue, writes
+    no multi-queue-num-queues and publishes queue-0 alone (the killed daemon's queue-1
+    removed); traffic flows. With the key back, two queues again."""
+    key = f"{BE}/1/0/{queues.KEY_MAX_QUEUES}"
+    net.sim.run(0, ["xenstore-rm", key])
+    try:
+        _restart_frontend(net)
+        for d in (0, 1):
+            assert net.vif(d, 1, 0)["queues"] == 1  # type: ignore[index]
+        assert _read(net, f"{FE1}/{queues.KEY_NUM_QUEUES}") is None
+        assert (_read(net, f"{FE1}/queue-0/ring-ref") or "").isdigit()
+        assert _read(net, f"{FE1}/queue-1/ring-ref") is None
+        assert net.ping_ok(1, DOM0_IP)
+        assert len(_queues(net, 1)) == 1
+    finally:
+        net.sim.run(0, ["xenstore-write", key, "2"])
+    _restart_frontend(net)
+    assert net.vif(1, 1, 0)["queues"] == 2  # type: ignore[index]
+    assert net.ping_ok(1, DOM0_IP)
