@@ -85,6 +85,10 @@ class Tap:
         if not self.multi_queue:
             raise TapError(errno.EINVAL, f"{self.name} is not a multi-queue TAP")
         self.fileno()  # not after close: the name could be a new device by now
+        try:  # TUNSETIFF would create a device of that name: attach, never create
+            socket.if_nametoindex(self.name)
+        except OSError:
+            raise TapError(errno.ENODEV, f"{self.name}: no such device, no queue added") from None
         return open_tap(self.name, offloads=self.offloads, vnet_hdr_size=self.vnet_hdr_size,
                         multi_queue=True)
 
