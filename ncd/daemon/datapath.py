@@ -95,6 +95,7 @@ class Datapath:
         self.negotiated = negotiated
         self.rate = rate  # in effect on frames from the peer (the vif's, all queues)
         self._final: list[PumpStats] | None = None
+        self.short_of: str | None = None  # why fewer queues than asked were opened
         # Foreign pages mapped for this channel, read from the tracker now (mapping is
         # done once at connect), so the metrics thread never touches the C handle.
         self._tracked = sum(q.vchan.tracked_pages for q in queues)
@@ -107,16 +108,29 @@ class Datapath:
 
     @classmethod
     def _open(cls, n: int, tap: tapmod.Tap, neg: Negotiated, vchan_for: Callable[[int], Vchan],
-              lock: SourceLock | None = None, rate: Rate = UNLIMITED) -> Datapath:
+              lock: SourceLock | None = None, rate: Rate = UNLIMITED,
+              at_least: int | None = None) -> Datapath:
         """Queues 0..n-1: each its vchan (``vchan_for(i)``), TAP fd and pump; on any
-        failure the queues opened so far are closed again (the one unwind)."""
+        failure the queues opened so far are closed again (the one unwind). With
+        ``at_least``, a queue from that index on whose TAP fd or vchan cannot be had
+        (grants or event channels exhausted) ends the list there instead, as netfront
+        goes on with the queues it could create: ``short_of`` says why."""
         tap.set_offloads(tun_offload_flags(neg.tx_features))  # exactly what was negotiated
         queues: list[Queue] = []
+        short_of: str | None = None
         try:
             for i in range(n):
-                own = tap.open_queue() if i else None
+                own: tapmod.Tap | None = None
                 try:
+                    own = tap.open_queue() if i else None
                     vchan = vchan_for(i)
+                except OSError as exc:
+                    if own is not None:
+                        own.close()
+                    if at_least is None or i < at_least:
+                        raise
+                    short_of = str(exc)
+                    break
                 except BaseException:
                     if own is not None:
                         own.close()
@@ -134,7 +148,9 @@ class Datapath:
                         own.close()
                     raise
                 queues.append(Queue(i, vchan, pump, own))
-            return cls(queues, neg, rate)
+            dp = cls(queues, neg, rate)
+            dp.short_of = short_of
+            return dp
         except BaseException:
             for q in reversed(queues):
                 q.close()
@@ -144,9 +160,10 @@ class Datapath:
     def serve(cls, xs: Any, peer: int, paths: list[str], ring_bytes: int, tap: tapmod.Tap,
               neg: Negotiated) -> Datapath:
         """Frontend: per queue, grant a vchan for ``peer``, publish it at ``paths[i]``,
-        pump."""
+        pump; fewer queues (at least one) when the domain's grants or event channels
+        run out (``short_of``)."""
         return cls._open(len(paths), tap, neg, lambda i: VchanServer.create(
-            xs, peer, paths[i], ring_bytes, ring_bytes))
+            xs, peer, paths[i], ring_bytes, ring_bytes), at_least=1)
 
     @classmethod
     def connect(cls, xs: Any, peer: int, paths: list[str], tap: tapmod.Tap, neg: Negotiated,

@@ -83,21 +83,29 @@ class FrontendVif(Vif):
     def _setup(self, tap: tapmod.Tap | None) -> Channel:
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         ring = self.ctx.config.channel.ring_bytes
-        n = self._choose_queues()
-        queues.publish_num(self.xs, self.own_dir, n)
-        link: Channel
-        if tap is not None:
-            paths = [layout.queue_dir(self.guest, self.devid, i) for i in range(n)]
-            link = Datapath.serve(self.xs, self._backend, paths, ring, tap, neg)
-        else:
+        if tap is None:  # a switch port: one queue
+            queues.publish_num(self.xs, self.own_dir, 1)
             path = layout.queue_dir(self.guest, self.devid, 0)
             registry, name, view = self.ctx.switches, self.switch, self.view
             assert registry is not None and name is not None and view is not None
             vchan = VchanServer.create(self.xs, self._backend, path, ring, ring)
             link = SwitchLink.open(registry, name, vchan, neg, label=self.name,
                                    domid=self._backend, mac=view.mac, trunk=True)
-        self.queues = n
-        return link
+            self.queues = 1
+            return link
+        n = self._choose_queues()
+        paths = [layout.queue_dir(self.guest, self.devid, i) for i in range(n)]
+        dp = Datapath.serve(self.xs, self._backend, paths, ring, tap, neg)
+        if dp.short_of is not None:
+            self._plog.warning("%s: %d of %d queues: %s", self.name, len(dp.queues), n,
+                               dp.short_of)
+        try:  # the count of the vchans now published, before we say Connected
+            queues.publish_num(self.xs, self.own_dir, len(dp.queues))
+        except BaseException:
+            dp.close()
+            raise
+        self.queues = len(dp.queues)
+        return dp
 
     def _choose_queues(self) -> int:
         """min(our limit, the backend's ``multi-queue-max-queues``, our CPUs); a bad value

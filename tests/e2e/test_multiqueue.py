@@ -80,6 +80,20 @@ def _queues(net: Net, domid: int) -> list[dict[str, int]]:
     raise AssertionError(f"vif 1/0 missing from dom{domid}'s stats")
 
 
+def _settled(net: Net) -> tuple[list[dict[str, int]], list[dict[str, int]]]:
+    """The guest's and dom0's per-queue counters once every frame one side sent has been
+    counted by the other (frames still in a ring are not yet), queue by queue."""
+
+    def both() -> tuple[list[dict[str, int]], list[dict[str, int]]] | None:
+        fe, be = _queues(net, 1), _queues(net, 0)
+        sent = [(q["frames_tx"], q["frames_rx"]) for q in fe]
+        if sent == [(q["frames_rx"], q["frames_tx"]) for q in be]:
+            return fe, be
+        return None
+
+    return net.wait(both, 10, "both ends counting the same frames per queue")
+
+
 def _delta(after: list[dict[str, int]], before: list[dict[str, int]], key: str) -> list[int]:
     return [a[key] - b[key] for a, b in zip(after, before, strict=True)]
 
@@ -111,7 +125,7 @@ def test_tcp_flows_spread_over_the_queues_each_on_one(
     used: dict[int, int] = {}
     sent: dict[str, str] = {}
     for i in range(FLOWS):
-        fe0, be0 = _queues(net, 1), _queues(net, 0)
+        fe0, be0 = _settled(net)
         r = helpers[1].call(f"tcp_send {DOM0_IP} 5401 {FLOW_BYTES}", timeout=60)
         sent[str(r["sport"])] = r["sha256"]
         net.wait(
@@ -119,7 +133,7 @@ def test_tcp_flows_spread_over_the_queues_each_on_one(
             10,
             f"flow {i} read to its end in dom0",
         )
-        fe1, be1 = _queues(net, 1), _queues(net, 0)
+        fe1, be1 = _settled(net)
         # guest -> dom0: the guest kernel chose the queue, the backend got them there
         q = _one_queue(_delta(fe1, fe0, "frames_tx"), f"flow {i} data from the guest")
         assert _delta(be1, be0, "frames_rx") == _delta(fe1, fe0, "frames_tx")

@@ -88,7 +88,7 @@ def world() -> Iterator[tuple[list[SockTap], list[VchanServer], list[Peer]]]:
         s.close()
 
 
-def open_dp(world, n: int, fail_at: int | None = None) -> Datapath:
+def open_dp(world, n: int, fail_at: int | None = None, at_least: int | None = None) -> Datapath:
     taps, servers, peers = world
 
     def vchan_for(i: int) -> VchanServer:
@@ -99,7 +99,7 @@ def open_dp(world, n: int, fail_at: int | None = None) -> Datapath:
         peers.append(Peer(cli))
         return srv
 
-    return Datapath._open(n, SockTap(taps), NEG, vchan_for)
+    return Datapath._open(n, SockTap(taps), NEG, vchan_for, at_least=at_least)
 
 
 def frame(tag: int) -> bytes:
@@ -164,3 +164,18 @@ def test_a_single_queue_channel_is_todays(world) -> None:
     finally:
         dp.close()
     assert len(taps) == 1
+
+
+def test_a_frontend_goes_on_with_the_queues_it_could_make(world) -> None:
+    """As netfront: queue 2 cannot be had (grants or event channels exhausted), so the
+    channel has queues 0 and 1, and says why; queue 2's TAP fd is not kept."""
+    taps, servers, _ = world
+    dp = open_dp(world, 3, fail_at=2, at_least=1)
+    try:
+        assert len(dp.queues) == 2 and "queue 2 refused" in (dp.short_of or "")
+        assert [t.closed for t in taps] == [False, False, True]
+        assert dp.ended() is None
+    finally:
+        dp.close()
+    with pytest.raises(OSError, match="queue 0 refused"):  # not even one: the setup fails
+        open_dp(world, 3, fail_at=0, at_least=1)
