@@ -100,7 +100,9 @@ void ncd_vchan_request_notify(struct ncd_vchan *v, int on_read, int on_write)
  * whether it stays ahead of our cons (we would re-read bytes it took back, or wait
  * for ever on a record it cut short) or falls behind it (ready wraps to ~2^32).
  * Offsets from our cons keep the comparison inside one ring's span, so it holds
- * across the 2^32 wrap. */
+ * across the 2^32 wrap.  peer_max is private to the read side: no barrier of its
+ * own; the data behind prod is ordered by the acquire fence in
+ * ncd_vchan_read_iov() (pairs with the release in ncd_vchan_write_commit()). */
 int64_t ncd_vchan_peek_data(struct ncd_vchan *v)
 {
     uint32_t prod, ready;

@@ -19,6 +19,7 @@ from tests.hostile.world import HOSTILE_MAC, Arena
 MAC = bytes(int(x, 16) for x in HOSTILE_MAC.split(":"))
 NEEDS_CSUM, GSO_TCPV4 = 1, 1
 TCP = eth_frame(MAC, 40, ethertype=0x0800)  # 54 bytes: enough for the vnet header cases
+FRAME = record(eth_frame(MAC, 0))  # 28 bytes, what "frames N" writes
 
 
 def _connect(arena: Arena, *offer: str) -> None:
@@ -138,9 +139,6 @@ def _consumed_but(arena: Arena, left: int) -> None:
         return (idx["right_prod"] - idx["right_cons"]) & 0xFFFFFFFF == left
 
     arena.net.wait(caught_up, 10, f"the backend consumed all but {left} bytes", arena.backend)
-
-
-FRAME = record(eth_frame(MAC, 0))  # 28 bytes, what "frames N" writes
 
 
 def test_producer_moving_backwards_behind_the_consumer(arena: Arena) -> None:
