@@ -38,7 +38,6 @@ from tests.xenbind.evtchn import Evtchn
 from tests.xenbind.gnttab import Gnttab
 from tests.xenbind.mapping import Mapping
 
-
 _INDEX = {  # the backend owns left_prod and right_cons; the other two are the frontend's
     "left_cons": LEFT_CONS,
     "left_prod": LEFT_PROD,

@@ -79,9 +79,7 @@ def test_frontends_own_indices_scribbled(front: Front) -> None:
         front.hostile.call("set_index left_cons -0x10")
         front.hostile.call("set_index right_prod +0x10")
         front.hostile.call("frames 5")
-        front.net.wait(
-            lambda: front.vif_stats()["frames_rx"] >= 5, 10, "5 frames", front.frontend
-        )
+        front.net.wait(lambda: front.vif_stats()["frames_rx"] >= 5, 10, "5 frames", front.frontend)
         front.tap_frames(2)
         idx = front.hostile.call("indices")
         front.net.wait(
