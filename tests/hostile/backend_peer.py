@@ -76,13 +76,15 @@ class HostileBackend:
         self.xs.write(f"{self.dir}/state", state)
         return {}
 
-    def cmd_flap(self, times: str, *states: str) -> dict[str, Any]:
-        """Write ``states`` in turn (default InitWait, Connected), ``times`` times, as
+    def cmd_flap(self, seconds: str, *states: str) -> dict[str, Any]:
+        """Write ``states`` in turn (default InitWait, Connected) for ``seconds``, as
         fast as xenstored goes."""
-        for _ in range(int(times)):
+        end, writes = time.monotonic() + float(seconds), 0
+        while time.monotonic() < end:
             for st in states or ("2", "4"):
                 self.xs.write(f"{self.dir}/state", st)
-        return {}
+                writes += 1
+        return {"writes": writes}
 
     def cmd_rm_dir(self) -> dict[str, Any]:
         """Remove this device's whole backend directory (state, features, everything)."""
