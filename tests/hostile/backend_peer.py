@@ -56,9 +56,8 @@ class HostileBackend:
     def __init__(self, frontend: str, devid: str = "0") -> None:
         self.xs = XenStore()
         self.fe = int(frontend)
-        me = int(self.xs.read("domid"))
-        self.dir = f"/local/domain/{me}/backend/ncvif/{self.fe}/{int(devid)}"
-        self.fe_dir = f"/local/domain/{self.fe}/device/ncvif/{int(devid)}"
+        self.me = int(self.xs.read("domid"))
+        self.cmd_device(devid)
         self.gt = Gnttab()
         self.ev = Evtchn()
         self.ctrl: Mapping | None = None
@@ -72,6 +71,15 @@ class HostileBackend:
         self._rounds = 0
 
     # ---- xenstore ---------------------------------------------------------------------
+    def cmd_device(self, devid: str) -> dict[str, Any]:
+        """Be the backend of device ``devid`` of the same frontend from now on (whatever
+        was mapped for the previous one is dropped first)."""
+        if hasattr(self, "gt"):
+            self._release()
+        self.dir = f"/local/domain/{self.me}/backend/ncvif/{self.fe}/{int(devid)}"
+        self.fe_dir = f"/local/domain/{self.fe}/device/ncvif/{int(devid)}"
+        return {}
+
     def cmd_state(self, state: str) -> dict[str, Any]:
         self.xs.write(f"{self.dir}/state", state)
         return {}

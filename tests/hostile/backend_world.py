@@ -49,35 +49,47 @@ class Front:
         net.addr(1, "nc0", f"{FE}/24")
         assert net.ping_ok(1, BE, count=2)
         self.base = self.guest_resources()  # the good device's grants and ports alone
+        self.toolstack = net.toolstack()  # dom0's xenstore, for ncctl in this process
         self.devid = 0
         self.peer: DomProc | None = None
+        self._peer_dom = HOSTILE_BACKEND
         self.fresh_device()
         self.baseline_rss = proc_usage(self.frontend.pid)["rss_kb"]
 
     # ---- the hostile device --------------------------------------------------------------
     def fresh_device(self, connect: bool = True, backend: int = HOSTILE_BACKEND) -> None:
-        """A new device 1/N backed by domain ``backend`` and a new hostile backend for
-        it: each case starts with a new vif (and its own budget of peer-caused log
-        lines, ncd/ratelog.py); the previous hostile backend closes first."""
+        """A new device 1/N backed by domain ``backend``, its hostile backend the one of
+        the previous case (closed first) when that one is in the same domain: each
+        case starts with a new vif (and its own budget of peer-caused log lines,
+        ncd/ratelog.py)."""
         if self.peer is not None:
             self.peer.call("closed")
-            self.peer.close()
-            self.peer = None
+            if self._peer_dom != backend:
+                self.peer.close()
+                self.peer = None
         self.devid += 1
         n = self.devid
         mac = f"00:16:3e:00:01:{n:02x}"
-        self.net.ncctl("attach", "1", "--devid", str(n), "--backend", str(backend), "--mac", mac)
-        self.peer = DomProc.python(
-            self.net.sim,
-            backend,
-            "tests.hostile.backend_peer:HostileBackend",
-            "1",
-            str(n),
-            errlog=self.net.logdir / f"hostile-backend-{n}.log",
-        )
-        self.net._helpers.append(self.peer)
+        args = ("attach", "1", "--devid", str(n), "--backend", str(backend), "--mac", mac)
+        self.net.ncctl_inproc(self.toolstack, *args)
+        if self.peer is None:
+            self.peer = DomProc.python(
+                self.net.sim,
+                backend,
+                "tests.hostile.backend_peer:HostileBackend",
+                "1",
+                str(n),
+                errlog=self.net.logdir / f"hostile-backend-dom{backend}-{n}.log",
+            )
+            self.net._helpers.append(self.peer)
+            self._peer_dom = backend
+        else:
+            self.peer.call(f"device {n}")
         if connect:
             self.connect()
+
+    def close(self) -> None:
+        self.toolstack.close()
 
     @property
     def hostile(self) -> DomProc:

@@ -26,6 +26,10 @@ def front(request, sim_module, tmp_path_factory) -> Iterator[Front]:
     (tests.hostile.backend_world)."""
     net = Net(sim_module, tmp_path_factory.mktemp("logs"))
     try:
-        yield Front(net, *getattr(request.module, "FRONTEND_ARGS", ()))
+        front = Front(net, *getattr(request.module, "FRONTEND_ARGS", ()))
+        try:
+            yield front
+        finally:
+            front.close()
     finally:
         net.close()

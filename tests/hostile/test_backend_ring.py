@@ -20,20 +20,23 @@ CONSUMER_RULE = "write ring: consumer index is outside the written range"
 RING = 131072  # the frontend's ring_bytes (ncd/config.py's default)
 REC = len(record(eth_frame(b"\x02\0\0\0\0\x02")))  # what backend_peer's ``frames`` send
 
+# a producer behind the consumer wraps past the ring size today; helper "ringfix" adds a
+# rule of its own for a producer moving backwards: either names the producer index
+BACKWARDS_RULE = "read ring: producer index"
 PRODUCERS = [
-    ("beyond-the-ring-by-one", f"+{RING + 1}"),
-    ("far-beyond-the-ring", "+0x10000000"),
-    ("moving-backwards", f"-{REC}"),  # after 3 frames the frontend consumed
-    ("wrapped-around-2-32", "0xfffffff0"),  # a producer that wrapped, behind the consumer
+    ("beyond-the-ring-by-one", f"+{RING + 1}", PRODUCER_RULE),
+    ("far-beyond-the-ring", "+0x10000000", PRODUCER_RULE),
+    ("moving-backwards", f"-{REC}", BACKWARDS_RULE),  # behind the 3 frames consumed
+    ("wrapped-around-2-32", "0xfffffff0", BACKWARDS_RULE),  # wrapped, behind the consumer
 ]
 
 
-@pytest.mark.parametrize("value", [c[1] for c in PRODUCERS], ids=[c[0] for c in PRODUCERS])
-def test_bad_producer_index_from_the_backend(front: Front, value: str) -> None:
+@pytest.mark.parametrize("value,rule", [c[1:] for c in PRODUCERS], ids=[c[0] for c in PRODUCERS])
+def test_bad_producer_index_from_the_backend(front: Front, value: str, rule: str) -> None:
     front.fresh_device()
     front.hostile.call("frames 3")
     front.net.wait(lambda: front.vif_stats()["frames_rx"] >= 3, 10, "3 frames", front.frontend)
-    front.attack("link_lost", PRODUCER_RULE, f"set_index left_prod {value}")
+    front.attack("link_lost", rule, f"set_index left_prod {value}")
 
 
 def test_producer_changing_between_reads(front: Front) -> None:
@@ -45,7 +48,7 @@ def test_producer_changing_between_reads(front: Front) -> None:
     one = record(eth_frame(b"\x02\0\0\0\0\x02"))
     front.hostile.call(f"stage {one.hex()}")
     front.attack(
-        "link_lost", PRODUCER_RULE, f"scribble {LEFT_PROD} 4 +{len(one)} +0x10000000", "stop"
+        "link_lost", BACKWARDS_RULE, f"scribble {LEFT_PROD} 4 +{len(one)} +0x10000000", "stop"
     )
 
 
@@ -81,12 +84,11 @@ def test_frontends_own_indices_scribbled(front: Front) -> None:
         front.hostile.call("frames 5")
         front.net.wait(lambda: front.vif_stats()["frames_rx"] >= 5, 10, "5 frames", front.frontend)
         front.tap_frames(2)
-        idx = front.hostile.call("indices")
         front.net.wait(
             lambda: (i := front.hostile.call("indices"))["left_cons"] == i["left_prod"],
             10,
             "the frontend's own consumer index put back",
         )
     assert front.vif()["state"] == "Connected"
-    assert front.failures() == before, idx
+    assert front.failures() == before
     front.recover()
