@@ -59,11 +59,14 @@ class Front:
     # ---- the hostile device --------------------------------------------------------------
     def fresh_device(self, connect: bool = True, backend: int = HOSTILE_BACKEND) -> None:
         """A new device 1/N backed by domain ``backend``, its hostile backend the one of
-        the previous case (closed first) when that one is in the same domain: each
-        case starts with a new vif (and its own budget of peer-caused log lines,
-        ncd/ratelog.py)."""
-        if self.peer is not None:
+        the previous case when that one is in the same domain (the previous device is
+        closed and detached first): each case starts with a new vif (and its own budget
+        of peer-caused log lines, ncd/ratelog.py)."""
+        if self.peer is not None:  # the previous device: closed, then detached
             self.peer.call("closed")
+            self.net.ncctl_inproc(
+                self.toolstack, "detach", "1", str(self.devid), "--backend", str(self._peer_dom)
+            )
             if self._peer_dom != backend:
                 self.peer.close()
                 self.peer = None
@@ -209,12 +212,13 @@ class Front:
         )
 
     def check_survived(self) -> None:
-        """Up, no sanitizer report, bounded in memory, idle (over twice the backend's
-        window: its own retry of the device, a setup of some 10-50 ms, may fall in it)."""
+        """Up, no traceback, no sanitizer report, bounded in memory, idle over
+        IDLE_WINDOW (with the backend Closed the frontend's retry timer sets nothing up:
+        51 cases on a machine at load 24 measured at most one 10 ms tick in 2 s)."""
         assert self.frontend.alive(), f"the frontend died:\n{self.frontend.log_text()[-3000:]}"
         assert sanitizer_report(self.frontend.log_text()) is None
         assert "Traceback" not in self.frontend.log_text()
         rss = proc_usage(self.frontend.pid)["rss_kb"]
         assert rss < self.baseline_rss + RSS_BOUND_KB, (rss, self.baseline_rss)
-        share = cpu_share(self.frontend.pid, 2 * IDLE_WINDOW)
+        share = cpu_share(self.frontend.pid, IDLE_WINDOW)
         assert share < IDLE_CPU, f"the frontend spins after the attack: {share:.0%} of a core"
