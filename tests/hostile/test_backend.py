@@ -16,6 +16,7 @@ backend starts over.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -30,21 +31,27 @@ def test_bad_backend_state(front: Front) -> None:
 
 FLAPS = [("4-1-4", "1 4"), ("4-6-2-4", "6 2 4"), ("bad-state-9-2", "9 2")]
 FLAP_S = 2.0
+RECONNECT_DELAY = 1.0  # [channel] reconnect_delay's default (ncd/config.py)
 
 
 @pytest.mark.parametrize("states", [c[1] for c in FLAPS], ids=[c[0] for c in FLAPS])
 def test_backend_states_flapping(front: Front, states: str) -> None:
     """The backend cycles its state through ``states`` for FLAP_S seconds as fast as
     xenstored takes it, with the vchan mapped: the frontend follows or lags (its
-    re-setups wait for the backoff), never crashes or spins, and writes a bounded
-    number of lines about the device (watch events coalesced, the backoff, and the
-    per-vif rate limit of ncd/ratelog.py: a burst, then one per EVERY seconds); it
-    serves a fresh vchan when the backend starts over."""
+    re-setups wait for the backoff: ``channel_setups`` bounded), never crashes or
+    spins, and writes a bounded number of lines about the device (watch events
+    coalesced, the backoff, and the per-vif rate limit of ncd/ratelog.py: a burst,
+    then one per EVERY seconds); it serves a fresh vchan when the backend starts over."""
     front.fresh_device()
-    mark = front.log_mark()
+    mark, setups = front.log_mark(), front.vif_stats()["channel_setups"]
     with front.good_traffic():
+        t0 = time.monotonic()
         flap = front.hostile.call(f"flap {FLAP_S} {states}", timeout=FLAP_S + 30)
+        setups = front.vif_stats()["channel_setups"] - setups
+        elapsed = time.monotonic() - t0
     assert flap["writes"] >= 200, flap  # a flap worth the name
+    # at most one setup per reconnect_delay (1 s by default, doubling), not one per flap
+    assert setups <= 2 + elapsed / RECONNECT_DELAY, (setups, flap)
     lines = re.findall(rf"^.*vif 1/{front.devid}: .*$", front.log_since(mark), re.M)
     assert len(lines) <= BURST + FLAP_S / EVERY + 6, lines
     if "9" in states.split():

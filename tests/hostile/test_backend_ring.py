@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.hostile.backend_world import Front
-from tests.hostile.peer import LEFT_PROD, eth_frame, record
+from tests.hostile.peer import LEFT_PROD, RIGHT_CONS, eth_frame, record
 
 PRODUCER_RULE = "read ring: producer index is more than the ring size ahead"
 CONSUMER_RULE = "write ring: consumer index is outside the written range"
@@ -69,6 +69,25 @@ def test_bad_consumer_index_from_the_backend(front: Front, value: str) -> None:
         front.hostile.call(f"set_index right_cons {value}")
         front.tap_frames(3)
         front.expect_failure(mark, before, "link_lost", CONSUMER_RULE)
+    front.recover()
+
+
+def test_consumer_changing_between_reads(front: Front) -> None:
+    """XSA-155 on the other ring: a thread flips ``right_cons`` between a valid value
+    and half the index space away while the frontend writes frames out of its TAP;
+    read once per check, the bad value closes the device."""
+    front.fresh_device()
+    before, mark = front.failures(), front.log_mark()
+    with front.good_traffic():
+        front.hostile.call(f"scribble {RIGHT_CONS} 4 +0 +0x80000000")
+
+        def writes_until_caught() -> bool:  # each write reads the index once
+            front.tap_frames(5)
+            return "failed (link_lost)" in front.log_since(mark)
+
+        front.net.wait(writes_until_caught, 20, "the frontend reading a bad right_cons")
+        front.expect_failure(mark, before, "link_lost", CONSUMER_RULE)
+        front.hostile.call("stop")
     front.recover()
 
 
