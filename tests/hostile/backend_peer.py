@@ -57,25 +57,23 @@ class HostileBackend:
         self.xs = XenStore()
         self.fe = int(frontend)
         self.me = int(self.xs.read("domid"))
-        self.cmd_device(devid)
         self.gt = Gnttab()
         self.ev = Evtchn()
         self.ctrl: Mapping | None = None
         self.left: tuple[Mapping, int] | None = None  # the ring we write: pages, offset
-        self.right: tuple[Mapping, int] | None = None  # the ring we read
-        self.left_order = self.right_order = 0
+        self.left_order = 0
         self.maps: list[Mapping] = []
         self.port: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._rounds = 0
+        self.cmd_device(devid)
 
     # ---- xenstore ---------------------------------------------------------------------
     def cmd_device(self, devid: str) -> dict[str, Any]:
         """Be the backend of device ``devid`` of the same frontend from now on (whatever
         was mapped for the previous one is dropped first)."""
-        if hasattr(self, "gt"):
-            self._release()
+        self._release()
         self.dir = f"/local/domain/{self.me}/backend/ncvif/{self.fe}/{int(devid)}"
         self.fe_dir = f"/local/domain/{self.fe}/device/ncvif/{int(devid)}"
         return {}
@@ -134,11 +132,7 @@ class HostileBackend:
         return {}
 
     def _release(self) -> None:
-        self._stop_thread()
-        for m in [*self.maps, *([self.ctrl] if self.ctrl else [])]:
-            if not m.released:
-                m.unmap()
-        self.maps, self.ctrl, self.left, self.right = [], None, None, None
+        self.cmd_unmap()
         if self.port is not None:
             self.ev.unbind(self.port)
             self.port = None
@@ -176,12 +170,8 @@ class HostileBackend:
         else:
             self.left = (self.ctrl, SMALL_OFFSET if lo == 10 else LARGE_OFFSET)
         if rp:
-            right = self.gt.map_domain_grant_refs(self.fe, refs[lp:], writable=False)
-            self.maps.append(right)
-            self.right = (right, 0)
-        else:
-            self.right = (self.ctrl, SMALL_OFFSET if ro == 10 else LARGE_OFFSET)
-        self.left_order, self.right_order = lo, ro
+            self.maps.append(self.gt.map_domain_grant_refs(self.fe, refs[lp:], writable=False))
+        self.left_order = lo
         self.port = self.ev.bind_interdomain(self.fe, port)
         self.ctrl.write(CLI_LIVE, b"\x01")
         self.ev.notify(self.port)
@@ -247,10 +237,7 @@ class HostileBackend:
         batch = one * (min(size, 8192) // len(one))
         end, sent = time.monotonic() + float(seconds), 0
         while time.monotonic() < end:
-            if size - ((self._idx(LEFT_PROD) - self._idx(LEFT_CONS)) & 0xFFFFFFFF) < len(batch):
-                time.sleep(0.0005)
-                continue
-            self._ring_write(batch, publish=True)
+            self._ring_write(batch, publish=True)  # waits for room
             self.cmd_notify()
             sent += len(batch) // len(one)
         return {"frames": sent}
@@ -337,7 +324,7 @@ class HostileBackend:
         for m in [*self.maps, *([self.ctrl] if self.ctrl else [])]:
             if not m.released:
                 m.unmap()
-        self.maps, self.ctrl, self.left, self.right = [], None, None, None
+        self.maps, self.ctrl, self.left = [], None, None
         return {}
 
     def cmd_poke(self, offset: str, data: str) -> dict[str, Any]:

@@ -188,7 +188,7 @@ class Front:
         return found
 
     # ---- after the attack ---------------------------------------------------------------------
-    def recover(self, *keys: str) -> None:
+    def recover(self) -> None:
         """The hostile backend closes (nothing mapped): the frontend passes
         :meth:`check_survived` and holds only the good device's grants and ports; the
         device is re-attachable: a backend that starts over gets a fresh vchan that
@@ -201,7 +201,7 @@ class Front:
             self.frontend,
         )
         self.check_survived()
-        self.connect(*keys)
+        self.connect()
         before = self.vif_stats()["frames_rx"]
         self.hostile.call("frames 3")
         self.net.wait(
