@@ -49,11 +49,11 @@ def test_backend_states_flapping(front: Front, states: str) -> None:
         flap = front.hostile.call(f"flap {FLAP_S} {states}", timeout=FLAP_S + 30)
         setups = front.vif_stats()["channel_setups"] - setups
         elapsed = time.monotonic() - t0
-    assert flap["writes"] >= 200, flap  # a flap worth the name
+    assert flap["writes"] >= 100, flap  # a flap worth the name, even on a loaded machine
     # at most one setup per reconnect_delay (1 s by default, doubling), not one per flap
     assert setups <= 2 + elapsed / RECONNECT_DELAY, (setups, flap)
     lines = re.findall(rf"^.*vif 1/{front.devid}: .*$", front.log_since(mark), re.M)
-    assert len(lines) <= BURST + FLAP_S / EVERY + 6, lines
+    assert len(lines) <= BURST + elapsed / EVERY + 6, lines
     if "9" in states.split():
         assert any("failed (bad_state)" in ln for ln in lines), lines
     front.recover()
