@@ -20,8 +20,8 @@ CONSUMER_RULE = "write ring: consumer index is outside the written range"
 RING = 131072  # the frontend's ring_bytes (ncd/config.py's default)
 REC = len(record(eth_frame(b"\x02\0\0\0\0\x02")))  # what backend_peer's ``frames`` send
 
-# a producer behind the consumer wraps past the ring size today; helper "ringfix" adds a
-# rule of its own for a producer moving backwards: either names the producer index
+# a producer behind the consumer wraps past the ring size; one behind the highest seen but
+# ahead of the consumer has a rule of its own: either names the producer index
 BACKWARDS_RULE = "read ring: producer index"
 PRODUCERS = [
     ("beyond-the-ring-by-one", f"+{RING + 1}", PRODUCER_RULE),
@@ -111,3 +111,23 @@ def test_frontends_own_indices_scribbled(front: Front) -> None:
     assert front.vif()["state"] == "Connected"
     assert front.failures() == before
     front.recover()
+
+
+def test_producer_moving_backwards_ahead_of_the_consumer(front: Front) -> None:
+    """Three records and the first 20 bytes of a fourth, sent at once: the frontend
+    delivers the three and waits for the rest. ``left_prod`` then moves back 8 bytes,
+    still ahead of the frontend's consumer index, so the ring still looks valid: only
+    the reader's memory of the highest producer it saw (cext/vchan) catches it."""
+    front.fresh_device()
+    one = record(eth_frame(b"\x02\0\0\0\0\x02"))
+    frames = front.vif_stats()["frames_rx"]
+    front.hostile.call(f"send {(one * 3 + one[:20]).hex()}")
+    front.net.wait(
+        lambda: front.vif_stats()["frames_rx"] >= frames + 3, 10, "3 frames", front.frontend
+    )
+    front.net.wait(
+        lambda: (i := front.hostile.call("indices"))["left_prod"] - i["left_cons"] == 20,
+        10,
+        "the frontend consumed all but the partial record",
+    )
+    front.attack("link_lost", "producer index moved backwards", "set_index left_prod -8")
