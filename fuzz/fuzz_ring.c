@@ -24,7 +24,8 @@
  *   - read / read_iov / data_ready / wait_data return exactly what the peer's
  *     index allows: min(request, prod - cons) when 0 <= prod - cons <= size, and
  *     -1 with errno EPROTO (and a close reason, stats.bad_peer == 1, is_open 0)
- *     when the index is out of range; from then on every call fails with EPROTO;
+ *     when the index is out of range or behind the highest producer E has seen;
+ *     from then on every call fails with EPROTO;
  *   - the same for write / write_iov / buffer_space / wait_space / unconsumed with
  *     the peer's consumer index (0 <= prod - cons <= size), plus EPIPE once the
  *     peer's live flag said closed, and EPROTO for a live flag outside 0/1/2 (or
@@ -135,6 +136,7 @@ struct model {
     uint8_t *rd, *wr; /* ring memory (discovered through the public API) */
     uint32_t rd_size, wr_size;
     uint32_t rd_own, wr_own;         /* E's private indices, as the model sees them */
+    uint32_t rd_max;                 /* the highest producer E has seen (never goes back) */
     uint32_t rd_granted, wr_granted; /* last window of *_iov still uncommitted */
     /* The peer index E validated when it handed out its last window (read: the
      * peer's prod, write: the peer's cons): whatever E publishes for that window
@@ -166,10 +168,11 @@ static int64_t m_peek_data(struct model *m)
     if (m->bad)
         return -1;
     ready = ld32(m->page, m->peer_prod) - m->rd_own;
-    if (ready > m->rd_size) {
+    if (ready > m->rd_size || ready < m->rd_max - m->rd_own) {
         m_mark_bad(m);
         return -1;
     }
+    m->rd_max = m->rd_own + ready;
     return ready;
 }
 
@@ -699,8 +702,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cnt = ncd_vchan_read_iov(m->v, iov, m->rd_size);
     CHECK(cnt >= 1);
     m->rd = (uint8_t *)iov[0].iov_base - (x & (m->rd_size - 1));
-    CHECK(ncd_vchan_read_iov(m->v, iov, 0) == 0);
-    st32(m->page, m->peer_prod, x);
+    /* E has seen that prod now and a producer never goes back: E consumes the
+     * window instead, and starts from x + size with an empty ring */
+    ncd_vchan_read_commit(m->v, m->rd_size);
+    m->rd_own = m->rd_max = m->rd_lim = x + m->rd_size;
     if (role)
         (void)m_live(m); /* write_iov above saw cli_live 1: the server has seen the client */
     else

@@ -26,6 +26,9 @@ Exposed (base units; ``direction`` is relative to this daemon's vchan:
     ncd_vif_state{domid,devid}                             gauge (XenbusState 1..6)
     ncd_vifs{state}                                        gauge (vifs per XenbusState)
     ncd_handshake_failures_total{kind}                     counter
+    ncd_log_records_lost_total                             counter (log records the
+                                                           daemon could not write,
+                                                           ncd/logsink.py)
     ncd_build_info{version,role}                           gauge = 1
 
 In-daemon switches (backend / driver; a vif that is a switch port reports its port's
@@ -55,6 +58,7 @@ from prometheus_client import CollectorRegistry, Counter, Info, generate_latest,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import logsink
 from .xenbus import FAIL_KINDS, XenbusState
 
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -291,6 +295,18 @@ class _SwitchCollector(Collector):
         return iter(())
 
 
+class _LogCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "ncd_log_records_lost",
+            "Log records the daemon could not write (the log sink failed)",
+            value=logsink.records_lost(),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class Metrics:
     """The metrics of one daemon (``role`` backend, frontend or driver) in its own
     registry."""
@@ -311,6 +327,7 @@ class Metrics:
             {"version": version, "role": role}
         )
         self.registry.register(_VifCollector(self))
+        self.registry.register(_LogCollector())
         self._switches: SwitchSource | None = None
 
     def add_switches(self, source: SwitchSource) -> None:

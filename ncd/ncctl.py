@@ -285,6 +285,17 @@ def cmd_detach(
 ) -> None:
     be_dir = layout.backend_dir(args.backend, args.domid, args.devid)
     before = _backend_state(store, be_dir)
+    fe_dir = layout.frontend_dir(args.domid, args.devid)
+    if before is None and layout.read_optional(store, f"{fe_dir}/backend-id") is not None:
+        # Half a device: its backend directory went (the backend's domain was destroyed,
+        # or a hostile backend removed it) and the frontend's stayed. Nobody is left to
+        # close it, so removing what is left is the whole detach.
+        layout.remove_entries(store, args.backend, args.domid, args.devid)
+        out.write(
+            f"detached domain {args.domid} devid {args.devid}: removed "
+            f"(its backend directory {be_dir} was already gone)\n"
+        )
+        return
     layout.request_detach(store, args.backend, args.domid, args.devid)
     running = True
     try:

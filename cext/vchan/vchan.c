@@ -95,7 +95,14 @@ void ncd_vchan_request_notify(struct ncd_vchan *v, int on_read, int on_write)
         request_notify(v, bits);
 }
 
-/* Readable bytes, validated: -1 (and the channel marked bad) on a bad prod. */
+/* Readable bytes, validated: -1 (and the channel marked bad) on a bad prod.
+ * A producer only moves forward: once seen at peer_max, a prod behind it is fatal
+ * whether it stays ahead of our cons (we would re-read bytes it took back, or wait
+ * for ever on a record it cut short) or falls behind it (ready wraps to ~2^32).
+ * Offsets from our cons keep the comparison inside one ring's span, so it holds
+ * across the 2^32 wrap.  peer_max is private to the read side: no barrier of its
+ * own; the data behind prod is ordered by the acquire fence in
+ * ncd_vchan_read_iov() (pairs with the release in ncd_vchan_write_commit()). */
 int64_t ncd_vchan_peek_data(struct ncd_vchan *v)
 {
     uint32_t prod, ready;
@@ -104,9 +111,16 @@ int64_t ncd_vchan_peek_data(struct ncd_vchan *v)
     prod = SHR_LOAD(&v->rd.shr->prod);
     ready = prod - v->rd.own;
     if (ready > v->rd.size) {
-        ncd_vchan_mark_bad(v, "read ring: producer index is more than the ring size ahead");
+        ncd_vchan_mark_bad(v, ready > UINT32_MAX - v->rd.size
+                                  ? "read ring: producer index moved back behind the consumer index"
+                                  : "read ring: producer index is more than the ring size ahead");
         return -1;
     }
+    if (ready < v->rd.peer_max - v->rd.own) {
+        ncd_vchan_mark_bad(v, "read ring: producer index moved backwards");
+        return -1;
+    }
+    v->rd.peer_max = prod;
     return ready;
 }
 

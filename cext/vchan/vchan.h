@@ -14,17 +14,19 @@
  *
  * Trust: everything in the shared page is written by the peer as well.  Our own
  * indices are kept privately and only *published* to the page; the peer's
- * index is read once per operation and validated (0 <= prod - cons <= size);
+ * index is read once per operation and validated (0 <= prod - cons <= size, and
+ * prod never behind the highest producer index seen before);
  * orders and grant refs are read once at connect and validated; live flags are
  * validated on every read.  A bad value closes the channel: is_open() becomes
  * 0, read/write/iov calls fail with errno EPROTO, ncd_vchan_close_reason()
  * says why and stats.bad_peer counts it.  Nothing is printed: the caller logs
  * the reason (ncd.vchan, the pump's ncd_pump_reason()).
  *
- * Threads: one thread may run the read side (data_ready, read, read_iov,
- * read_commit) while another runs the write side (buffer_space, write,
- * write_iov, write_commit); each side itself is single-threaded.  wait() is
- * called from one thread only.  close() must not race anything.
+ * Threads: one thread may run the read side (data_ready, peek_data, wait_data,
+ * read, read_iov, read_commit) while another runs the write side (buffer_space,
+ * peek_space, wait_space, write, write_iov, write_commit); each side itself is
+ * single-threaded.  wait() is called from one thread only.  close() must not
+ * race anything.
  *
  * Grants: Linux gntalloc allows 1024 grants per guest by default
  * (gntalloc.limit).  A vchan uses 1 + ceil(read/4096) + ceil(write/4096)

@@ -617,7 +617,7 @@ static int client_setup(struct ncd_vchan *v, uint32_t ctrl_gref, int64_t remote_
                  PROT_READ, "read", err, errlen) < 0 ||
         track_rings(v, ctrl_gref, lay, err, errlen) < 0)
         goto out;
-    v->rd.own = SHR_LOAD(&v->ring->right.cons);
+    v->rd.own = v->rd.peer_max = SHR_LOAD(&v->ring->right.cons);
     v->wr.own = SHR_LOAD(&v->ring->left.prod);
     SHR_STORE(&v->ring->srv_notify, (uint8_t)VCHAN_NOTIFY_WRITE);
     ncd_vchan_publish_live(v, 1); /* and wake the server */

@@ -48,6 +48,8 @@ struct ncd_ring {
     uint32_t order;          /* private copy, never re-read from the page */
     uint32_t size;           /* 1 << order */
     uint32_t own;            /* our private index: cons (read ring) or prod (write ring) */
+    uint32_t peer_max;       /* read ring: the highest producer index seen; own <= peer_max
+                              * <= own + size (mod 2^32); prod never goes back behind it */
     uint32_t granted;        /* last amount handed out by *_iov (commit clamp) */
     uint32_t npages;         /* pages granted/mapped separately (order >= 12), else 0 */
 };

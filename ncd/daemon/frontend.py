@@ -17,12 +17,14 @@ from typing import Any
 from ncd import features, layout, parse, queues
 from ncd import tap as tapmod
 from ncd.vchan.channel import VchanServer
-from ncd.xenbus import Action, Role
+from ncd.xenbus import Action, Fail, FailKind, Role
 
 from .datapath import Datapath
 from .discovery import DeviceKey, Devices
 from .switchport import SwitchLink
 from .vif import Channel, TapSettings, Vif, VifContext
+
+_LIVE_STATES = (b"1", b"2", b"3", b"4")  # Initialising .. Connected
 
 
 class FrontendVif(Vif):
@@ -116,6 +118,19 @@ class FrontendVif(Vif):
         if bad:
             self._plog.warning("%s: %s", self.name, bad)
         return n
+
+    def _read_peer_state(self) -> bytes | None:
+        """The backend's state; its directory vanishing while the backend was neither
+        Closing nor Closed (a toolstack's detach closes first) is the backend's doing:
+        logged and counted as a bad state, and the machine closes the device."""
+        raw = super()._read_peer_state()
+        if raw is None and self._peer_raw in _LIVE_STATES:
+            why = (
+                f"the backend's directory {self.peer_dir} is gone (its state was "
+                f"{self._peer_raw.decode()}): closed until the toolstack re-attaches the device"
+            )
+            self._failed(Fail(why, FailKind.BAD_STATE))
+        return raw
 
     def _observe(self) -> list[Action]:
         if layout.read_optional(self.xs, self.own_dir) is None:

@@ -25,7 +25,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ncd import __version__, parse
+from ncd import __version__, logsink, parse
 from ncd.config import Config, ConfigError, add_arguments, from_args
 from ncd.control import ControlError, ControlServer
 from ncd.metrics import Metrics, serve_metrics
@@ -193,10 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ncd: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.daemon.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s ncd-{args.role}[%(process)d] %(levelname)s %(message)s",
+    logsink.install(
+        config.daemon.log_level.upper(),
+        f"%(asctime)s ncd-{args.role}[%(process)d] %(levelname)s %(message)s",
     )
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     try:

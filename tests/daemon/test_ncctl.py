@@ -83,6 +83,23 @@ def test_detach_with_daemon_down_removes_entries(tree, tmp_path):
     assert layout.list_frontend_devices(tree.conn(0), 1) == []
 
 
+def test_detach_of_a_device_whose_backend_directory_is_gone(tree, tmp_path):
+    """The backend's domain was destroyed (or a hostile backend removed its directory):
+    the frontend's directory is all that is left, and detach removes it."""
+    run(["attach", "1"], tree)
+    tree.conn(0).rm("/local/domain/0/backend/ncvif/1/0")
+    rc, out, err = run(["detach", "1", "0"], tree, socket=tmp_path / "none.sock")
+    assert (rc, err) == (0, "")
+    assert out == (
+        "detached domain 1 devid 0: removed "
+        "(its backend directory /local/domain/0/backend/ncvif/1/0 was already gone)\n"
+    )
+    assert layout.list_frontend_devices(tree.conn(0), 1) == []
+    rc, out, err = run(["detach", "1", "0"], tree, socket=tmp_path / "none.sock")
+    assert (rc, out) == (1, "")
+    assert "domain 1 has no ncvif devid 0" in err
+
+
 class Daemon:
     """A control socket in a background event loop, answering like a backend daemon."""
 

@@ -5,13 +5,15 @@ of one device (``ncctl attach FE --backend THIS``). On tests/xenbind (grant maps
 channels) and libxenstore it does what ncd's backend does — writes its ``feature-*``
 keys and InitWait, maps the control page and rings the frontend published in
 ``queue-0``, binds the event channel, sets ``cli_live``, writes Connected — and then
-whatever the test asks: raw records into the ring the frontend reads (left), indices,
-live flag, states.
+whatever the test asks: raw records into the ring the frontend reads (left), indices of
+either ring, a thread rewriting the shared page, notification storms, its port closed,
+its mappings dropped, states flapped, its directory removed or filled with garbage.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from typing import Any
 
@@ -25,13 +27,23 @@ from tests.hostile.peer import (
     LEFT_CONS,
     LEFT_ORDER,
     LEFT_PROD,
+    RIGHT_CONS,
+    RIGHT_PROD,
     SMALL_OFFSET,
     eth_frame,
     record,
 )
+from tests.xenbind._lib import lib
 from tests.xenbind.evtchn import Evtchn
 from tests.xenbind.gnttab import Gnttab
 from tests.xenbind.mapping import Mapping
+
+_INDEX = {  # the backend owns left_prod and right_cons; the other two are the frontend's
+    "left_cons": LEFT_CONS,
+    "left_prod": LEFT_PROD,
+    "right_cons": RIGHT_CONS,
+    "right_prod": RIGHT_PROD,
+}
 
 
 def _pages(order: int) -> int:
@@ -44,9 +56,7 @@ class HostileBackend:
     def __init__(self, frontend: str, devid: str = "0") -> None:
         self.xs = XenStore()
         self.fe = int(frontend)
-        me = int(self.xs.read("domid"))
-        self.dir = f"/local/domain/{me}/backend/ncvif/{self.fe}/{int(devid)}"
-        self.fe_dir = f"/local/domain/{self.fe}/device/ncvif/{int(devid)}"
+        self.me = int(self.xs.read("domid"))
         self.gt = Gnttab()
         self.ev = Evtchn()
         self.ctrl: Mapping | None = None
@@ -54,17 +64,37 @@ class HostileBackend:
         self.left_order = 0
         self.maps: list[Mapping] = []
         self.port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._rounds = 0
+        self.cmd_device(devid)
 
     # ---- xenstore ---------------------------------------------------------------------
+    def cmd_device(self, devid: str) -> dict[str, Any]:
+        """Be the backend of device ``devid`` of the same frontend from now on (whatever
+        was mapped for the previous one is dropped first)."""
+        self._release()
+        self.dir = f"/local/domain/{self.me}/backend/ncvif/{self.fe}/{int(devid)}"
+        self.fe_dir = f"/local/domain/{self.fe}/device/ncvif/{int(devid)}"
+        return {}
+
     def cmd_state(self, state: str) -> dict[str, Any]:
         self.xs.write(f"{self.dir}/state", state)
         return {}
 
-    def cmd_flap(self, times: str) -> dict[str, Any]:
-        """Connected -> InitWait -> Connected, ``times`` times, as fast as xenstored goes."""
-        for _ in range(int(times)):
-            for st in ("2", "4"):
+    def cmd_flap(self, seconds: str, *states: str) -> dict[str, Any]:
+        """Write ``states`` in turn (default InitWait, Connected) for ``seconds``, as
+        fast as xenstored goes."""
+        end, writes = time.monotonic() + float(seconds), 0
+        while time.monotonic() < end:
+            for st in states or ("2", "4"):
                 self.xs.write(f"{self.dir}/state", st)
+                writes += 1
+        return {"writes": writes}
+
+    def cmd_rm_dir(self) -> dict[str, Any]:
+        """Remove this device's whole backend directory (state, features, everything)."""
+        self.xs.rm(self.dir, missing_ok=True)
         return {}
 
     def cmd_write(self, key: str, value: str) -> dict[str, Any]:
@@ -74,11 +104,23 @@ class HostileBackend:
     def cmd_frontend_state(self) -> dict[str, Any]:
         return {"state": self.xs.read_or_none(f"{self.fe_dir}/state")}
 
-    def cmd_init_wait(self) -> dict[str, Any]:
-        """Drop any mapping; good features; Closed, then InitWait (the frontend starts over)."""
+    def cmd_init_wait(self, *keys: str) -> dict[str, Any]:
+        """Drop any mapping; good features; Closed, then InitWait (the frontend starts
+        over). ``keys`` (``key=value``, ``key=`` removes it; ``value`` may be ``xN:C``,
+        C repeated N times) override the good ones: hostile negotiation values."""
         self._release()
-        for k, v in GOOD_FEATURES.items():
-            self.xs.write(f"{self.dir}/{k}", v)
+        values: dict[str, str | None] = dict(GOOD_FEATURES)
+        for kv in keys:
+            k, v = kv.split("=", 1)
+            if v.startswith("x") and ":" in v:
+                n, c = v[1:].split(":", 1)
+                v = c * int(n)
+            values[k] = v or None
+        for k, v in values.items():
+            if v is None:
+                self.xs.rm(f"{self.dir}/{k}", missing_ok=True)
+            else:
+                self.xs.write(f"{self.dir}/{k}", v)
         self.xs.write(f"{self.dir}/state", "6")
         self.xs.write(f"{self.dir}/state", "2")
         return {}
@@ -90,10 +132,7 @@ class HostileBackend:
         return {}
 
     def _release(self) -> None:
-        for m in [*self.maps, *([self.ctrl] if self.ctrl else [])]:
-            if not m.released:
-                m.unmap()
-        self.maps, self.ctrl, self.left = [], None, None
+        self.cmd_unmap()
         if self.port is not None:
             self.ev.unbind(self.port)
             self.port = None
@@ -149,13 +188,23 @@ class HostileBackend:
         self.ctrl.write(off, struct.pack("<I", value & 0xFFFFFFFF))
 
     def cmd_notify(self) -> dict[str, Any]:
-        assert self.port is not None
-        self.ev.notify(self.port)
+        if self.port is not None:  # a closed port notifies nobody
+            self.ev.notify(self.port)
         return {}
 
-    def cmd_send(self, hexdata: str) -> dict[str, Any]:
-        """Raw bytes into the ring the frontend reads (waiting for room), notify."""
-        data = bytes.fromhex(hexdata)
+    def cmd_send(self, hexdata: str, notify: str = "1") -> dict[str, Any]:
+        """Raw bytes into the ring the frontend reads (waiting for room), published;
+        notified unless ``notify`` is 0."""
+        self._ring_write(bytes.fromhex(hexdata), publish=True)
+        return self.cmd_notify() if notify == "1" else {}
+
+    def cmd_stage(self, hexdata: str) -> dict[str, Any]:
+        """Raw bytes into the ring at our producer index, not published (for a thread
+        that then rewrites the index)."""
+        self._ring_write(bytes.fromhex(hexdata), publish=False)
+        return {}
+
+    def _ring_write(self, data: bytes, publish: bool) -> None:
         assert self.left is not None, "connect first"
         pages, base = self.left
         size = 1 << self.left_order
@@ -170,20 +219,113 @@ class HostileBackend:
         pages.write(base + pos, data[:first])
         if first < len(data):
             pages.write(base, data[first:])
-        self._set(LEFT_PROD, prod + len(data))
-        return self.cmd_notify()
+        if publish:
+            self._set(LEFT_PROD, prod + len(data))
 
-    def cmd_frames(self, count: str) -> dict[str, Any]:
+    def cmd_frames(self, count: str, notify: str = "1") -> dict[str, Any]:
+        """``count`` minimum valid frames (``notify`` 0: published, never notified)."""
         one = record(eth_frame(b"\x02\0\0\0\0\x02")).hex()
         for _ in range(int(count)):
-            self.cmd_send(one)
+            self.cmd_send(one, notify)
         return {}
 
+    def cmd_flood(self, seconds: str) -> dict[str, Any]:
+        """Minimum valid records, as many as the ring takes, for ``seconds``."""
+        assert self.left is not None, "connect first"
+        one = record(eth_frame(b"\x02\0\0\0\0\x02"))
+        size = 1 << self.left_order
+        batch = one * (min(size, 8192) // len(one))
+        end, sent = time.monotonic() + float(seconds), 0
+        while time.monotonic() < end:
+            self._ring_write(batch, publish=True)  # waits for room
+            self.cmd_notify()
+            sent += len(batch) // len(one)
+        return {"frames": sent}
+
     def cmd_set_index(self, which: str, value: str) -> dict[str, Any]:
-        off = {"left_prod": LEFT_PROD, "right_cons": 8}[which]
-        v = self._idx(off) + int(value, 0) if value[0] in "+-" else int(value, 0)
+        """Set an index of the shared page to ``value`` (``+N``/``-N``: relative to
+        itself; ``prod+N``/``prod-N`` for ``right_cons``: relative to the frontend's
+        producer of that ring), notify."""
+        off = _INDEX[which]
+        if value.startswith("prod"):
+            v = self._idx(RIGHT_PROD) + int(value[4:], 0)
+        elif value[0] in "+-":
+            v = self._idx(off) + int(value, 0)
+        else:
+            v = int(value, 0)
         self._set(off, v)
-        return self.cmd_notify()
+        self.cmd_notify()
+        return {"value": v & 0xFFFFFFFF}
+
+    def cmd_indices(self) -> dict[str, Any]:
+        return {k: self._idx(off) for k, off in _INDEX.items()}
+
+    # ---- a thread rewriting the page -------------------------------------------------------
+    def cmd_scribble(self, offset: str, width: str, *values: str) -> dict[str, Any]:
+        """A thread writing ``values`` in turn at ``offset`` (``width`` 1 or 4 bytes;
+        ``+N``: the word there now plus N) until :meth:`cmd_stop`, notifying the
+        frontend every 64 rounds."""
+        self._stop_thread()
+        off = int(offset)
+        now = self._idx(off) if width == "4" else 0
+        ints = [now + int(v, 0) if v[0] in "+-" else int(v, 0) for v in values]
+        blobs = [
+            struct.pack("<I", v & 0xFFFFFFFF) if width == "4" else bytes([v & 0xFF]) for v in ints
+        ]
+        page = self.ctrl
+        assert page is not None, "connect first"
+        self._stop.clear()
+        self._rounds = 0
+
+        def run() -> None:
+            while not self._stop.is_set():
+                for b in blobs:
+                    page.write(off, b)
+                self._rounds += 1
+                if self._rounds % 64 == 0:
+                    self.cmd_notify()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return {}
+
+    def cmd_stop(self) -> dict[str, Any]:
+        return {"rounds": self._stop_thread()}
+
+    def _stop_thread(self) -> int:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(10)
+            self._thread = None
+        return self._rounds
+
+    # ---- the event channel and the mappings ------------------------------------------------
+    def cmd_storm(self, seconds: str) -> dict[str, Any]:
+        """Notify as fast as the event channel takes it for ``seconds``."""
+        assert self.port is not None, "connect first"
+        h, port, notify = self.ev._handle("notify"), self.port, lib.xenevtchn_notify
+        count, start = 0, time.monotonic()
+        while time.monotonic() - start < float(seconds):
+            for _ in range(1000):
+                notify(h, port)
+            count += 1000
+        return {"count": count, "seconds": time.monotonic() - start}
+
+    def cmd_close_port(self) -> dict[str, Any]:
+        """Close our end of the event channel, everything else as it is."""
+        assert self.port is not None, "connect first"
+        self.ev.unbind(self.port)
+        self.port = None
+        return {}
+
+    def cmd_unmap(self) -> dict[str, Any]:
+        """Unmap the control page and the rings, state and port as they are."""
+        self._stop_thread()
+        for m in [*self.maps, *([self.ctrl] if self.ctrl else [])]:
+            if not m.released:
+                m.unmap()
+        self.maps, self.ctrl, self.left = [], None, None
+        return {}
 
     def cmd_poke(self, offset: str, data: str) -> dict[str, Any]:
         assert self.ctrl is not None, "connect first"

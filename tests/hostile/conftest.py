@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.harness import Net
+from tests.hostile.backend_world import Front
 from tests.hostile.world import Arena
 
 
@@ -14,5 +15,21 @@ def arena(sim_module, tmp_path_factory) -> Iterator[Arena]:
     net = Net(sim_module, tmp_path_factory.mktemp("logs"))
     try:
         yield Arena(net)
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="module")
+def front(request, sim_module, tmp_path_factory) -> Iterator[Front]:
+    """One world per module: the frontend under attack (started with the module's
+    ``FRONTEND_ARGS``, if any), its good device, the hostile backend of each case
+    (tests.hostile.backend_world)."""
+    net = Net(sim_module, tmp_path_factory.mktemp("logs"))
+    try:
+        front = Front(net, *getattr(request.module, "FRONTEND_ARGS", ()))
+        try:
+            yield front
+        finally:
+            front.close()
     finally:
         net.close()

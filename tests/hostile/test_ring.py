@@ -11,8 +11,6 @@ arrives intact, and the hostile vif takes a good offer afterwards.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.hostile.peer import RIGHT_PROD, eth_frame, record
@@ -21,6 +19,7 @@ from tests.hostile.world import HOSTILE_MAC, Arena
 MAC = bytes(int(x, 16) for x in HOSTILE_MAC.split(":"))
 NEEDS_CSUM, GSO_TCPV4 = 1, 1
 TCP = eth_frame(MAC, 40, ethertype=0x0800)  # 54 bytes: enough for the vnet header cases
+FRAME = record(eth_frame(MAC, 0))  # 28 bytes, what "frames N" writes
 
 
 def _connect(arena: Arena, *offer: str) -> None:
@@ -131,27 +130,38 @@ def test_producer_beyond_the_ring(arena: Arena) -> None:
     arena.recover()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open finding after main's late EOI (cext/vchan/vchan_eoi.c): run after the other "
-    "ring cases, a producer moved behind the consumer is not caught within 20 s of repeated "
-    "notifications (the channel stalls unlogged); caught when run alone and before the merge",
-)
-def test_producer_moving_backwards(arena: Arena) -> None:
-    """prod moved 8 bytes behind cons. The pump's late EOI may take the one notification
-    that came with it for a spurious one (no record to read); the guest notifies again
-    (an attacker would) and the next look at the ring must catch it."""
+def _consumed_but(arena: Arena, left: int) -> None:
+    """Wait until the backend consumed all the guest published but ``left`` bytes: it
+    has seen the producer index (the moves below go behind what it saw)."""
+
+    def caught_up() -> bool:
+        idx = arena.peer.call("peek")
+        return (idx["right_prod"] - idx["right_cons"]) & 0xFFFFFFFF == left
+
+    arena.net.wait(caught_up, 10, f"the backend consumed all but {left} bytes", arena.backend)
+
+
+def test_producer_moving_backwards_behind_the_consumer(arena: Arena) -> None:
+    """prod moved 8 bytes behind cons once the backend consumed everything: the one
+    notification that comes with it is enough (the late EOI looks at the ring for every
+    event it takes, a storm or not)."""
     _connect(arena)
-    before, mark = arena.failures(), arena.log_mark()
-    with arena.good_traffic():
-        arena.peer.call("frames 4")
-        arena.peer.call("set_index right_prod -8")
-        for _ in range(20):
-            if "producer index" in arena.log_since(mark):
-                break
-            arena.peer.call("notify")
-            time.sleep(0.5)
-        arena.expect_failure(mark, before, "link_lost", "producer index")
+    arena.peer.call("frames 4")
+    _consumed_but(arena, 0)
+    _fatal(arena, "producer index moved back behind the consumer", "set_index right_prod -8")
+    arena.recover()
+
+
+def test_producer_moving_backwards_ahead_of_the_consumer(arena: Arena) -> None:
+    """Three records and the first 20 bytes of a fourth, published at once: the backend
+    delivers the three and waits for the rest. prod then moves back 8 bytes, still ahead
+    of cons: behind the producer index the backend saw, fatal on that one notification."""
+    _connect(arena)
+    frames = arena.vif_stats()["frames_rx"]
+    arena.peer.call(f"send {(FRAME * 3 + FRAME[:20]).hex()}")
+    _consumed_but(arena, 20)
+    assert arena.vif_stats()["frames_rx"] == frames + 3
+    _fatal(arena, "producer index moved backwards", "set_index right_prod -8")
     arena.recover()
 
 

@@ -289,6 +289,47 @@ def test_hostile_prod_beyond_ring(pair, delta):
     assert cli.is_open() == 0
 
 
+@pytest.mark.parametrize("start", [0, 0xFFFFFFF0], ids=["from-0", "across-2^32"])
+@pytest.mark.parametrize(
+    "back,reason",
+    [(4, "producer index moved backwards"), (40, "moved back behind the consumer index")],
+    ids=["behind-seen", "behind-cons"],
+)
+def test_hostile_prod_moving_backwards(start, back, reason):
+    """A producer seen at P and later behind P is fatal: ahead of our cons (bytes taken
+    back, a record cut short) or behind it; with the indices crossing 2^32 as well."""
+    srv = local_server(4096, 8192)
+    page = srv.shared_page()
+    for off in (RIGHT_CONS, RIGHT_PROD):  # the client reads the right ring from start on
+        put32(page, off, start)
+    cli = local_client(srv)
+    try:
+        put32(page, RIGHT_PROD, start + 32)  # the peer (the server's side) published 32
+        assert cli.data_ready() == 32
+        assert cli.data_ready() == 32  # the same producer again is no move
+        assert len(cli.read(24)) == 24
+        assert u32(page, RIGHT_CONS) == (start + 24) & 0xFFFFFFFF
+        put32(page, RIGHT_PROD, start + 32 - back)
+        with pytest.raises(VchanError) as ei:
+            cli.data_ready()
+        assert ei.value.errno == errno.EPROTO
+        expect_bad(cli, reason)
+        assert page[CLI_LIVE] == b"\x00"  # the client closed its side
+    finally:
+        cli.close()
+        srv.close()
+
+
+def test_prod_moving_forward_after_a_look_is_accepted(pair):
+    """The rule does not bite an honest writer: every look sees prod at or after the last."""
+    srv, cli = pair
+    for n in (10, 0, 4000, 96):
+        assert cli.write(b"x" * n) == n
+        assert srv.data_ready() == n
+        assert srv.read(n) == b"x" * n
+    assert srv.close_reason is None
+
+
 def test_hostile_cons_beyond_written(pair):
     srv, cli = pair
     assert srv.write(b"abc") == 3
