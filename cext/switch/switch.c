@@ -945,8 +945,12 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         span_copy_out(&f.body, 0, f.head, f.head_len);
         f.fix = 0;
         if (forward(sw, s, &f)) {
+            /* the record stays in the ring, unconsumed: it is charged once, in the
+             * round it goes (every round of a hold would charge it again) */
+            if (now)
+                ncd_credit_untake(&s->credit, f.len);
             held = 1;
-            break; /* the record stays in the ring, unconsumed */
+            break;
         }
         s->r_used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
