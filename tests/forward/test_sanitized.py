@@ -77,4 +77,4 @@ def test_rate_limit_under_asan_ubsan(tmp_path: Path) -> None:
     ring for a refill, live changes from another thread (cext/forward/credit.c)."""
     out = run_sanitized([str(HERE / "test_switch_rate.py"),
                          str(HERE.parent / "vchan" / "test_pump_rate.py")], tmp_path)
-    assert "6 passed" in out
+    assert "7 passed" in out
