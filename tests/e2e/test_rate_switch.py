@@ -6,7 +6,7 @@ The same bounds as a TAP vif's (tests/e2e/ratecheck.py): <= 110% on every run, >
 on one of up to three. A refill lets one interval's credit (625 kB at 100 Mbit/s)
 through at once into a 128 KiB destination ring; the switch holds what does not fit
 (docs/forwarding.md, "Full destinations") and charges a held frame once, when it goes
-(charging it in every round of the hold gave 74-78% of the rate): 98-99% measured."""
+(charging it in every round of the hold gave 74-78% of the rate): 98-100% measured."""
 
 from __future__ import annotations
 
