@@ -43,6 +43,7 @@
 #include <unistd.h>
 #include <xengnttab.h>
 
+#include "../forward/answer.h"
 #include "../forward/antispoof.h"
 #include "../forward/credit.h"
 #include "../forward/offload.h"
@@ -119,6 +120,7 @@ struct port {
     uint64_t hold_until;   /* source: when that wait ends (switch clock, ms) */
     int stuck;             /* destination: a hold on it expired; no holds until it has room */
     uint32_t hold_need;    /* source: the bytes the held frame needs in hold_for's ring */
+    struct ncd_answer answer; /* switch thread only: how soon it answers (see spin()) */
 };
 
 struct fdb_ent {
@@ -135,6 +137,7 @@ struct ncd_switch {
     struct ncd_switch_config cfg;
     uint32_t ageing_ms, batch, hold_ms;
     int64_t wait_avg_ns; /* switch thread only: average idle wait, see spin() */
+    int64_t round_ns;    /* switch thread only: when the current round started */
     pthread_t thread;
     int thread_started, running;
     pthread_mutex_t lock;
@@ -600,6 +603,7 @@ static void send_vchan(struct ncd_switch *sw, struct port *s, struct port *d,
     }
     d->pend[d->npend++] = (struct pend){.end = (uint32_t)(d->w_used + need), .len = f->len,
                                         .origin = f->origin};
+    ncd_answer_sent(&d->answer, sw->round_ns); /* see spin(): how soon d answers */
     d->w_used += need;
     if (!d->dirty) {
         d->dirty = 1;
@@ -945,8 +949,12 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         span_copy_out(&f.body, 0, f.head, f.head_len);
         f.fix = 0;
         if (forward(sw, s, &f)) {
+            /* the record stays in the ring, unconsumed: it is charged once, in the
+             * round it goes (every round of a hold would charge it again) */
+            if (now)
+                ncd_credit_untake(&s->credit, f.len);
             held = 1;
-            break; /* the record stays in the ring, unconsumed */
+            break;
         }
         s->r_used += NCD_REC_LEN_SIZE + rec_len;
         frames++;
@@ -958,8 +966,10 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
     if (!held)
         s->hold_for = NULL; /* its frame went (or its destination went away) */
     s->r_remain = s->r.len - s->r_used;
-    if (frames)
+    if (frames) {
         CNT(s, batches, 1);
+        ncd_answer_seen(&s->answer, sw->round_ns);
+    }
     if (now) {
         ST(&s->st.rate_limited, s->credit.waits);
         ST(&s->st.rate_delay_usec, s->credit.wait_usec);
@@ -1131,16 +1141,32 @@ static void waited(struct ncd_switch *sw, int64_t ns)
     sw->wait_avg_ns += (ns - sw->wait_avg_ns) / (1 << WAIT_AVG_SHIFT);
 }
 
+/* A vchan port was delivered a frame less than SPIN_NS ago, has not sent since, and
+ * its recent answers came within SPIN_NS: the other half of a request/response
+ * (a ping's echo reply) is probably on its way. */
+static int answer_due(const struct ncd_switch *sw, int64_t now)
+{
+    for (unsigned i = 0; i < sw->nactive; i++) {
+        const struct port *p = sw->active[i];
+        if (p->v && ncd_answer_due(&p->answer, now, SPIN_NS))
+            return 1;
+    }
+    return 0;
+}
+
 /* Bounded adaptive spin before sleeping: 1 = work showed up within SPIN_NS.
- * It is used only while peers answer within the spin: the thread spins only
- * while its recent idle waits averaged less than SPIN_NS (a stream whose next
- * frame comes within microseconds), never for sparse traffic (a ping every 10 ms
- * averages milliseconds) nor when idle (seconds): an idle switch sleeps at once. */
+ * It is used only while peers answer within the spin: the thread spins while its
+ * recent idle waits averaged less than SPIN_NS (a stream whose next frame comes
+ * within microseconds), or while a port it just delivered to has been answering
+ * within SPIN_NS (a ping's responder: the spin catches the reply, not the next
+ * request 10 ms later, since the requester's answers average milliseconds); never
+ * when idle (seconds): an idle switch sleeps at once. */
 static int spin(struct ncd_switch *sw, uint32_t seen)
 {
-    if (sw->wait_avg_ns >= SPIN_NS)
-        return 0;
     int64_t start = now_ns(), end = start + SPIN_NS;
+
+    if (sw->wait_avg_ns >= SPIN_NS && !answer_due(sw, start))
+        return 0;
     for (unsigned i = 0;; i++) {
         /* acquire pairs with the release increment in add/remove, and with the
          * release store of stop in ncd_switch_destroy */
@@ -1175,6 +1201,7 @@ static void *switch_main(void *arg)
 
         sync_ports(sw, &seen);
         sw->now = clock_ms(sw);
+        sw->round_ns = now_ns();
         INFO(sw, rounds, 1);
         for (unsigned i = 0; i < sw->nactive; i++) {
             struct port *p = sw->active[i];
@@ -1403,6 +1430,7 @@ int ncd_switch_add_port(struct ncd_switch *sw, const struct ncd_switch_port_conf
     p->v = pc->vchan;
     p->fd = p->evfd = -1;
     ncd_credit_init(&p->credit, pc->rate_bytes, pc->rate_usec, ncd_credit_now());
+    ncd_answer_init(&p->answer, SPIN_NS);
     p->max_frame = pc->max_frame ? pc->max_frame : NCD_ETH_MAX;
     if (p->v) {
         p->evfd = ncd_vchan_fd(p->v);

@@ -2,11 +2,11 @@
 pump: the switch thread reads the guest's ring): the same limit, applied by the switch,
 measured guest to guest with iperf3; the other port is not limited.
 
-The upper bound is the same (<= 110% on every run). The lower one is looser than a TAP
-vif's: the switch drops what a full destination ring cannot take (drop_ring_full), and
-a refill lets one interval's credit (625 kB at 100 Mbit/s) through at once from a 128
-KiB source ring into a 128 KiB destination ring: a few drops per interval, TCP backs
-off, and the measured rate is 84-90% of the limit (xensim, shared 2-CPU host)."""
+The same bounds as a TAP vif's (tests/e2e/ratecheck.py): <= 110% on every run, >= 90%
+on one of up to three. A refill lets one interval's credit (625 kB at 100 Mbit/s)
+through at once into a 128 KiB destination ring; the switch holds what does not fit
+(docs/forwarding.md, "Full destinations") and charges a held frame once, when it goes
+(charging it in every round of the hold gave 74-78% of the rate): 98-100% measured."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from tests.simworld import SimWorld
 pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None, reason="no iperf3 (setup.sh)")
 
 MACS = {1: "00:16:3e:0b:00:01", 2: "00:16:3e:0b:00:02"}
-SWITCH_LOW = 0.6  # of the rate: limited, not starved (see above)
 
 
 def gip(g: int) -> str:
@@ -61,7 +60,7 @@ def test_rate_limits_a_switch_port(swnet: Net) -> None:
     value = rate_value(rate)
     write_rate(swnet, 1, value)
     wait_rate(swnet, 1, spec(value))
-    limited_run(rate, lambda: (one_to_two(), None), low=SWITCH_LOW)
+    limited_run(rate, lambda: (one_to_two(), None))
     back = iperf_mbps(swnet, 2, 1, gip(1))  # 2 -> 1: port 2 has no rate
     assert back > 1.5 * rate, f"vif 2 (no rate) measured {back:.1f} Mbit/s"
     st = {(v["domid"], v["devid"]): v for v in swnet.stats(0)["vifs"]}

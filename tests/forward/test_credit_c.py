@@ -1,7 +1,8 @@
 """The rate limit's credit arithmetic (cext/forward/credit.c) in C, under ASan/UBSan:
 refill, exhaustion, a frame larger than the credit, live changes, the u64 edges and the
 long-run rate of a late-woken backlogged sender, with a clock the test drives
-(tests/forward/c/credit_test.c)."""
+(tests/forward/c/credit_test.c); and the answer predictor (cext/forward/answer.h,
+tests/forward/c/answer_test.c)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ C = Path(__file__).with_name("c")
 SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
-def test_credit_arithmetic_in_c(tmp_path: Path) -> None:
-    exe = tmp_path / "credit_test"
+def _run_c(tmp_path: Path, name: str, sources: list[Path]) -> None:
+    exe = tmp_path / name
     build = subprocess.run(
         [
             "gcc",
@@ -30,8 +30,7 @@ def test_credit_arithmetic_in_c(tmp_path: Path) -> None:
             "-Werror",
             *SAN,
             f"-I{ROOT / 'cext' / 'forward'}",
-            str(C / "credit_test.c"),
-            str(ROOT / "cext" / "forward" / "credit.c"),
+            *map(str, sources),
             "-lpthread",
             "-o",
             str(exe),
@@ -45,3 +44,15 @@ def test_credit_arithmetic_in_c(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert "runtime error" not in run.stderr and "AddressSanitizer" not in run.stderr
     assert run.stdout.startswith("ok "), run.stdout
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_credit_arithmetic_in_c(tmp_path: Path) -> None:
+    _run_c(tmp_path, "credit_test", [C / "credit_test.c", ROOT / "cext" / "forward" / "credit.c"])
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_answer_predictor_in_c(tmp_path: Path) -> None:
+    """cext/forward/answer.h (when the switch and the pump spin for an answer):
+    tests/forward/c/answer_test.c."""
+    _run_c(tmp_path, "answer_test", [C / "answer_test.c"])

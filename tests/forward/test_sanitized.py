@@ -23,10 +23,18 @@ def run_sanitized(args: list[str], cwd: Path, **extra: str) -> str:
     env.update(extra)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
-    reports = [ln for ln in proc.stderr.splitlines()
-               if "SUMMARY:" in ln or "ERROR: AddressSanitizer" in ln or "runtime error" in ln]
+    reports = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if "SUMMARY:" in ln or "ERROR: AddressSanitizer" in ln or "runtime error" in ln
+    ]
     tail = "\n".join(reports) + "\n" + proc.stdout[-2000:] + proc.stderr[-1000:]
     assert proc.returncode == 0, tail
     assert "AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, tail
@@ -38,8 +46,9 @@ def run_sanitized(args: list[str], cwd: Path, **extra: str) -> str:
 def test_switch_under_asan_ubsan(tmp_path: Path) -> None:
     """Also the holds for full destinations: a held source whose destination is removed
     must never reach the freed port again."""
-    out = run_sanitized([str(HERE / "test_switch_local.py"), str(HERE / "test_switch_hold.py")],
-                        tmp_path)
+    out = run_sanitized(
+        [str(HERE / "test_switch_local.py"), str(HERE / "test_switch_hold.py")], tmp_path
+    )
     assert "failed" not in out
 
 
@@ -48,8 +57,10 @@ def test_offload_fixups_and_pump_lock_under_asan_ubsan(tmp_path: Path) -> None:
     """Software GSO, checksum completion and the malformed-header cases (every header
     field from the peer read through the bounds-checked accessor), and the pump's
     source lock (the shared anti-spoofing unit)."""
-    out = run_sanitized([str(HERE / "test_switch_offload.py"),
-                         str(HERE.parent / "vchan" / "test_pump_lock.py")], tmp_path)
+    out = run_sanitized(
+        [str(HERE / "test_switch_offload.py"), str(HERE.parent / "vchan" / "test_pump_lock.py")],
+        tmp_path,
+    )
     assert "failed" not in out
 
 
@@ -66,8 +77,10 @@ def test_switch_on_xensim_under_asan_ubsan(tmp_path: Path) -> None:
     unmapped under a flood, and TSO frames segmented into a mapped port without offloads
     (grant copies out of the switch's arena); the domain agents inherit the sanitized
     build through the environment."""
-    out = run_sanitized([str(HERE / "test_switch_sim.py"), "-k",
-                         "combination or removed or tso_segmented"], tmp_path)
+    out = run_sanitized(
+        [str(HERE / "test_switch_sim.py"), "-k", "combination or removed or tso_segmented"],
+        tmp_path,
+    )
     assert "6 passed" in out
 
 
@@ -75,6 +88,8 @@ def test_switch_on_xensim_under_asan_ubsan(tmp_path: Path) -> None:
 def test_rate_limit_under_asan_ubsan(tmp_path: Path) -> None:
     """The rate limit's credit in the pump and on switch ports: frames waiting in the
     ring for a refill, live changes from another thread (cext/forward/credit.c)."""
-    out = run_sanitized([str(HERE / "test_switch_rate.py"),
-                         str(HERE.parent / "vchan" / "test_pump_rate.py")], tmp_path)
-    assert "6 passed" in out
+    out = run_sanitized(
+        [str(HERE / "test_switch_rate.py"), str(HERE.parent / "vchan" / "test_pump_rate.py")],
+        tmp_path,
+    )
+    assert "7 passed" in out

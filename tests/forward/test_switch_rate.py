@@ -11,7 +11,7 @@ import time
 
 from ncd.switch import Switch
 
-from .helpers import TIMEOUT, Guest, eth, wait_for
+from .helpers import BCAST, TIMEOUT, Guest, eth, wait_for
 
 # rings that hold every frame a test sends: the switch drops what a full destination
 # ring cannot take (drop_ring_full), and an unlimited sender outruns the test's reader
@@ -77,3 +77,24 @@ def test_live_change_releases_and_sets_a_limit(switch, guests) -> None:
     took = _through(a, b, _frames(a, b, 200))
     assert took >= 0.8 * (200_000 - 10_000) / 1_000_000
     assert sw.port_stats(a.port).rate_limited > 1
+
+
+def test_a_held_frame_is_charged_once(switch, guests) -> None:
+    """A frame held for a full destination stays in its source ring and is looked at
+    again in every round of the hold: it takes its credit once, in the round it goes.
+    One interval (60 s) of credit for exactly 20 frames: all 20 cross however many
+    rounds the holds last, the 21st waits for the refill."""
+    sw: Switch = switch(hold=30.0)
+    a, b = guests(sw, 1, ring=RING), guests(sw, 2, ring=8192)  # b: a handful of frames
+    for g, other in ((a, b), (b, a)):  # learn both MACs: a -> b is unicast (holdable)
+        g.send(eth(BCAST, g.mac, b"hello"))
+        other.expect(1)
+    frames = _frames(a, b, 30)
+    sw.set_port_rate(a.port, 20 * len(frames[0]), 60_000_000)
+    for f in frames:
+        a.send(f)
+    wait_for(lambda: sw.port_stats(b.port).ring_full_waits >= 1, what="a hold for b")
+    assert b.expect(20) == frames[:20]  # b drains its ring a few frames at a time
+    wait_for(lambda: sw.port_stats(a.port).rate_limited == 1, what="a to wait for credit")
+    assert b.quiet() and sw.port_stats(a.port).rx_frames == 21  # + the hello
+    assert sw.port_stats(b.port).drop_ring_full == 0
