@@ -14,7 +14,13 @@ appended to bench/RESULTS.md with the machine and the command. Addresses come fr
 198.18.0.0/15; everything it creates is removed at the end.
 
     .venv/bin/python bench/bench_net.py [--seconds 4] [--rounds 3] [--ring-bytes N]
-                                        [--append-results]
+                                        [--queues N] [--tests tcp1,tcp2] [--append-results]
+
+``--queues N`` runs both daemons with ``--max-queues N`` (queues per vif; default: the
+daemons' default); ``--queues 1,2`` runs one guest per value (guest g's frontend with
+``--max-queues`` value g, the backend with the largest), each an ncd path of its own, so
+1 and 2 queues are compared in the same rounds. ``--tests`` runs a subset of the tests
+by key (tcp1, tcp2, tcp1r, udp64, rtt).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,6 +64,7 @@ class Path_:
     server_ip: str
     env_server: dict[str, str]
     env_client: dict[str, str]
+    guest: int | None = None  # the ncd path's guest domain
 
 
 def sh(cmd: list[str], ns: str | None = None, env: dict[str, str] | None = None,
@@ -79,26 +87,55 @@ class Bench:
     def env(self, domid: int) -> dict[str, str]:
         return self.world.exec_env(domid)
 
+    @property
+    def queue_counts(self) -> list[int]:
+        """``--queues``: one guest per value (``[]``: one guest, the daemons' default)."""
+        raw = getattr(self.args, "queues", "")  # bench/run passes none
+        return [int(x) for x in str(raw or "").split(",") if x]
+
+    def guests(self) -> list[int]:
+        return list(range(GUEST, GUEST + max(1, len(self.queue_counts))))
+
     def up(self) -> tuple[Path_, Path_]:
-        self.world.up(1, netns_prefix=f"{self.prefix}d")
-        ns0, ns1 = self.world.netns(0), self.world.netns(GUEST)
-        for ns in (ns0, ns1):
-            sh(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], ns)
+        """The world, the ncd path of the first guest and the veth path."""
+        ps = self.up_paths()
+        return ps[0], ps[-1]
+
+    def up_paths(self) -> list[Path_]:
+        """ncd paths (one per guest; guest g's vif at 198.18.<9+g>.0/24, ``--queues`` value
+        g as its frontend's --max-queues), then the veth path."""
+        counts, guests = self.queue_counts, self.guests()
+        self.world.up(len(guests), netns_prefix=f"{self.prefix}d")
+        ns0 = self.world.netns(0)
+        for d in (0, *guests):
+            sh(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], self.world.netns(d))
         ring = ["--ring-bytes", str(self.args.ring_bytes)] if self.args.ring_bytes else []
-        for domid, role in ((0, "backend"), (GUEST, "frontend")):
-            log = open(self.tmp / f"ncd-{role}.log", "wb")  # noqa: SIM115 - child's
+        for domid in (0, *guests):
+            role = "backend" if domid == 0 else "frontend"
+            opts = list(ring)
+            if counts:
+                q = max(counts) if domid == 0 else counts[domid - GUEST]
+                opts += ["--max-queues", str(q)]
+            log = open(self.tmp / f"ncd-{role}-{domid}.log", "wb")  # noqa: SIM115 - child's
             self.procs.append(subprocess.Popen(
                 self.world.exec_argv(domid, [PY, "-m", "ncd.daemon.main", role, "--no-metrics",
-                                             *ring]),
+                                             *opts]),
                 env=self.env(domid), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                 cwd=str(ROOT)))
             log.close()
         time.sleep(0.5)
-        sh([PY, "-m", "ncd.ncctl", "attach", str(GUEST), "--mac", "00:16:3e:be:00:01"], ns0,
-           self.env(0))
+        for g in guests:
+            sh([PY, "-m", "ncd.ncctl", "attach", str(g), "--mac", f"00:16:3e:be:00:{g:02x}"],
+               ns0, self.env(0))
         self.wait_connected()
-        sh(["ip", "addr", "add", "198.18.10.1/24", "dev", f"ncvif{GUEST}.0"], ns0)
-        sh(["ip", "addr", "add", "198.18.10.2/24", "dev", "nc0"], ns1)
+        out = []
+        for g in guests:
+            net = f"198.18.{9 + g}"
+            sh(["ip", "addr", "add", f"{net}.1/24", "dev", f"ncvif{g}.0"], ns0)
+            sh(["ip", "addr", "add", f"{net}.2/24", "dev", "nc0"], self.world.netns(g))
+            name = f"ncd-{counts[g - GUEST]}q" if len(counts) > 1 else "ncd"
+            out.append(Path_(name, ns0, self.world.netns(g), f"{net}.1", self.env(0),
+                             self.env(g), g))
         va, vb = self.veth
         for ns in (va, vb):
             sh(["ip", "netns", "add", ns])
@@ -111,27 +148,37 @@ class Bench:
         sh(["ip", "link", "set", "veth-a", "up"], va)
         sh(["ip", "link", "set", "veth-b", "up"], vb)
         plain = dict(os.environ)
-        ncd = Path_("ncd", ns0, ns1, "198.18.10.1", self.env(0), self.env(GUEST))
-        veth = Path_("veth", va, vb, "198.18.20.1", plain, plain)
-        for p in (ncd, veth):  # warm ARP and check the path
+        out.append(Path_("veth", va, vb, "198.18.20.1", plain, plain))
+        for p in out:  # warm ARP and check the path
             sh(["ping", "-c", "2", "-i", "0.2", p.server_ip], p.client_ns)
-        return ncd, veth
+        return out
 
     def wait_connected(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
+        want = ["Connected"] * len(self.guests())
         while time.monotonic() < deadline:
             try:
-                states = []
-                for d in (0, GUEST):
+                ok = True
+                for d in (0, *self.guests()):
                     sock = paths.runtime_dir(self.world.dir, d) / "ncd.sock"
                     with ControlClient(sock, timeout=2) as c:
-                        states += [v["state"] for v in c.call("list")["vifs"]]
-                if states == ["Connected", "Connected"]:
+                        states = [v["state"] for v in c.call("list")["vifs"]]
+                    ok = ok and states == (want if d == 0 else ["Connected"])
+                if ok:
                     return
             except (ControlError, OSError, KeyError):
                 pass
             time.sleep(0.1)
         raise RuntimeError("vif did not connect; see the daemon logs in " + str(self.tmp))
+
+    def queue_frames(self, p: Path_) -> list[int]:
+        """Frames per queue of ``p``'s vif so far (both directions, the frontend's count)."""
+        if p.guest is None:
+            return []
+        sock = paths.runtime_dir(self.world.dir, p.guest) / "ncd.sock"
+        with ControlClient(sock, timeout=5) as c:
+            vif = c.call("stats")["vifs"][0]
+        return [q["frames_tx"] + q["frames_rx"] for q in vif.get("queues", [])]
 
     def down(self) -> None:
         procs.stop(self.procs, 15)
@@ -191,6 +238,14 @@ TESTS: list[tuple[str, str, Callable[[Bench, Path_], float | tuple[float, float]
 ]
 
 
+ALL_TESTS = ",".join(k for k, _, _ in TESTS)
+
+
+def selected(args: argparse.Namespace) -> list[tuple[str, str, Callable[..., Any]]]:
+    keys = args.tests.split(",")
+    return [t for t in TESTS if t[0] in keys]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -207,10 +262,33 @@ def fmt(v: float) -> str:
     return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
 
 
-def report(results: dict[str, dict[str, list]], args: argparse.Namespace, took: float) -> str:
+def options(args: argparse.Namespace) -> str:
+    """The command line's options beyond --seconds / --rounds, as given."""
+    out = f" --ring-bytes {args.ring_bytes}" if args.ring_bytes else ""
+    out += f" --queues {args.queues}" if args.queues else ""
+    return out + (f" --tests {args.tests}" if args.tests != ALL_TESTS else "")
+
+
+def queue_split(before: list[int], after: list[int]) -> str:
+    """How a test's frames fell on the queues, in percent (e.g. ``52/48``)."""
+    d = [a - b for a, b in zip(after, before, strict=False)] or [0]
+    total = sum(d) or 1
+    return "/".join(f"{100 * x / total:.0f}" for x in d)
+
+
+def report(results: dict[str, dict[str, list]], args: argparse.Namespace, took: float,
+           spread: dict[str, dict[str, list[str]]] | None = None) -> str:
+    """The Markdown section: a column per path (the ncd paths, then veth), each ncd
+    path's ratio to veth, with two ncd paths (``--queues 1,2``) the second's ratio to the
+    first, and how each ncd path's frames fell on its queues."""
     load = os.getloadavg()
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
+    names = list(next(iter(results.values())))
+    ncds = names[:-1]
+    head = " | ".join(names)
+    ratios = [f"{n} / veth" for n in ncds] + ([f"{ncds[-1]} / {ncds[0]}"] if len(ncds) > 1
+                                              else [])
     lines = [
         "",
         "## Network (bench/bench_net.py)",
@@ -223,55 +301,87 @@ def report(results: dict[str, dict[str, list]], args: argparse.Namespace, took: 
         "",
         f"Machine: {machine()} (load average at the end {load[0]:.1f})",
         f"Command: `.venv/bin/python bench/bench_net.py --seconds {args.seconds} --rounds "
-        f"{args.rounds}{' --ring-bytes ' + str(args.ring_bytes) if args.ring_bytes else ''}"
-        f" --append-results` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git "
+        f"{args.rounds}{options(args)} --append-results` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git "
         f"{git}, {took:.0f}s)",
         "",
-        "| test | ncd | veth | ncd / veth | ncd rounds |",
-        "|---|---|---|---|---|",
+        f"| test | {head} | {' | '.join(ratios)} | {ncds[0]} rounds |",
+        "|---|" + "---|" * (len(names) + len(ratios) + 1),
     ]
-    for key, label, _ in TESTS:
-        n, v = results[key]["ncd"], results[key]["veth"]
+
+    def row(label: str, med: dict[str, float], rounds: str, x: str = "") -> str:
+        vals = [f"{med[n]:.0f}" if x else fmt(med[n]) for n in names]
+        rs = [med[n] / med["veth"] for n in ncds]
+        if len(ncds) > 1:
+            rs.append(med[ncds[-1]] / med[ncds[0]])
+        return f"| {label} | {' | '.join(vals)} | {' | '.join(f'{r:.2f}{x}' for r in rs)} | " \
+            f"{rounds} |"
+
+    for key, label, _ in selected(args):
+        res = results[key]
         if key == "rtt":
-            n50, v50 = statistics.median(x[0] for x in n), statistics.median(x[0] for x in v)
-            n99, v99 = statistics.median(x[1] for x in n), statistics.median(x[1] for x in v)
-            lines.append(f"| ping RTT p50 (us) | {n50:.0f} | {v50:.0f} | {n50 / v50:.2f}x | "
-                         f"{', '.join(f'{x[0]:.0f}' for x in n)} |")
-            lines.append(f"| ping RTT p99 (us) | {n99:.0f} | {v99:.0f} | {n99 / v99:.2f}x | "
-                         f"{', '.join(f'{x[1]:.0f}' for x in n)} |")
+            for i, pct in ((0, "p50"), (1, "p99")):
+                med = {n: statistics.median(x[i] for x in res[n]) for n in names}
+                lines.append(row(f"ping RTT {pct} (us)", med,
+                                 ", ".join(f"{x[i]:.0f}" for x in res[ncds[0]]), "x"))
             continue
-        nm, vm = statistics.median(n), statistics.median(v)
-        lines.append(f"| {label} | {fmt(nm)} | {fmt(vm)} | {nm / vm:.2f} | "
-                     f"{', '.join(fmt(x) for x in n)} |")
+        med = {n: statistics.median(res[n]) for n in names}
+        lines.append(row(label, med, ", ".join(fmt(x) for x in res[ncds[0]])))
+    for n, per in (spread or {}).items():
+        multi = {k: v for k, v in per.items() if any("/" in x for x in v)}
+        if multi:
+            lines.append("")
+            lines.append(f"{n}: frames per queue, per round (percent, queue 0 / 1 / ...): "
+                         + "; ".join(f"{k} {', '.join(v)}" for k, v in multi.items()))
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--pings", type=int, default=400)
+    ap.add_argument("--seconds", type=int, default=4, help="seconds per iperf3 run")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (medians are taken)")
+    ap.add_argument("--pings", type=int, default=400, help="echo requests per RTT round")
     ap.add_argument("--ring-bytes", type=int, default=0, help="daemon ring size each way")
-    ap.add_argument("--append-results", action="store_true")
+    ap.add_argument("--queues", default="",
+                    help="queues per vif (the daemons' --max-queues; default: theirs); "
+                    "a list such as 1,2 runs one guest per value on one backend, each an ncd "
+                    "path of its own, in the same rounds")
+    ap.add_argument("--tests", default=ALL_TESTS,
+                    help=f"comma-separated tests to run, of {ALL_TESTS} (default: all)")
+    ap.add_argument("--append-results", action="store_true",
+                    help="append the table to bench/RESULTS.md")
     args = ap.parse_args()
+    unknown = set(args.tests.split(",")) - set(ALL_TESTS.split(","))
+    if unknown:
+        ap.error(f"--tests: unknown {', '.join(sorted(unknown))} (known: {ALL_TESTS})")
     for tool in ("iperf3", "ping", "ip"):
         if shutil.which(tool) is None:
             print(f"bench_net: {tool} not found", file=sys.stderr)
             return 1
     b = Bench(args)
     t0 = time.monotonic()
-    results: dict[str, dict[str, list]] = {k: {"ncd": [], "veth": []} for k, _, _ in TESTS}
+    results: dict[str, dict[str, list]] = {}
+    spread: dict[str, dict[str, list[str]]] = {}  # ncd path -> test -> queue split per round
     try:
-        ncd, veth = b.up()
+        ps = b.up_paths()
+        results = {k: {p.name: [] for p in ps} for k, _, _ in TESTS}
+        spread = {p.name: {k: [] for k, _, _ in TESTS} for p in ps if p.guest is not None}
         for rnd in range(args.rounds):
-            for key, label, fn in TESTS:
-                for p in ((ncd, veth) if rnd % 2 == 0 else (veth, ncd)):
+            for key, label, fn in selected(args):
+                k = rnd % len(ps)
+                for p in ps[k:] + ps[:k]:  # each path first in turn
+                    before = b.queue_frames(p)
                     v = fn(b, p)
                     results[key][p.name].append(v)
-                    print(f"round {rnd + 1} {p.name:4} {label}: {v}", flush=True)
+                    used = ""
+                    if p.guest is not None:
+                        split = queue_split(before, b.queue_frames(p))
+                        spread[p.name][key].append(split)
+                        used = f" (frames per queue: {split})"
+                    print(f"round {rnd + 1} {p.name:6} {label}: {v}{used}", flush=True)
     finally:
         b.down()
-    text = report(results, args, time.monotonic() - t0)
+    text = report(results, args, time.monotonic() - t0, spread)
     print(text)
     if args.append_results:
         with open(ROOT / "bench" / "RESULTS.md", "a") as fh:

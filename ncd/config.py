@@ -24,6 +24,11 @@ File format (every key optional; unknown sections/keys are errors naming the key
     ring_bytes = 131072                 # each way, power of two, 4096 .. 1048576
     reconnect_delay = 1.0               # seconds before retrying a closed device
     reconnect_delay_max = 30.0          # exponential backoff cap
+    max_queues = 2                      # queues (channels) per vif, 1..16: the backend
+                                        # offers this many (multi-queue-max-queues), the
+                                        # frontend takes min(this, the backend's, its
+                                        # CPUs); 1 = single queue. Switch ports and
+                                        # rate-limited vifs use one (docs/protocol.md)
 
     [driver]                            # `ncd driver` only (a driver domain)
     uplink_switch = "up"                # the devices it fronts become ports of this
@@ -72,6 +77,7 @@ from typing import Any
 from . import parse, vifspec
 from .control import default_socket_path
 from .parse import BadEntry
+from .queues import QUEUES_MAX
 
 DEFAULT_PATH = Path("/etc/ncd/ncd.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -115,6 +121,7 @@ class ChannelSection:
     ring_bytes: int = 131072
     reconnect_delay: float = 1.0
     reconnect_delay_max: float = 30.0
+    max_queues: int = 2
 
 
 FORWARD_COPY = ("memcpy", "grant")
@@ -232,6 +239,8 @@ def _validate(where: str, cfg: Config) -> None:
     rb = cfg.channel.ring_bytes
     if not RING_MIN <= rb <= RING_MAX or rb & (rb - 1):
         raise bad("channel.ring_bytes", f"{rb} is not a power of two in {RING_MIN}..{RING_MAX}")
+    if not 1 <= cfg.channel.max_queues <= QUEUES_MAX:
+        raise bad("channel.max_queues", f"{cfg.channel.max_queues} is not in 1..{QUEUES_MAX}")
     if not 0 < cfg.channel.reconnect_delay <= cfg.channel.reconnect_delay_max <= 3600:
         raise bad(
             "channel.reconnect_delay",
@@ -397,6 +406,8 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--metrics-address", "metrics.address", str, "Prometheus endpoint address"),
     ("--metrics-port", "metrics.port", int, "Prometheus endpoint port"),
     ("--ring-bytes", "channel.ring_bytes", int, "vchan ring size each way"),
+    ("--max-queues", "channel.max_queues", int,
+     f"queues (channels) per vif, 1..{QUEUES_MAX} (config [channel] max_queues)"),
 ]
 
 

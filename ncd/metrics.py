@@ -19,6 +19,9 @@ Exposed (base units; ``direction`` is relative to this daemon's vchan:
     ncd_vif_rate_limit_bytes_per_second{domid,devid}       gauge (the ``rate`` in effect;
                                                            0 = unlimited)
     ncd_vif_notifications_total{domid,devid,direction}     counter (sent / received)
+    ncd_vif_queue_frames_total{domid,devid,queue,direction} counter (per channel of a
+    ncd_vif_queue_bytes_total{domid,devid,queue,direction}  counter  multi-queue vif;
+                                                           queue "0" alone otherwise)
     ncd_vif_tracked_foreign_pages{domid,devid}             gauge
     ncd_vif_state{domid,devid}                             gauge (XenbusState 1..6)
     ncd_vifs{state}                                        gauge (vifs per XenbusState)
@@ -65,6 +68,29 @@ _STATES = [s for s in XenbusState if XenbusState.INITIALISING <= s <= XenbusStat
 
 
 @dataclass(frozen=True)
+class QueueCounters:
+    """One queue's (channel's) frames and bytes; ``tx`` / ``rx`` as in VifCounters."""
+
+    frames_tx: int = 0
+    frames_rx: int = 0
+    bytes_tx: int = 0
+    bytes_rx: int = 0
+
+    def plus(self, other: QueueCounters) -> QueueCounters:
+        return QueueCounters(self.frames_tx + other.frames_tx, self.frames_rx + other.frames_rx,
+                             self.bytes_tx + other.bytes_tx, self.bytes_rx + other.bytes_rx)
+
+
+def sum_queues(a: tuple[QueueCounters, ...],
+               b: tuple[QueueCounters, ...]) -> tuple[QueueCounters, ...]:
+    """Per-queue counters summed queue by queue (channels may differ in queue count)."""
+    n = max(len(a), len(b))
+    pad = QueueCounters()
+    return tuple((a[i] if i < len(a) else pad).plus(b[i] if i < len(b) else pad)
+                 for i in range(n))
+
+
+@dataclass(frozen=True)
 class VifCounters:
     """A point-in-time snapshot of one vif's counters (monotonic except the gauges)."""
 
@@ -85,6 +111,7 @@ class VifCounters:
     rate_delay_usec: int = 0  # how long they waited, microseconds
     rate_bytes: int = 0  # the rate in effect (gauge): bytes per interval, 0 = unlimited
     rate_usec: int = 0  # its interval, microseconds
+    queues: tuple[QueueCounters, ...] = ()  # per queue (channel), in queue order
 
     def plus(self, other: VifCounters) -> VifCounters:
         """Counters summed (drops by reason); the gauges are ``other``'s (the current one)."""
@@ -109,6 +136,7 @@ class VifCounters:
             rate_delay_usec=self.rate_delay_usec + other.rate_delay_usec,
             rate_bytes=other.rate_bytes,
             rate_usec=other.rate_usec,
+            queues=sum_queues(self.queues, other.queues),
         )
 
     @property
@@ -178,6 +206,13 @@ class _VifCollector(Collector):
         limit = GaugeMetricFamily(
             "ncd_vif_rate_limit_bytes_per_second", "The vif's rate limit in effect (the "
             "backend entry's rate; 0 = unlimited)", labels=lab)
+        qlab = [*lab, "queue", "direction"]
+        qframes = CounterMetricFamily(
+            "ncd_vif_queue_frames", "Frames through one queue (channel) of the vif",
+            labels=qlab)
+        qbytes = CounterMetricFamily(
+            "ncd_vif_queue_bytes", "Ethernet frame bytes through one queue (channel) of the "
+            "vif", labels=qlab)
         state = GaugeMetricFamily("ncd_vif_state", "XenbusState of the vif (1..6)", labels=lab)
         by_state = dict.fromkeys(_STATES, 0)
         for vif, snap, st in self._m._snapshots():
@@ -199,6 +234,11 @@ class _VifCollector(Collector):
             limited.add_metric(ids, snap.rate_limited_frames)
             delay.add_metric(ids, snap.rate_delay_usec / 1e6)
             limit.add_metric(ids, snap.rate_bytes_per_second)
+            for q, qc in enumerate(snap.queues):
+                qframes.add_metric([*ids, str(q), "tx"], qc.frames_tx)
+                qframes.add_metric([*ids, str(q), "rx"], qc.frames_rx)
+                qbytes.add_metric([*ids, str(q), "tx"], qc.bytes_tx)
+                qbytes.add_metric([*ids, str(q), "rx"], qc.bytes_rx)
             state.add_metric(ids, int(st))
             if st in by_state:
                 by_state[st] += 1
@@ -206,7 +246,7 @@ class _VifCollector(Collector):
         for st, n in by_state.items():
             vifs.add_metric([st.label], n)
         yield from (frames, nbytes, drops, waits, notes, spurious, coalesced, backoffs)
-        yield from (setups, pages, limited, delay, limit, state, vifs)
+        yield from (setups, pages, limited, delay, limit, qframes, qbytes, state, vifs)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -1,7 +1,13 @@
 """TAP devices for vifs: create/open with a virtio-net header, offloads, link settings.
 
 A TAP is opened with ``IFF_TAP | IFF_NO_PI | IFF_VNET_HDR``: every read gives
-(and every write takes) a ``struct virtio_net_hdr`` then the Ethernet frame.
+(and every write takes) a ``struct virtio_net_hdr`` then the Ethernet frame. With
+``IFF_MULTI_QUEUE`` (a vif's TAP) each further open of the same name attaches one more
+queue (:meth:`Tap.open_queue`), a fd of its own; closing it detaches the queue. The
+kernel then picks the queue a frame it transmits is read from by flow
+(``tun_automq_select_queue``: the symmetric flow hash of the 5-tuple, or, once a frame
+of that flow was written on some queue, that queue, from tun's flow table), so every
+frame of one flow is read from one fd, in order.
 ``TUNSETVNETHDRSZ`` and ``TUNSETOFFLOAD`` are set explicitly on every open:
 offloads persist on a (persistent) TAP after its fd closes, so a value left by
 an earlier owner must never be trusted. Offloads are ``TUN_F_*`` flags; which
@@ -36,6 +42,7 @@ TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 
 VNET_HDR_SIZE = 10  # struct virtio_net_hdr
 IFNAMSIZ = 16
@@ -64,11 +71,26 @@ def _check_name(name: str) -> bytes:
 class Tap:
     """An open TAP fd (``IFF_VNET_HDR``), non-blocking, close-on-exec."""
 
-    def __init__(self, fd: int, name: str, vnet_hdr_size: int, offloads: int) -> None:
+    def __init__(self, fd: int, name: str, vnet_hdr_size: int, offloads: int,
+                 multi_queue: bool = False) -> None:
         self.fd = fd
         self.name = name
         self.vnet_hdr_size = vnet_hdr_size
         self.offloads = offloads  # TUN_F_* flags as last set
+        self.multi_queue = multi_queue  # IFF_MULTI_QUEUE: open_queue() adds queues
+
+    def open_queue(self) -> Tap:
+        """One more queue of this (``IFF_MULTI_QUEUE``) TAP: a new fd, configured like
+        this one (vnet header size, offloads); closing it detaches the queue."""
+        if not self.multi_queue:
+            raise TapError(errno.EINVAL, f"{self.name} is not a multi-queue TAP")
+        self.fileno()  # not after close: the name could be a new device by now
+        try:  # TUNSETIFF would create a device of that name: attach, never create
+            socket.if_nametoindex(self.name)
+        except OSError:
+            raise TapError(errno.ENODEV, f"{self.name}: no such device, no queue added") from None
+        return open_tap(self.name, offloads=self.offloads, vnet_hdr_size=self.vnet_hdr_size,
+                        multi_queue=True)
 
     def set_offloads(self, flags: int) -> None:
         """TUNSETOFFLOAD: what the kernel may hand us (it persists on the device)."""
@@ -120,12 +142,15 @@ def open_tap(
     *,
     offloads: int = 0,
     vnet_hdr_size: int = VNET_HDR_SIZE,
+    multi_queue: bool = False,
 ) -> Tap:
     """Create (or attach to an existing persistent) TAP ``name`` and configure its fd.
 
     The fd is non-blocking. The device exists as long as the fd is open (or
     until :func:`delete` if it was made persistent). ``offloads``: the TUN_F_* flags
-    (default none: set them once features are negotiated).
+    (default none: set them once features are negotiated). ``multi_queue``:
+    ``IFF_MULTI_QUEUE`` (the kernel refuses, EINVAL, to attach with a flag the
+    existing device was not created with).
     """
     raw = _check_name(name)
     if vnet_hdr_size not in (10, 12) and not 12 <= vnet_hdr_size <= 64:
@@ -135,7 +160,8 @@ def open_tap(
     except OSError as exc:
         raise TapError(exc.errno, f"open {TUN_PATH}: {exc.strerror}") from None
     try:
-        ifr = struct.pack("16sH22x", raw, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if multi_queue else 0)
+        ifr = struct.pack("16sH22x", raw, flags)
         try:
             out = fcntl.ioctl(fd, TUNSETIFF, ifr)
         except OSError as exc:
@@ -153,7 +179,7 @@ def open_tap(
     except BaseException:
         os.close(fd)
         raise
-    return Tap(fd, name, vnet_hdr_size, offloads)
+    return Tap(fd, name, vnet_hdr_size, offloads, multi_queue)
 
 
 @contextmanager

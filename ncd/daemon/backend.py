@@ -1,6 +1,8 @@
 """The backend role (dom0 or a driver domain): one TAP ``ncvif<domid>.<devid>`` per device,
 or, when the backend entry names a ``switch``, a port of that in-daemon switch (no TAP:
 the guest's mapped vchan is the port, locked to its MAC and ``ip`` unless ``trunk``).
+It offers ``multi-queue-max-queues`` (:mod:`ncd.queues`) and maps the vchan of every
+queue the frontend asked for; a switch port offers one.
 
 Discovery (:func:`devices`) watches ``backend/ncvif`` under its home and
 ``@releaseDomain``. A device is picked up when its backend entries say ``online``
@@ -16,7 +18,7 @@ import logging
 import re
 from typing import Any
 
-from ncd import features, layout, ovs, parse
+from ncd import features, layout, ovs, parse, queues
 from ncd import tap as tapmod
 from ncd.vchan.channel import VchanClient
 from ncd.xenbus import Action, Role, XenbusState
@@ -53,6 +55,7 @@ class BackendVif(Vif):
         self.rate = parse.UNLIMITED
         self._rate_raw: bytes | None = None
         self._limited: Datapath | SwitchLink | None = None  # the channel self.rate is on
+        self._offered = 1  # the multi-queue-max-queues we published
 
     @property
     def peer(self) -> int:
@@ -87,6 +90,17 @@ class BackendVif(Vif):
         self.view = layout.read_backend(self.xs, self.ctx.domid, self.guest, self.devid)
         self.vifname = layout.read_vifname(self.xs, self.ctx.domid, self.guest, self.devid)
         self.machine.online = self.view.online
+        self._read_rate()
+
+    def _queue_limit(self) -> int:
+        """A vif rate-limited when it is set up offers one queue: the limit is then the
+        vif's (a limit set later on a multi-queue vif is each queue's credit, as in
+        netback)."""
+        return 1 if not self.rate.unlimited else super()._queue_limit()
+
+    def _queue_keys(self) -> dict[str, str]:
+        self._offered = self._queue_limit()
+        return queues.advertise(self._offered)
 
     def _tap_settings(self) -> TapSettings:
         assert self.view is not None
@@ -141,6 +155,8 @@ class BackendVif(Vif):
     def _setup(self, tap: tapmod.Tap | None) -> Channel:
         self._published = False
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
+        n = queues.backend_count(queues.read_frontend_num(self.xs, self.peer_dir),
+                                 self._offered, f"{self.peer_dir}/{queues.KEY_NUM_QUEUES}")
         path = layout.queue_dir(self.guest, self.devid, 0)
         view = self.view
         assert view is not None
@@ -148,7 +164,8 @@ class BackendVif(Vif):
         link: Datapath | SwitchLink
         if tap is not None:
             lock = SourceLock(view.mac, view.trunk, view.ips)
-            link = Datapath.connect(self.xs, self.guest, path, tap, neg, lock, rate)
+            paths = [layout.queue_dir(self.guest, self.devid, i) for i in range(n)]
+            link = Datapath.connect(self.xs, self.guest, paths, tap, neg, lock, rate)
         else:
             registry = self.ctx.switches
             assert view.switch is not None
@@ -159,6 +176,7 @@ class BackendVif(Vif):
                                    domid=self.guest, mac=view.mac, trunk=view.trunk,
                                    ips=view.ips, rate=rate)
         self._limited = link
+        self.queues = n
         if not rate.unlimited:
             log.info("%s: rate limit %s on what the guest sends", self.name, rate)
         return link

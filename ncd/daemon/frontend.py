@@ -1,10 +1,12 @@
 """The frontend role (a guest): one TAP (``nc<devid>`` by default) per device.
 
 Discovery (:func:`devices`) watches ``device/ncvif`` under its home; each device
-gets a :class:`FrontendVif` that serves the vchan (grants, publishes ``queue-0``)
-once the backend is in InitWait, as netfront does. In ``ncd driver --uplink-switch
-NAME`` a fronted device is no TAP but a trunk port of switch NAME: its granted vchan
-carries every domain's frames to and from the backend (accounted to the backend).
+gets a :class:`FrontendVif` that serves the vchans (grants, publishes ``queue-0`` ..
+``queue-<N-1>``, N chosen from the backend's ``multi-queue-max-queues``:
+:mod:`ncd.queues`) once the backend is in InitWait, as netfront does. In ``ncd driver
+--uplink-switch NAME`` a fronted device is no TAP but a trunk port of switch NAME (one
+queue): its granted vchan carries every domain's frames to and from the backend
+(accounted to the backend).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ncd import features, layout, parse
+from ncd import features, layout, parse, queues
 from ncd import tap as tapmod
 from ncd.vchan.channel import VchanServer
 from ncd.xenbus import Action, Fail, FailKind, Role
@@ -83,14 +85,39 @@ class FrontendVif(Vif):
     def _setup(self, tap: tapmod.Tap | None) -> Channel:
         neg = features.negotiate_with(self.xs, self.peer_dir, self.features)
         ring = self.ctx.config.channel.ring_bytes
-        path = layout.queue_dir(self.guest, self.devid, 0)
-        if tap is not None:
-            return Datapath.serve(self.xs, self._backend, path, ring, tap, neg)
-        registry, name, view = self.ctx.switches, self.switch, self.view
-        assert registry is not None and name is not None and view is not None
-        vchan = VchanServer.create(self.xs, self._backend, path, ring, ring)
-        return SwitchLink.open(registry, name, vchan, neg, label=self.name,
-                               domid=self._backend, mac=view.mac, trunk=True)
+        if tap is None:  # a switch port: one queue
+            queues.publish_num(self.xs, self.own_dir, 1)
+            path = layout.queue_dir(self.guest, self.devid, 0)
+            registry, name, view = self.ctx.switches, self.switch, self.view
+            assert registry is not None and name is not None and view is not None
+            vchan = VchanServer.create(self.xs, self._backend, path, ring, ring)
+            link = SwitchLink.open(registry, name, vchan, neg, label=self.name,
+                                   domid=self._backend, mac=view.mac, trunk=True)
+            self.queues = 1
+            return link
+        n = self._choose_queues()
+        paths = [layout.queue_dir(self.guest, self.devid, i) for i in range(n)]
+        dp = Datapath.serve(self.xs, self._backend, paths, ring, tap, neg)
+        if dp.short_of is not None:
+            self._plog.warning("%s: %d of %d queues: %s", self.name, len(dp.queues), n,
+                               dp.short_of)
+        try:  # the count of the vchans now published, before we say Connected
+            queues.publish_num(self.xs, self.own_dir, len(dp.queues))
+        except BaseException:
+            dp.close()
+            raise
+        self.queues = len(dp.queues)
+        return dp
+
+    def _choose_queues(self) -> int:
+        """min(our limit, the backend's ``multi-queue-max-queues``, our CPUs); a bad value
+        from the backend means one queue, said once per setup."""
+        raw = queues.read_backend_max(self.xs, self.peer_dir)
+        n, bad = queues.frontend_count(raw, self._queue_limit(), queues.cpus(),
+                                       f"{self.peer_dir}/{queues.KEY_MAX_QUEUES}")
+        if bad:
+            self._plog.warning("%s: %s", self.name, bad)
+        return n
 
     def _read_peer_state(self) -> bytes | None:
         """The backend's state; its directory vanishing while the backend was neither

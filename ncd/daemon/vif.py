@@ -10,8 +10,9 @@ machine, performs the actions it returns, and sets one loop timer at the
 machine's next deadline. Role specifics (which keys, which TAP settings, map or
 grant) live in the subclasses in :mod:`.backend` and :mod:`.frontend`.
 
-Lifecycle: load entries (validated) -> TAP -> publish features -> handshake ->
-Connected (datapath up) ... -> Disconnect / ReleaseDevice. Every acquisition
+Lifecycle: load entries (validated) -> TAP (multi-queue) -> publish features (and the
+queue keys, :mod:`ncd.queues`) -> handshake -> Connected (datapath up: one vchan and
+pump per queue) ... -> Disconnect / ReleaseDevice. Every acquisition
 pushes its undo onto an :class:`~.undo.UndoStack` (mirage-net-xen's Cleanup):
 the channel's (pump reader, datapath) on ``_channel``, closed by Disconnect;
 the device's (TAP, then the channel) on ``_device``, closed by ReleaseDevice or
@@ -132,6 +133,7 @@ class Vif(abc.ABC):
         self.tap: tapmod.Tap | None = None
         self.datapath: Channel | None = None
         self.features = Features.NONE  # what we advertised (and so accept)
+        self.queues = 0  # queues (channels) of the current connection, 0 while down
         self.loaded = False
         self.failures = 0
         self.last_error: str | None = None
@@ -193,6 +195,17 @@ class Vif(abc.ABC):
         """Whether what our TAP is plugged into takes offloaded frames (checksum, GSO)."""
         return True
 
+    def _queue_keys(self) -> dict[str, str]:
+        """Multi-queue keys published with the features (the backend's maximum)."""
+        return {}
+
+    def _queue_limit(self) -> int:
+        """The most queues this end takes: ``[channel] max_queues``; one for a switch
+        port (the switch has one ring per port) or a TAP without ``IFF_MULTI_QUEUE``."""
+        if self.switch is not None or self.tap is None or not self.tap.multi_queue:
+            return 1
+        return self.ctx.config.channel.max_queues
+
     @abc.abstractmethod
     def _observe(self) -> list[Action]:
         """Role-specific checks of our own directory (removed, online, toolstack close)."""
@@ -248,6 +261,7 @@ class Vif(abc.ABC):
             ),
             "failures": self.failures,
             "last_error": self.last_error,
+            "queues": self.queues,
             **self.describe(),
         }
 
@@ -397,8 +411,10 @@ class Vif(abc.ABC):
                 await self._write_state(act.state)
                 if act.state == XenbusState.CONNECTED:
                     self.connected_since = time.time()
+                    many = f", {self.queues} queues" if self.queues > 1 else ""
                     self._plog.info(
-                        "%s: connected (%s <-> dom%d)", self.name, self.ifname, self.peer
+                        "%s: connected (%s <-> dom%d%s)", self.name, self.ifname, self.peer,
+                        many,
                     )
                 elif act.state in (XenbusState.CLOSING, XenbusState.CLOSED):
                     self.connected_since = None
@@ -441,6 +457,7 @@ class Vif(abc.ABC):
 
     def _close_datapath(self, dp: Channel, ended: list[str | None]) -> None:
         self.datapath = None
+        self.queues = 0
         why = ended[0] if ended else None
         self._acc = self._acc.plus(dp.final_counters())
         if why is None:  # an orderly disconnect; a channel that ended on its own is
@@ -487,7 +504,7 @@ class Vif(abc.ABC):
             self.features = usable(OUR_FEATURES, self.tap.accepts_offloads)
         else:
             self.features = SWITCH_PORT_FEATURES
-        keys = advertise(self.features, ETH_MAX)
+        keys = {**advertise(self.features, ETH_MAX), **self._queue_keys()}
         base = self.own_dir
 
         def txn(t: Any) -> None:
@@ -535,8 +552,15 @@ class Vif(abc.ABC):
 def open_persistent_tap(name: str) -> tapmod.Tap:
     """Create (or re-attach to) a persistent TAP: it outlives a crashed daemon with its
     addresses and bridge port, and the restarted daemon picks it up; a clean release
-    removes it."""
-    tap = tapmod.open_tap(name)
+    removes it. It is multi-queue (``IFF_MULTI_QUEUE``), unless it exists without (left
+    by a daemon that made single-queue TAPs: then the vif takes one queue)."""
+    try:
+        tap = tapmod.open_tap(name, multi_queue=True)
+    except tapmod.TapError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        tap = tapmod.open_tap(name)
+        log.info("%s exists without IFF_MULTI_QUEUE: one queue until it is re-created", name)
     try:
         tap.set_persist(True)
     except BaseException:
