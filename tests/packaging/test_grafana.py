@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ncd.metrics import Metrics, VifCounters
+from ncd.metrics import Metrics, QueueCounters, VifCounters
 from ncd.xenbus import XenbusState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,11 @@ MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*\"")
 def exported() -> tuple[set[str], set[str], set[str]]:
     """(sample names, family names, label names) a daemon's registry exports."""
     m = Metrics("backend", "0.0.0")
-    m.add_vif(1, 0, lambda: VifCounters(drops={"bad_record": 1}), lambda: XenbusState.CONNECTED)
+    queues = (QueueCounters(1, 2, 60, 120), QueueCounters(3, 4, 180, 240))  # a two-queue vif
+    m.add_vif(
+        1, 0, lambda: VifCounters(drops={"bad_record": 1}, queues=queues),
+        lambda: XenbusState.CONNECTED,
+    )
     # one in-daemon switch, shaped as SwitchRegistry.snapshot() gives it (_SwitchCollector
     # reads name, forwarded, ports, port_stops); ncd_tracker_entries reads the C tracker
     m.add_switches(lambda: [{"name": "up", "forwarded": {(1, 2): (3, 180)}, "ports": 2,
