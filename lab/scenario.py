@@ -144,15 +144,23 @@ class Lab:
 
     # ------------------------------------------------------------ dom0 + guest
     def check_dom0(self) -> None:
-        r = self.dom0("xl info | grep -E '^(xen_version|total_memory|nr_cpus)'; xl list",
-                      what="xl info")
+        r = self.dom0(
+            "xl info | grep -E '^(xen_version|total_memory|nr_cpus)'; xl list", what="xl info"
+        )
         self.report["xl_info"] = r.out
         # ncd's cffi modules must load Xen's own libraries, not xensim's shims.
-        code = ("import ncd.xen._lib, ncd._hotpath, uvloop, pyroute2, prometheus_client;"
-                "print(open('/proc/self/maps').read())")
+        code = (
+            "import ncd.xen._lib, ncd._hotpath, uvloop, pyroute2, prometheus_client;"
+            "print(open('/proc/self/maps').read())"
+        )
         maps = self.dom0(f"python3 -c {shlex.quote(code)}", what="ncd imports").out
-        libs = sorted({ln.split()[-1] for ln in maps.splitlines()
-                       if "libxen" in ln and ln.split()[-1].startswith("/")})
+        libs = sorted(
+            {
+                ln.split()[-1]
+                for ln in maps.splitlines()
+                if "libxen" in ln and ln.split()[-1].startswith("/")
+            }
+        )
         self.report["dom0_xen_libs"] = libs
         if any("sim" in lib for lib in libs) or not any("libxengnttab" in lib for lib in libs):
             raise LabError(f"ncd did not load Xen's own libraries: {libs}")
@@ -175,13 +183,16 @@ class Lab:
         log(f"guest {GUEST_NAME} (domid {self.domid}) agent up {secs}s after xl create")
         self.report["guest"] = {"domid": self.domid, "agent_secs_after_create": secs}
         if self.domid2 is not None:
-            self.dom0(f"python3 /lab/agent.py guest-wait {self.domid2} 240", 260,
-                      "guest 2 agent")
+            self.dom0(f"python3 /lab/agent.py guest-wait {self.domid2} 240", 260, "guest 2 agent")
             secs2 = round(time.monotonic() - t0, 1)
             log(f"guest {GUEST2_NAME} (domid {self.domid2}) agent up {secs2}s after xl create")
             self.report["guest2"] = {"domid": self.domid2, "agent_secs_after_create": secs2}
-        maps = self.guest("python3 -c \"import ncd.xen._lib, ncd._hotpath;"
-                          "print(open('/proc/self/maps').read())\"", 120, "guest ncd imports").out
+        maps = self.guest(
+            'python3 -c "import ncd.xen._lib, ncd._hotpath;'
+            "print(open('/proc/self/maps').read())\"",
+            120,
+            "guest ncd imports",
+        ).out
         libs = sorted({ln.split()[-1] for ln in maps.splitlines() if "libxen" in ln})
         self.report["guest_xen_libs"] = libs
 
@@ -191,13 +202,13 @@ class Lab:
         d = self.guest_id
         facts: dict[str, Any] = {}
         r = self.guest(f"python3 /lab/xsprobe.py {d}", 120, "xenstore probes")
-        facts["guest_xenstore"] = [json.loads(ln) for ln in r.out.splitlines()
-                                   if ln.startswith("{")]
+        facts["guest_xenstore"] = [
+            json.loads(ln) for ln in r.out.splitlines() if ln.startswith("{")
+        ]
         probes = {
             "dom0: xenstore-ls -p guest home": f"xenstore-ls -p /local/domain/{d} | head -60",
-            "grant device limits (same in guest)":
-                "grep . /sys/module/xen_gntalloc/parameters/* "
-                "/sys/module/xen_gntdev/parameters/*",
+            "grant device limits (same in guest)": "grep . /sys/module/xen_gntalloc/parameters/* "
+            "/sys/module/xen_gntdev/parameters/*",
             "xl info caps": "xl info | grep -iE 'xen_caps|virt_caps|xen_version'",
             "xenstored quotas": "xenstore-control quota 2>&1 || true",
         }
@@ -207,8 +218,9 @@ class Lab:
         self.report["xen_facts"] = facts
 
     # ------------------------------------------------------------ vchan
-    def vchan_transfer(self, *, sender: str, server: str, server_tool: str,
-                       client_tool: str, tag: str, mb: int) -> dict[str, Any]:
+    def vchan_transfer(
+        self, *, sender: str, server: str, server_tool: str, client_tool: str, tag: str, mb: int
+    ) -> dict[str, Any]:
         """``mb`` MB from ``sender`` to the other side; ``server`` owns the vchan."""
         d = self.guest_id
         receiver = "guest" if sender == "dom0" else "dom0"
@@ -219,8 +231,9 @@ class Lab:
         tools = {server: (server_tool, "server"), client: (client_tool, "client")}
         size = mb << 20
         tx, rx = f"/tmp/tx-{tag}", f"/tmp/rx-{tag}"
-        sha_tx = self.run_where(sender, f"head -c {size} /dev/urandom > {tx} && "
-                                        f"sha256sum {tx} | cut -d' ' -f1").out.strip()
+        sha_tx = self.run_where(
+            sender, f"head -c {size} /dev/urandom > {tx} && sha256sum {tx} | cut -d' ' -f1"
+        ).out.strip()
 
         def tool_cmd(where: str) -> str:
             tool, mode = tools[where]
@@ -229,34 +242,51 @@ class Lab:
                 return f"{base} {mode} {peer[where]} {path}"
             return f"{base} {mode} {peer[where]} {path} -"
 
-        timed = ("t0=$(cut -d' ' -f1 /proc/uptime); {cmd}; rc=$?; "
-                 "t1=$(cut -d' ' -f1 /proc/uptime); echo \"secs $t0 $t1\" >&2; ")
+        timed = (
+            "t0=$(cut -d' ' -f1 /proc/uptime); {cmd}; rc=$?; "
+            "t1=$(cut -d' ' -f1 /proc/uptime); echo \"secs $t0 $t1\" >&2; "
+        )
         send_cmd = timed.format(cmd=f"{tool_cmd(sender)} < {tx} > /dev/null") + "exit $rc"
         hold = f"/tmp/hold-{tag}"
-        recv_cmd = (f"rm -f {hold}; mkfifo {hold}; sleep 900 > {hold} 2>/dev/null & h=$!; "
-                    + timed.format(cmd=f"{tool_cmd(receiver)} < {hold} > {rx}")
-                    + f"kill $h 2>/dev/null; rm -f {hold}; "
-                      f"echo $(sha256sum {rx} | cut -d' ' -f1) $(wc -c < {rx}); exit $rc")
+        recv_cmd = (
+            f"rm -f {hold}; mkfifo {hold}; sleep 900 > {hold} 2>/dev/null & h=$!; "
+            + timed.format(cmd=f"{tool_cmd(receiver)} < {hold} > {rx}")
+            + f"kill $h 2>/dev/null; rm -f {hold}; "
+            f"echo $(sha256sum {rx} | cut -d' ' -f1) $(wc -c < {rx}); exit $rc"
+        )
         cmds = {sender: send_cmd, receiver: recv_cmd}
         timeout = 120 + 60 * mb
         ids = {server: self.run_in(server, cmds[server], timeout)}
-        self.dom0(f"i=0; until xenstore-read {path}/event-channel >/dev/null 2>&1; do "
-                  f"i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.1; done",
-                  90, f"vchan server {tag} publishing {path}")
+        self.dom0(
+            f"i=0; until xenstore-read {path}/event-channel >/dev/null 2>&1; do "
+            f"i=$((i+1)); [ $i -gt 600 ] && exit 1; sleep 0.1; done",
+            90,
+            f"vchan server {tag} publishing {path}",
+        )
         ids[client] = self.run_in(client, cmds[client], timeout)
         sender_tool = tools[sender][0]
         if sender_tool == "vsp":
             # vchan-socket-proxy does not close the vchan at the end of its input: wait
             # until everything arrived, then stop it (the receiver then sees the close).
-            self.run_where(receiver, f"i=0; until [ -f {rx} ] && [ $(wc -c < {rx}) -ge {size} ];"
-                                     f" do i=$((i+1)); [ $i -gt {timeout * 5} ] && exit 1; "
-                                     "sleep 0.2; done", timeout + 10)
+            self.run_where(
+                receiver,
+                f"i=0; until [ -f {rx} ] && [ $(wc -c < {rx}) -ge {size} ];"
+                f" do i=$((i+1)); [ $i -gt {timeout * 5} ] && exit 1; "
+                "sleep 0.2; done",
+                timeout + 10,
+            )
             self.run_where(sender, "pkill -f '^vchan-socket-proxy '; true")
         res = {w: self.c.wait(i, cmds[w], timeout + 20) for w, i in ids.items()}
-        rec: dict[str, Any] = {"tag": tag, "sender": sender, "server": server,
-                               "server_tool": server_tool, "client_tool": client_tool,
-                               "bytes": size, "sha256_sent": sha_tx,
-                               "rc": {w: r.rc for w, r in res.items()}}
+        rec: dict[str, Any] = {
+            "tag": tag,
+            "sender": sender,
+            "server": server,
+            "server_tool": server_tool,
+            "client_tool": client_tool,
+            "bytes": size,
+            "sha256_sent": sha_tx,
+            "rc": {w: r.rc for w, r in res.items()},
+        }
         fields = res[receiver].out.split()
         rec["sha256_received"], rec["bytes_received"] = (fields + ["", "0"])[:2]
         for w, r in res.items():
@@ -264,15 +294,16 @@ class Lab:
             if m:
                 rec[f"{w}_secs"] = round(float(m.group(2)) - float(m.group(1)), 2)
         rcs_ok = res[receiver].rc == 0 and (res[sender].rc == 0 or sender_tool == "vsp")
-        ok = (rcs_ok and rec["sha256_received"] == sha_tx
-              and int(rec["bytes_received"]) == size)
+        ok = rcs_ok and rec["sha256_received"] == sha_tx and int(rec["bytes_received"]) == size
         rec["ok"] = ok
         secs = rec.get(f"{client}_secs")
         if secs:
             rec["client_mb_per_s"] = round(mb / secs, 2)
-        log(f"vchan {tag}: {mb} MB {sender}->{receiver}, {server_tool} server in {server}, "
+        log(
+            f"vchan {tag}: {mb} MB {sender}->{receiver}, {server_tool} server in {server}, "
             f"{client_tool} client in {client}: {'OK' if ok else 'FAILED'}, "
-            f"{server} {rec.get(server + '_secs')}s, {client} {secs}s")
+            f"{server} {rec.get(server + '_secs')}s, {client} {secs}s"
+        )
         if not ok:
             rec["stderr"] = {w: r.err[-2000:] for w, r in res.items()}
         self.run_where(sender, f"rm -f {tx}")
@@ -289,34 +320,53 @@ class Lab:
         # mode is slow under TCG.
         big, small = self.mb, max(1, self.mb // 4)
         plan = [
-            ("dom0", "dom0", "ncd", "ncd", big), ("guest", "dom0", "ncd", "ncd", big),
-            ("dom0", "guest", "ncd", "ncd", big), ("guest", "guest", "ncd", "ncd", big),
-            ("dom0", "dom0", "ncd", "vsp", small), ("guest", "dom0", "vsp", "ncd", small),
-            ("dom0", "guest", "vsp", "ncd", small), ("guest", "guest", "ncd", "vsp", small),
+            ("dom0", "dom0", "ncd", "ncd", big),
+            ("guest", "dom0", "ncd", "ncd", big),
+            ("dom0", "guest", "ncd", "ncd", big),
+            ("guest", "guest", "ncd", "ncd", big),
+            ("dom0", "dom0", "ncd", "vsp", small),
+            ("guest", "dom0", "vsp", "ncd", small),
+            ("dom0", "guest", "vsp", "ncd", small),
+            ("guest", "guest", "ncd", "vsp", small),
         ]
         if self.vsp_baseline:
             # vsp <-> vsp: slow (30 s .. >3 min per MB) and flaky under TCG; see docs/lab.md
             plan += [("guest", "dom0", "vsp", "vsp", small), ("dom0", "dom0", "vsp", "vsp", small)]
         results = []
         for i, (sender, server, stool, ctool, mb) in enumerate(plan):
-            results.append(self.vchan_transfer(sender=sender, server=server, server_tool=stool,
-                                               client_tool=ctool, tag=str(i), mb=mb))
+            results.append(
+                self.vchan_transfer(
+                    sender=sender,
+                    server=server,
+                    server_tool=stool,
+                    client_tool=ctool,
+                    tag=str(i),
+                    mb=mb,
+                )
+            )
         self.report["vchan"] = results
         bad = [r for r in results if not r["ok"]]
         if bad:
-            raise LabError(f"{len(bad)} vchan transfer(s) failed: "
-                           + json.dumps(bad, indent=1)[:4000])
+            raise LabError(
+                f"{len(bad)} vchan transfer(s) failed: " + json.dumps(bad, indent=1)[:4000]
+            )
 
     # ------------------------------------------------------------ kernel netback path
     def kernel_path(self) -> None:
         a0, a1, plen = KERNEL_NET
-        self.dom0("modprobe xen-netback && modprobe bridge && "
-                  "(brctl addbr xenbr0 2>/dev/null || true) && "
-                  f"ip addr add {a0}/{plen} dev xenbr0 && ip link set xenbr0 up", 60,
-                  "bridge xenbr0")
+        self.dom0(
+            "modprobe xen-netback && modprobe bridge && "
+            "(brctl addbr xenbr0 2>/dev/null || true) && "
+            f"ip addr add {a0}/{plen} dev xenbr0 && ip link set xenbr0 up",
+            60,
+            "bridge xenbr0",
+        )
         before = set(self.guest("ls /sys/class/net").out.split())
-        self.dom0(f"xl network-attach {GUEST_NAME} bridge=xenbr0 mac={KERNEL_MAC}", 120,
-                  "xl network-attach")
+        self.dom0(
+            f"xl network-attach {GUEST_NAME} bridge=xenbr0 mac={KERNEL_MAC}",
+            120,
+            "xl network-attach",
+        )
         nic = ""
         for _ in range(100):
             now = set(self.guest("ls /sys/class/net").out.split())
@@ -327,16 +377,21 @@ class Lab:
             time.sleep(1)
         if not nic:
             raise LabError("netfront interface did not appear in the guest")
-        self.guest(f"ip addr add {a1}/{plen} dev {nic} && ip link set {nic} up", 60,
-                   "guest netfront address")
+        self.guest(
+            f"ip addr add {a1}/{plen} dev {nic} && ip link set {nic} up",
+            60,
+            "guest netfront address",
+        )
         ping_g = self.dom0(f"ping -c 10 -i 0.2 -W 5 {a1}", 90, "ping dom0->guest (vif)").out
         ping_0 = self.guest(f"ping -c 10 -i 0.2 -W 5 {a0}", 90, "ping guest->dom0 (vif)").out
         self.guest("iperf3 -s -D -p 5201 --logfile /tmp/iperf3-s.log", 60, "iperf3 -s")
         time.sleep(2)
-        up = self.dom0(f"iperf3 -c {a1} -p 5201 -t {IPERF_SECS} -J", 120,
-                       "iperf3 dom0->guest (vif)").out
-        down = self.dom0(f"iperf3 -c {a1} -p 5201 -t {IPERF_SECS} -R -J", 120,
-                         "iperf3 guest->dom0 (vif)").out
+        up = self.dom0(
+            f"iperf3 -c {a1} -p 5201 -t {IPERF_SECS} -J", 120, "iperf3 dom0->guest (vif)"
+        ).out
+        down = self.dom0(
+            f"iperf3 -c {a1} -p 5201 -t {IPERF_SECS} -R -J", 120, "iperf3 guest->dom0 (vif)"
+        ).out
         self.guest("killall iperf3 || true")
         self.report["kernel_path"] = {
             "guest_nic": nic,
@@ -361,50 +416,76 @@ class Lab:
         self.dom0(f"ip addr add {a0}/{plen} dev ncvif{d}.0 && ip link set ncvif{d}.0 up")
         self.guest(f"ip addr add {a1}/{plen} dev nc0 && ip link set nc0 up")
         rep["ping_dom0_to_guest"] = ping_summary(
-            self.dom0(f"ping -c 10 -i 0.2 -W 5 {a1}", 90, "ping dom0->guest (ncd)").out)
+            self.dom0(f"ping -c 10 -i 0.2 -W 5 {a1}", 90, "ping dom0->guest (ncd)").out
+        )
         rep["ping_guest_to_dom0"] = ping_summary(
-            self.guest(f"ping -c 10 -i 0.2 -W 5 {a0}", 90, "ping guest->dom0 (ncd)").out)
+            self.guest(f"ping -c 10 -i 0.2 -W 5 {a0}", 90, "ping guest->dom0 (ncd)").out
+        )
         rep["ping_1472B_dom0_to_guest"] = ping_summary(
-            self.c.run(f"ping -c 5 -i 0.2 -W 5 -s 1472 {a1}", 90).out)
+            self.c.run(f"ping -c 5 -i 0.2 -W 5 -s 1472 {a1}", 90).out
+        )
         rep["tcp"] = [self.tcp_transfer("dom0", a0), self.tcp_transfer("guest", a1)]
         self.guest("iperf3 -s -D -p 5202 --logfile /tmp/iperf3-ncd.log", 60, "iperf3 -s")
         time.sleep(2)
-        rep["iperf3_dom0_to_guest_mbit"] = iperf_mbit(self.c.run(
-            f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -J", 120).out)
-        rep["iperf3_guest_to_dom0_mbit"] = iperf_mbit(self.c.run(
-            f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -R -J", 120).out)
+        rep["iperf3_dom0_to_guest_mbit"] = iperf_mbit(
+            self.c.run(f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -J", 120).out
+        )
+        rep["iperf3_guest_to_dom0_mbit"] = iperf_mbit(
+            self.c.run(f"iperf3 -c {a1} -p 5202 -t {IPERF_SECS} -R -J", 120).out
+        )
         self.guest("killall iperf3 || true")
         rep["ncctl_list"] = self.dom0("ncctl list", 60, "ncctl list").out
         rep["ncctl_stats"] = self.c.run("ncctl stats", 60).out
-        metrics = self.dom0("python3 -c \"import urllib.request;print(urllib.request.urlopen("
-                            "'http://127.0.0.1:9477/metrics', timeout=10).read().decode())\"",
-                            60, "metrics").out
-        rep["metrics"] = [ln for ln in metrics.splitlines()
-                          if ln.startswith("ncd_") and not ln.startswith("ncd_build")][:60]
+        metrics = self.dom0(
+            'python3 -c "import urllib.request;print(urllib.request.urlopen('
+            "'http://127.0.0.1:9477/metrics', timeout=10).read().decode())\"",
+            60,
+            "metrics",
+        ).out
+        rep["metrics"] = [
+            ln
+            for ln in metrics.splitlines()
+            if ln.startswith("ncd_") and not ln.startswith("ncd_build")
+        ][:60]
         bad_tcp = [t for t in rep["tcp"] if not t["ok"]]
         if bad_tcp:
-            raise LabError(f"TCP over ncd failed: {bad_tcp}\nstats: {rep['ncctl_stats']}\n"
-                           + "\n".join(rep["metrics"]))
+            raise LabError(
+                f"TCP over ncd failed: {bad_tcp}\nstats: {rep['ncctl_stats']}\n"
+                + "\n".join(rep["metrics"])
+            )
         self.detach(d, 0)
-        self.dom0(f"i=0; while ip link show ncvif{d}.0 >/dev/null 2>&1; do i=$((i+1)); "
-                  "[ $i -gt 100 ] && exit 1; sleep 0.2; done", 60, "TAP gone after detach")
+        self.dom0(
+            f"i=0; while ip link show ncvif{d}.0 >/dev/null 2>&1; do i=$((i+1)); "
+            "[ $i -gt 100 ] && exit 1; sleep 0.2; done",
+            60,
+            "TAP gone after detach",
+        )
         # re-attached the way an xl user types it: the guest by name, an xl vifspec
         k0, _, kplen = KERNEL_NET
-        self.dom0(f"(brctl addbr xenbr0 2>/dev/null || true) && "
-                  f"ip addr replace {k0}/{kplen} dev xenbr0 && ip link set xenbr0 up", 60,
-                  "bridge xenbr0")
-        self.dom0(f"ncctl attach {GUEST_NAME} "
-                  f"'mac={NCD_MAC},bridge=xenbr0,rate=100Mb/s'", 60, "ncctl re-attach (xl vifspec)")
+        self.dom0(
+            f"(brctl addbr xenbr0 2>/dev/null || true) && "
+            f"ip addr replace {k0}/{kplen} dev xenbr0 && ip link set xenbr0 up",
+            60,
+            "bridge xenbr0",
+        )
+        self.dom0(
+            f"ncctl attach {GUEST_NAME} 'mac={NCD_MAC},bridge=xenbr0,rate=100Mb/s'",
+            60,
+            "ncctl re-attach (xl vifspec)",
+        )
         self.vifs.add((0, d, 0))
         self.wait_vif(f"ncvif{d}.0", "nc0")
         rep["reattach_rate_key"] = self.dom0(
-            f"xenstore-read /local/domain/0/backend/ncvif/{d}/0/rate", 30, "rate key").out.strip()
+            f"xenstore-read /local/domain/0/backend/ncvif/{d}/0/rate", 30, "rate key"
+        ).out.strip()
         if rep["reattach_rate_key"] != "625000,50000":
             raise LabError(f"rate=100Mb/s wrote rate={rep['reattach_rate_key']!r}")
-        self.guest(f"ip addr add 198.18.1.3/{kplen} dev nc0", 60,
-                   "guest address in xenbr0's subnet")
+        self.guest(
+            f"ip addr add 198.18.1.3/{kplen} dev nc0", 60, "guest address in xenbr0's subnet"
+        )
         rep["ping_reattached_guest_to_xenbr0"] = ping_summary(
-            self.guest(f"ping -c 5 -i 0.2 -W 5 {k0}", 90, "ping guest->xenbr0 (xl vifspec)").out)
+            self.guest(f"ping -c 5 -i 0.2 -W 5 {k0}", 90, "ping guest->xenbr0 (xl vifspec)").out
+        )
         self.guest(f"ip addr del 198.18.1.3/{kplen} dev nc0 || true")
         rep["reattached"] = True
         log(f"ncd daemon path: {rep}")
@@ -419,21 +500,30 @@ class Lab:
         if cur:
             self.stop_daemon(dom)
         log_file = f"/var/log/ncd-{role}.log"
-        r = self.on(dom, f"setsid ncd {role} {args} > {log_file} 2>&1 < /dev/null & "
-                         "echo $!", 30, f"start ncd {role} in domain {dom}")
+        r = self.on(
+            dom,
+            f"setsid ncd {role} {args} > {log_file} 2>&1 < /dev/null & echo $!",
+            30,
+            f"start ncd {role} in domain {dom}",
+        )
         self.daemons[dom] = (role, int(r.out.split()[-1]))
 
     def stop_daemon(self, dom: int) -> None:
         """SIGTERM the daemon in ``dom`` and wait until it exited. A guest's PID 1 is the
         agent, which does not reap orphans: an exited daemon stays a zombie (state Z)."""
         role, pid = self.daemons.pop(dom)
-        self.on(dom, f"kill {pid}; i=0; while [ -e /proc/{pid} ] && "
-                     f"[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -c1)\" != Z ]; "
-                     "do i=$((i+1)); [ $i -gt 150 ] && exit 1; sleep 0.2; done", 60,
-                f"ncd {role} in domain {dom} exits on SIGTERM")
+        self.on(
+            dom,
+            f"kill {pid}; i=0; while [ -e /proc/{pid} ] && "
+            f"[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -c1)\" != Z ]; "
+            "do i=$((i+1)); [ $i -gt 150 ] && exit 1; sleep 0.2; done",
+            60,
+            f"ncd {role} in domain {dom} exits on SIGTERM",
+        )
 
-    def attach(self, fe: int, devid: int, opts: str, backend: int = 0,
-               what: str = "ncctl attach") -> None:
+    def attach(
+        self, fe: int, devid: int, opts: str, backend: int = 0, what: str = "ncctl attach"
+    ) -> None:
         be = f" --backend {backend}" if backend else ""
         self.dom0(f"ncctl attach {fe} --devid {devid} {opts}{be}", 60, what)
         self.vifs.add((backend, fe, devid))
@@ -448,8 +538,7 @@ class Lab:
         deadline = time.monotonic() + timeout
         missing = links
         while time.monotonic() < deadline:
-            missing = [(d, n) for d, n in links
-                       if not self.try_on(d, f"ip link show {n}", 30).ok]
+            missing = [(d, n) for d, n in links if not self.try_on(d, f"ip link show {n}", 30).ok]
             if not missing:
                 return
             time.sleep(2)
@@ -495,8 +584,10 @@ class Lab:
             raise LabError(f"a switch port got a TAP in dom0: ncvif{g1}.1")
         rep["ping_1_to_2"] = self.ping(g1, a2)
         rep["ping_2_to_1"] = self.ping(g2, a1)
-        rep["tcp"] = [self.tcp_between(g1, g2, a2, self.fwd_mb, 5310),
-                      self.tcp_between(g2, g1, a1, self.fwd_mb, 5311)]
+        rep["tcp"] = [
+            self.tcp_between(g1, g2, a2, self.fwd_mb, 5310),
+            self.tcp_between(g2, g1, a1, self.fwd_mb, 5311),
+        ]
         rep["ncctl_stats"] = self.try_on(0, "ncctl stats").out[-3000:]
         ok = fwd_ok([rep["ping_1_to_2"], rep["ping_2_to_1"]], rep["tcp"])
         self.detach(g1, 1)
@@ -515,19 +606,25 @@ class Lab:
                 self.detach(fe, devid, be)
         self.ensure_daemon(g1, "driver", "--uplink-switch up")
         self.ensure_daemon(g2, "frontend")
-        self.dom0(f"(brctl addbr {HOP_BRIDGE} 2>/dev/null || true) && "
-                  f"ip addr add {a0}/{plen} dev {HOP_BRIDGE} && ip link set {HOP_BRIDGE} up",
-                  60, f"bridge {HOP_BRIDGE}")
+        self.dom0(
+            f"(brctl addbr {HOP_BRIDGE} 2>/dev/null || true) && "
+            f"ip addr add {a0}/{plen} dev {HOP_BRIDGE} && ip link set {HOP_BRIDGE} up",
+            60,
+            f"bridge {HOP_BRIDGE}",
+        )
         self.attach(g1, 2, f"--mac {HOP_MACS[0]} --bridge {HOP_BRIDGE} --trunk")
         self.attach(g2, 1, f"--mac {HOP_MACS[1]} --switch up", backend=g1)
         rep["xenstore_backend_perms"] = self.try_on(
-            0, f"xenstore-ls -p /local/domain/{g1}/backend 2>&1 | head -40").out
+            0, f"xenstore-ls -p /local/domain/{g1}/backend 2>&1 | head -40"
+        ).out
         self.wait_links([(0, f"ncvif{g1}.2"), (g2, "nc1")])
         self.on(g2, f"ip addr add {a2}/{plen} dev nc1 && ip link set nc1 up")
         rep["ping_2_to_dom0"] = self.ping(g2, a0)
         rep["ping_dom0_to_2"] = self.ping(0, a2)
-        rep["tcp"] = [self.tcp_between(g2, 0, a0, self.fwd_mb, 5320),
-                      self.tcp_between(0, g2, a2, self.fwd_mb, 5321)]
+        rep["tcp"] = [
+            self.tcp_between(g2, 0, a0, self.fwd_mb, 5320),
+            self.tcp_between(0, g2, a2, self.fwd_mb, 5321),
+        ]
         rep["ncctl_list_dom0"] = self.try_on(0, "ncctl list").out
         rep["ncctl_list_driver"] = self.try_on(g1, "ncctl list 2>&1").out[-3000:]
         rep["ncctl_stats_driver"] = self.try_on(g1, "ncctl stats 2>&1").out[-3000:]
@@ -542,8 +639,9 @@ class Lab:
         self.on(src, f"head -c {size} /dev/urandom > /tmp/tcp-tx-{port}", 120)
         rid = self.submit_on(dst, f"python3 /lab/tcpxfer.py recv {port}", 300)
         time.sleep(4)
-        send = self.try_on(src, f"python3 /lab/tcpxfer.py send {addr} {port} "
-                                f"/tmp/tcp-tx-{port}", 280)
+        send = self.try_on(
+            src, f"python3 /lab/tcpxfer.py send {addr} {port} /tmp/tcp-tx-{port}", 280
+        )
         got = self.c.wait(rid, "tcpxfer recv", 320)
         self.try_on(src, f"rm -f /tmp/tcp-tx-{port}")
         rec = tcp_record(src, dst, size, send.ok, send.out, got.ok, got.out)
@@ -569,16 +667,25 @@ class Lab:
         self.run_where(sender, f"head -c {size} /dev/urandom > /tmp/tcp-tx")
         rid = self.run_in(receiver, f"python3 /lab/tcpxfer.py recv {port}", 300)
         time.sleep(4)
-        send = self.c.run(self.c.guest_cmd(self.guest_id, f"python3 /lab/tcpxfer.py send "
-                                           f"{addr} {port} /tmp/tcp-tx", 280)
-                          if sender == "guest" else
-                          f"python3 /lab/tcpxfer.py send {addr} {port} /tmp/tcp-tx", 300)
+        send = self.c.run(
+            self.c.guest_cmd(
+                self.guest_id, f"python3 /lab/tcpxfer.py send {addr} {port} /tmp/tcp-tx", 280
+            )
+            if sender == "guest"
+            else f"python3 /lab/tcpxfer.py send {addr} {port} /tmp/tcp-tx",
+            300,
+        )
         got = self.c.wait(rid, "tcpxfer recv", 320)
         tx = (send.out.split() + ["", "0", "0"])[:3]
         rx = (got.out.split() + ["", "0", "0"])[:3]
-        rec = {"from": sender, "to": receiver, "bytes": size, "bytes_received": int(rx[1]),
-               "ok": send.ok and got.ok and rx[0] == tx[0] and int(rx[1]) == size,
-               "secs": float(rx[2])}
+        rec = {
+            "from": sender,
+            "to": receiver,
+            "bytes": size,
+            "bytes_received": int(rx[1]),
+            "ok": send.ok and got.ok and rx[0] == tx[0] and int(rx[1]) == size,
+            "secs": float(rx[2]),
+        }
         if rec["ok"] and rec["secs"]:
             rec["mbit"] = round(size * 8 / rec["secs"] / 1e6, 1)
         else:
@@ -596,10 +703,13 @@ class Lab:
         self.dom0(f"xl destroy {GUEST_NAME}", 120, "xl destroy")
         if expect_backend_cleanup:
             # every TAP of this guest (ncvif<d>.<devid>) and its backend entries must go
-            self.dom0(f"i=0; while ls /sys/class/net | grep -q '^ncvif{d}[.]' || "
-                      f"xenstore-read /local/domain/0/backend/ncvif/{d} >/dev/null 2>&1; do "
-                      "i=$((i+1)); [ $i -gt 150 ] && exit 1; sleep 0.2; done", 60,
-                      "backend cleanup after xl destroy")
+            self.dom0(
+                f"i=0; while ls /sys/class/net | grep -q '^ncvif{d}[.]' || "
+                f"xenstore-read /local/domain/0/backend/ncvif/{d} >/dev/null 2>&1; do "
+                "i=$((i+1)); [ $i -gt 150 ] && exit 1; sleep 0.2; done",
+                60,
+                "backend cleanup after xl destroy",
+            )
         self.domid = None
 
     def driver_release(self, drv: int, gone: int, devid: int, secs: int = 30) -> dict[str, Any]:
@@ -614,16 +724,24 @@ class Lab:
         self.vifs = {v for v in self.vifs if v[1] != gone}
         t0 = time.monotonic()
         entry = f"/local/domain/{drv}/backend/ncvif/{gone}/{devid}"
-        r = self.c.run(f"i=0; while xenstore-read {entry} >/dev/null 2>&1; do "
-                       f"i=$((i+1)); [ $i -gt {secs * 5} ] && exit 1; sleep 0.2; done", secs + 30)
+        r = self.c.run(
+            f"i=0; while xenstore-read {entry} >/dev/null 2>&1; do "
+            f"i=$((i+1)); [ $i -gt {secs * 5} ] && exit 1; sleep 0.2; done",
+            secs + 30,
+        )
         pid = self.daemons[drv][1]
-        alive = self.try_on(drv, f"[ -e /proc/{pid} ] && "
-                                 f"[ \"$(sed 's/.*) //' /proc/{pid}/stat | cut -c1)\" != Z ]")
+        alive = self.try_on(
+            drv, f"[ -e /proc/{pid} ] && [ \"$(sed 's/.*) //' /proc/{pid}/stat | cut -c1)\" != Z ]"
+        )
         clean = self.try_on(drv, "! grep -q Traceback /var/log/ncd-driver.log")
-        rec = {"ok": r.ok and alive.ok and clean.ok, "backend_entries_removed": r.ok,
-               "daemon_running": alive.ok, "log_without_traceback": clean.ok,
-               "secs": round(time.monotonic() - t0, 1),
-               "driver_log": self.try_on(drv, "tail -n 25 /var/log/ncd-driver.log").out}
+        rec = {
+            "ok": r.ok and alive.ok and clean.ok,
+            "backend_entries_removed": r.ok,
+            "daemon_running": alive.ok,
+            "log_without_traceback": clean.ok,
+            "secs": round(time.monotonic() - t0, 1),
+            "driver_log": self.try_on(drv, "tail -n 25 /var/log/ncd-driver.log").out,
+        }
         log(f"driver domain {drv} after xl destroy of domain {gone}: {rec}")
         return rec
 
@@ -648,9 +766,11 @@ class Lab:
         for tag, dom in (("guest", self.domid), ("guest2", self.domid2)):
             if dom is None:
                 continue
-            for name, cmd in {f"{tag}-ncd-frontend.txt": "cat /var/log/ncd-frontend.log",
-                              f"{tag}-ncd-driver.txt": "cat /var/log/ncd-driver.log",
-                              f"{tag}-dmesg.txt": "dmesg | tail -n 300"}.items():
+            for name, cmd in {
+                f"{tag}-ncd-frontend.txt": "cat /var/log/ncd-frontend.log",
+                f"{tag}-ncd-driver.txt": "cat /var/log/ncd-driver.log",
+                f"{tag}-dmesg.txt": "dmesg | tail -n 300",
+            }.items():
                 r = self.c.guest(dom, cmd, 60)
                 (dest / name).write_text(r.out + r.err)
 
@@ -676,8 +796,9 @@ def iperf_mbit(out: str) -> float | None:
         return None
 
 
-def tcp_record(src: int, dst: int, size: int, send_ok: bool, send_out: str,
-               recv_ok: bool, recv_out: str) -> dict[str, Any]:
+def tcp_record(
+    src: int, dst: int, size: int, send_ok: bool, send_out: str, recv_ok: bool, recv_out: str
+) -> dict[str, Any]:
     """One TCP transfer's result from tcpxfer's ``SHA256 BYTES SECS`` lines."""
     tx = (send_out.split() + ["", "0", "0"])[:3]
     rx = (recv_out.split() + ["", "0", "0"])[:3]
@@ -685,10 +806,14 @@ def tcp_record(src: int, dst: int, size: int, send_ok: bool, send_out: str,
         got, secs = int(rx[1]), float(rx[2])
     except ValueError:
         got, secs = 0, 0.0
-    rec: dict[str, Any] = {"from": src, "to": dst, "bytes": size, "bytes_received": got,
-                           "ok": bool(send_ok and recv_ok and rx[0] and rx[0] == tx[0]
-                                      and got == size),
-                           "secs": secs}
+    rec: dict[str, Any] = {
+        "from": src,
+        "to": dst,
+        "bytes": size,
+        "bytes_received": got,
+        "ok": bool(send_ok and recv_ok and rx[0] and rx[0] == tx[0] and got == size),
+        "secs": secs,
+    }
     if rec["ok"] and secs:
         rec["mbit"] = round(size * 8 / secs / 1e6, 1)
     return rec
@@ -697,30 +822,49 @@ def tcp_record(src: int, dst: int, size: int, send_ok: bool, send_out: str,
 def fwd_ok(pings: list[dict[str, float]], tcps: list[dict[str, Any]]) -> bool:
     """A forwarding scenario passes when every ping got an answer and every transfer
     arrived whole with the sender's sha256 (a lost first echo while ARP resolves is fine)."""
-    return (bool(pings) and all(p.get("received", 0) >= 1 for p in pings)
-            and bool(tcps) and all(t.get("ok") for t in tcps))
+    return (
+        bool(pings)
+        and all(p.get("received", 0) >= 1 for p in pings)
+        and bool(tcps)
+        and all(t.get("ok") for t in tcps)
+    )
 
 
-def scenario_line(name: str, ok: bool, secs: float, details: dict[str, Any],
-                  error: str = "") -> str:
+def scenario_line(
+    name: str, ok: bool, secs: float, details: dict[str, Any], error: str = ""
+) -> str:
     """``lab: scenario NAME: OK|FAILED (Ns) ping ... tcp ...`` (one line)."""
     parts = [f"lab: scenario {name}: {'OK' if ok else 'FAILED'} ({secs:g}s)"]
     for key, val in details.items():
         if key.startswith("ping") and isinstance(val, dict):
-            parts.append(f"{key} {val.get('received', 0):g}/{val.get('sent', 0):g}"
-                         + (f" avg {val['avg_ms']:g}ms" if "avg_ms" in val else ""))
+            parts.append(
+                f"{key} {val.get('received', 0):g}/{val.get('sent', 0):g}"
+                + (f" avg {val['avg_ms']:g}ms" if "avg_ms" in val else "")
+            )
     for t in details.get("tcp", []):
-        state = f"{t.get('mbit', '?')} Mbit/s" if t.get("ok") else \
-            f"FAILED {t.get('bytes_received', 0)}/{t.get('bytes', 0)} B"
-        parts.append(f"tcp {t.get('from')}->{t.get('to')} {t.get('bytes', 0) >> 20} MB "
-                     f"sha256 {state}")
+        state = (
+            f"{t.get('mbit', '?')} Mbit/s"
+            if t.get("ok")
+            else f"FAILED {t.get('bytes_received', 0)}/{t.get('bytes', 0)} B"
+        )
+        parts.append(
+            f"tcp {t.get('from')}->{t.get('to')} {t.get('bytes', 0) >> 20} MB sha256 {state}"
+        )
     rel = details.get("driver_release")
     if rel:
-        missed = [what for key, what in (("backend_entries_removed", "entries kept"),
-                                         ("daemon_running", "daemon stopped"),
-                                         ("log_without_traceback", "traceback")) if not rel[key]]
-        parts.append(f"driver release {'FAILED (' + ', '.join(missed) + ')' if missed else 'OK'}"
-                     f" {rel['secs']:g}s after xl destroy")
+        missed = [
+            what
+            for key, what in (
+                ("backend_entries_removed", "entries kept"),
+                ("daemon_running", "daemon stopped"),
+                ("log_without_traceback", "traceback"),
+            )
+            if not rel[key]
+        ]
+        parts.append(
+            f"driver release {'FAILED (' + ', '.join(missed) + ')' if missed else 'OK'}"
+            f" {rel['secs']:g}s after xl destroy"
+        )
     if error:
         parts.append("error: " + " ".join(error.split())[:300])
     return ", ".join(parts)

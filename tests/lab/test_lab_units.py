@@ -24,9 +24,16 @@ def test_request_and_result_frames_roundtrip():
     assert agent.parse_frame(f"{agent.MARK} HELLO") == ("HELLO", None)
 
 
-@pytest.mark.parametrize("line", ["", "plain kernel line", f"{agent.MARK} R !!notbase64",
-                                  f"{agent.MARK} R " + "aGVsbG8=",  # not a JSON object
-                                  f"{agent.MARK} X abc"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "plain kernel line",
+        f"{agent.MARK} R !!notbase64",
+        f"{agent.MARK} R " + "aGVsbG8=",  # not a JSON object
+        f"{agent.MARK} X abc",
+    ],
+)
 def test_parse_frame_ignores_noise(line):
     assert agent.parse_frame(line) is None
 
@@ -100,10 +107,17 @@ def test_qemu_command_line(tmp_path):
 
 
 def test_ping_and_iperf_parsers():
-    out = ("10 packets transmitted, 10 packets received, 0% packet loss\n"
-           "round-trip min/avg/max = 4.512/15.020/40.100 ms\n")
-    assert scenario.ping_summary(out) == {"sent": 10, "received": 10, "min_ms": 4.512,
-                                          "avg_ms": 15.02, "max_ms": 40.1}
+    out = (
+        "10 packets transmitted, 10 packets received, 0% packet loss\n"
+        "round-trip min/avg/max = 4.512/15.020/40.100 ms\n"
+    )
+    assert scenario.ping_summary(out) == {
+        "sent": 10,
+        "received": 10,
+        "min_ms": 4.512,
+        "avg_ms": 15.02,
+        "max_ms": 40.1,
+    }
     js = '{"end": {"sum_received": {"bits_per_second": 123456789.0}}}'
     assert scenario.iperf_mbit(js) == 123.5
     assert scenario.iperf_mbit("iperf3: error") is None
@@ -119,8 +133,11 @@ def test_source_files_are_the_projects(tmp_path):
 
 def test_tcp_record_from_tcpxfer_lines():
     ok = scenario.tcp_record(1, 2, 4 << 20, True, "abc 4194304 2.0\n", True, "abc 4194304 2.1\n")
-    assert ok["ok"] and ok["bytes_received"] == 4 << 20 and ok["mbit"] == round(
-        (4 << 20) * 8 / 2.1 / 1e6, 1)
+    assert (
+        ok["ok"]
+        and ok["bytes_received"] == 4 << 20
+        and ok["mbit"] == round((4 << 20) * 8 / 2.1 / 1e6, 1)
+    )
     short = scenario.tcp_record(1, 2, 4 << 20, True, "abc 4194304 2.0", True, "abd 4096 1.0")
     assert not short["ok"] and short["bytes_received"] == 4096 and "mbit" not in short
     # a receiver that printed nothing (timed out) or garbage
@@ -142,21 +159,33 @@ def test_fwd_ok_needs_every_ping_answered_and_every_transfer_whole():
 
 
 def test_scenario_line():
-    details = {"ping_1_to_2": {"sent": 5.0, "received": 5.0, "avg_ms": 21.5},
-               "ping_2_to_1": {"sent": 5.0, "received": 4.0},
-               "tcp": [{"from": 1, "to": 2, "bytes": 4 << 20, "ok": True, "mbit": 17.2},
-                       {"from": 2, "to": 1, "bytes": 4 << 20, "ok": False,
-                        "bytes_received": 4096}],
-               "ncctl_list": "ignored"}
+    details = {
+        "ping_1_to_2": {"sent": 5.0, "received": 5.0, "avg_ms": 21.5},
+        "ping_2_to_1": {"sent": 5.0, "received": 4.0},
+        "tcp": [
+            {"from": 1, "to": 2, "bytes": 4 << 20, "ok": True, "mbit": 17.2},
+            {"from": 2, "to": 1, "bytes": 4 << 20, "ok": False, "bytes_received": 4096},
+        ],
+        "ncctl_list": "ignored",
+    }
     line = scenario.scenario_line("switch", False, 61.25, details)
-    assert line == ("lab: scenario switch: FAILED (61.25s), ping_1_to_2 5/5 avg 21.5ms, "
-                    "ping_2_to_1 4/5, tcp 1->2 4 MB sha256 17.2 Mbit/s, "
-                    "tcp 2->1 4 MB sha256 FAILED 4096/4194304 B")
-    rel = {"ok": False, "backend_entries_removed": True, "daemon_running": False,
-           "log_without_traceback": False, "secs": 30.5}
+    assert line == (
+        "lab: scenario switch: FAILED (61.25s), ping_1_to_2 5/5 avg 21.5ms, "
+        "ping_2_to_1 4/5, tcp 1->2 4 MB sha256 17.2 Mbit/s, "
+        "tcp 2->1 4 MB sha256 FAILED 4096/4194304 B"
+    )
+    rel = {
+        "ok": False,
+        "backend_entries_removed": True,
+        "daemon_running": False,
+        "log_without_traceback": False,
+        "secs": 30.5,
+    }
     line = scenario.scenario_line("driver-hop", False, 40, {"driver_release": rel})
-    assert line == ("lab: scenario driver-hop: FAILED (40s), driver release FAILED "
-                    "(daemon stopped, traceback) 30.5s after xl destroy")
+    assert line == (
+        "lab: scenario driver-hop: FAILED (40s), driver release FAILED "
+        "(daemon stopped, traceback) 30.5s after xl destroy"
+    )
     rel.update(ok=True, daemon_running=True, log_without_traceback=True, secs=1.2)
     line = scenario.scenario_line("driver-hop", True, 40, {"driver_release": rel})
     assert line.endswith(": OK (40s), driver release OK 1.2s after xl destroy")

@@ -17,19 +17,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(os.environ.get("NCD_LAB") != "1",
-                                reason="real-Xen lab: set NCD_LAB=1 to run it (10-20 min)")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("NCD_LAB") != "1", reason="real-Xen lab: set NCD_LAB=1 to run it (10-20 min)"
+)
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lab")
-    steps = os.environ.get("NCD_LAB_STEPS",
-                           "vchan,facts,kernel,daemon,switch,driver-hop")
-    cmd = [str(REPO / "lab" / "run"), "--workdir", str(workdir), "--steps", steps,
-           "--mb", os.environ.get("NCD_LAB_MB", "4")]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHON": sys.executable},
-                          timeout=1500)
+    steps = os.environ.get("NCD_LAB_STEPS", "vchan,facts,kernel,daemon,switch,driver-hop")
+    cmd = [
+        str(REPO / "lab" / "run"),
+        "--workdir",
+        str(workdir),
+        "--steps",
+        steps,
+        "--mb",
+        os.environ.get("NCD_LAB_MB", "4"),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, timeout=1500)
     path = workdir / "report.json"
     assert path.exists(), f"lab wrote no report (exit {proc.returncode})"
     rep = json.loads(path.read_text())
