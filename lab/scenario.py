@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import profile
 from lab.console import Console, LabError, Result
 from lab.images import Images
 from lab.qemu import Qemu, QemuConfig
@@ -42,12 +43,54 @@ KERNEL_MAC = "00:16:3e:5e:00:01"
 IPERF_SECS = 5
 # forwarding scenarios: guest1 <-> guest2 on dom0's switch sw0; dom0 bridge <- guest1's
 # `ncd driver` (switch "up") <- guest2
-SWITCH_NET = ("198.18.3.1", "198.18.3.2", 24)
-SWITCH_MACS = ("00:16:3e:5e:01:01", "00:16:3e:5e:01:02")
+
+
+@dataclass(frozen=True)
+class SwitchPlan:
+    """One of dom0's switches in the switch scenario: guest 1's and guest 2's devid,
+    addresses (guest 1, guest 2, prefix) and MACs on it."""
+
+    name: str
+    copy: str  # its forward_copy
+    devids: tuple[int, int]
+    net: tuple[str, str, int]
+    macs: tuple[str, str]
+
+
+SWITCHES = (
+    SwitchPlan(
+        "sw0",
+        "memcpy",
+        (1, 0),
+        ("198.18.3.1", "198.18.3.2", 24),
+        ("00:16:3e:5e:01:01", "00:16:3e:5e:01:02"),
+    ),
+    SwitchPlan(
+        "swg",
+        "grant",
+        (4, 2),
+        ("198.18.6.1", "198.18.6.2", 24),
+        ("00:16:3e:5e:03:01", "00:16:3e:5e:03:02"),
+    ),
+)
+# appended to dom0's /etc/ncd/ncd.toml (the package's, every default) before any daemon
+# starts: both switches declared with their copy mode, whatever the default is
+DOM0_CONFIG = "".join(
+    f'\n[switch.{sw.name}]  # the switch scenario\nforward_copy = "{sw.copy}"\n' for sw in SWITCHES
+)
+FWD_IPERF_PORT = 5312
+FWD_IPERF_SECS = 4
 HOP_NET = ("198.18.4.1", "198.18.4.3", 24)  # dom0's bridge ncbr0, guest 2
 HOP_BRIDGE = "ncbr0"
 HOP_MACS = ("00:16:3e:5e:02:01", "00:16:3e:5e:02:02")
 FWD_PING_COUNT = 5
+# the profile step (opt-in): guest 1's ncd vif in xenbr0 beside the kernel path's addresses
+PROFILE_DEVID = 5
+PROFILE_MAC = "00:16:3e:5e:00:05"
+PROFILE_ADDR = "198.18.1.5"
+PROFILE_PORT = 5205
+PROFILE_SECS = 10  # iperf3 run
+PROFILE_WINDOW = (3.0, 5.0)  # seconds into the run, seconds long
 
 
 def log(msg: str) -> None:
@@ -68,6 +111,7 @@ class Lab:
     domid2: int | None = None
     two_guests: bool = False
     fwd_mb: int = 4
+    profile_rings: tuple[int, ...] = (131072, 1048576)  # ring_bytes the profile step tries
     # daemons running: domid -> (role, pid); vifs attached: (backend, frontend, devid)
     daemons: dict[int, tuple[str, int]] = field(default_factory=dict)
     vifs: set[tuple[int, int, int]] = field(default_factory=set)
@@ -148,6 +192,7 @@ class Lab:
             "xl info | grep -E '^(xen_version|total_memory|nr_cpus)'; xl list", what="xl info"
         )
         self.report["xl_info"] = r.out
+        self.dom0(f"printf %s {shlex.quote(DOM0_CONFIG)} >> /etc/ncd/ncd.toml", 30, "dom0 ncd.toml")
         # ncd's cffi modules must load Xen's own libraries, not xensim's shims.
         code = (
             "import ncd.xen._lib, ncd._hotpath, uvloop, pyroute2, prometheus_client;"
@@ -352,12 +397,15 @@ class Lab:
             )
 
     # ------------------------------------------------------------ kernel netback path
-    def kernel_path(self) -> None:
+    def netfront_up(self) -> str:
+        """Bridge ``xenbr0`` (``KERNEL_NET``'s dom0 address) and a kernel vif for guest 1
+        (``xl network-attach``, stock hotplug script); returns the guest's netfront NIC,
+        addressed and up."""
         a0, a1, plen = KERNEL_NET
         self.dom0(
             "modprobe xen-netback && modprobe bridge && "
             "(brctl addbr xenbr0 2>/dev/null || true) && "
-            f"ip addr add {a0}/{plen} dev xenbr0 && ip link set xenbr0 up",
+            f"ip addr replace {a0}/{plen} dev xenbr0 && ip link set xenbr0 up",
             60,
             "bridge xenbr0",
         )
@@ -382,6 +430,11 @@ class Lab:
             60,
             "guest netfront address",
         )
+        return nic
+
+    def kernel_path(self) -> None:
+        a0, a1, plen = KERNEL_NET
+        nic = self.netfront_up()
         ping_g = self.dom0(f"ping -c 10 -i 0.2 -W 5 {a1}", 90, "ping dom0->guest (vif)").out
         ping_0 = self.guest(f"ping -c 10 -i 0.2 -W 5 {a0}", 90, "ping guest->dom0 (vif)").out
         self.guest("iperf3 -s -D -p 5201 --logfile /tmp/iperf3-s.log", 60, "iperf3 -s")
@@ -402,6 +455,95 @@ class Lab:
         }
         log(f"kernel path: {self.report['kernel_path']}")
         self.dom0(f"xl network-detach {GUEST_NAME} 0", 120, "xl network-detach")
+
+    # ------------------------------------------------------------ profile (opt-in step)
+    def profile_path(self) -> None:
+        """dom0 <-> guest 1 with iperf3 each way through kernel netback, then through ncd
+        at each ring size in ``profile_rings`` (the guest's frontend restarted with
+        ``--ring-bytes``), both paths through bridge ``xenbr0`` with the same addresses;
+        per run a CPU/thread/interrupt window of both domains (lab/profile.py), xentop and
+        the vif's counters. Numbers in ``report["profile"]`` and one line per run."""
+        d = self.guest_id
+        a0, _, plen = KERNEL_NET
+        rows: list[dict[str, Any]] = []
+        self.report["profile"] = {"rows": rows}
+        nic = self.netfront_up()
+        self.guest(f"iperf3 -s -D -p {PROFILE_PORT}", 60, "iperf3 -s")
+        time.sleep(2)
+        for direction in ("dom0->guest", "guest->dom0"):
+            rows.append(self.profile_run("netback", direction, KERNEL_NET[1], None, nic))
+        self.guest("killall iperf3 || true")
+        self.dom0(f"xl network-detach {GUEST_NAME} {KERNEL_MAC}", 120, "xl network-detach")
+        for be, fe, devid in sorted(self.vifs):  # the daemon step's vif (rate-limited)
+            if fe == d:
+                self.detach(fe, devid, be)
+        self.ensure_daemon(0, "backend")
+        tap, ftap = f"ncvif{d}.{PROFILE_DEVID}", f"nc{PROFILE_DEVID}"
+        for ring in self.profile_rings:
+            self.ensure_daemon(d, "frontend", f"--ring-bytes {ring}", restart=True)
+            self.attach(d, PROFILE_DEVID, f"--mac {PROFILE_MAC} --bridge xenbr0")
+            self.wait_vif(tap, ftap)
+            self.guest(f"ip addr add {PROFILE_ADDR}/{plen} dev {ftap} && ip link set {ftap} up")
+            self.report["profile"][f"features_ring_{ring}"] = self.try_on(
+                0,
+                f"xenstore-ls -f /local/domain/0/backend/ncvif/{d}/{PROFILE_DEVID} "
+                f"/local/domain/{d}/device/ncvif/{PROFILE_DEVID} | grep -E 'feature|ring'",
+            ).out
+            self.guest(f"iperf3 -s -D -p {PROFILE_PORT}", 60, "iperf3 -s")
+            time.sleep(2)
+            for direction in ("dom0->guest", "guest->dom0"):
+                rows.append(
+                    self.profile_run(f"ncd {ring >> 10} KiB", direction, PROFILE_ADDR, ring, ftap)
+                )
+            self.guest("killall iperf3 || true")
+            self.detach(d, PROFILE_DEVID)
+            self.dom0(
+                f"i=0; while ip link show {tap} >/dev/null 2>&1; do i=$((i+1)); "
+                "[ $i -gt 100 ] && exit 1; sleep 0.2; done",
+                60,
+                "TAP gone after detach",
+            )
+        for line in profile_table(rows):
+            log(line)
+
+    def profile_run(
+        self, path: str, direction: str, addr: str, ring: int | None, guest_nic: str
+    ) -> dict[str, Any]:
+        """One iperf3 run (``PROFILE_SECS``) with a window of ``PROFILE_WINDOW`` inside it
+        in both domains and xentop over the same seconds; ncd's counters (``ring`` given)
+        over the whole run, from both daemons."""
+        d = self.guest_id
+        delay, secs = PROFILE_WINDOW
+        stats = "ncctl stats --json"
+        before = (self.try_on(0, stats).out, self.try_on(d, stats).out) if ring else None
+        # the guest's window first (its command takes the longest to arrive); nothing
+        # polls either domain while the windows are open
+        self.guest(profile.window_cmd(delay, secs, "/tmp/prof.txt"), 60, "profile window")
+        rid = self.c.submit(
+            f"iperf3 -c {addr} -p {PROFILE_PORT} -t {PROFILE_SECS} -J"
+            + (" -R" if direction == "guest->dom0" else ""),
+            PROFILE_SECS + 60,
+        )
+        self.dom0(profile.window_cmd(delay, secs, "/tmp/prof.txt"), 30, "profile window")
+        top = self.c.submit(f"sleep {delay:g}; xentop -b -d {secs:g} -i 2", delay + secs + 30)
+        mbit = iperf_mbit(self.c.wait(rid, "iperf3", PROFILE_SECS + 60).out)
+        xt = self.c.wait(top, "xentop", delay + secs + 30)
+        time.sleep(1)
+        row: dict[str, Any] = {
+            "path": path,
+            "direction": direction,
+            "mbit": mbit,
+            "dom0": profile.window_summary(self.try_on(0, "cat /tmp/prof.txt").out),
+            "guest": profile.window_summary(self.try_on(d, "cat /tmp/prof.txt").out),
+            "xentop_cpu_pct": profile.xentop_cpu(xt.out) if xt.ok else {"error": xt.err[-300:]},
+            "guest_nic": guest_nic,
+        }
+        if before is not None:
+            after = (self.try_on(0, stats).out, self.try_on(d, stats).out)
+            row["ncd_dom0"] = vif_deltas(before[0], after[0], d, PROFILE_DEVID)
+            row["ncd_guest"] = vif_deltas(before[1], after[1], d, PROFILE_DEVID)
+        log(f"profile {path} {direction}: {profile_line(row)}")
+        return row
 
     # ------------------------------------------------------------ ncd daemon (step 2)
     def daemon_path(self) -> None:
@@ -491,11 +633,11 @@ class Lab:
         log(f"ncd daemon path: {rep}")
 
     # ------------------------------------------------------------ daemons and vifs
-    def ensure_daemon(self, dom: int, role: str, args: str = "") -> None:
+    def ensure_daemon(self, dom: int, role: str, args: str = "", restart: bool = False) -> None:
         """Start ``ncd ROLE ARGS`` in ``dom`` unless that role already runs there (another
-        role is stopped first: one daemon per domain)."""
+        role, or the same with ``restart``, is stopped first: one daemon per domain)."""
         cur = self.daemons.get(dom)
-        if cur and cur[0] == role:
+        if cur and cur[0] == role and not restart:
             return
         if cur:
             self.stop_daemon(dom)
@@ -566,32 +708,57 @@ class Lab:
         return ok
 
     def switch_scenario(self) -> tuple[bool, dict[str, Any]]:
-        """guest1 <-> guest2 through dom0's in-daemon switch sw0 (no TAP in dom0)."""
+        """guest1 <-> guest2 through dom0's in-daemon switches (no TAP in dom0): sw0
+        (``forward_copy = "memcpy"``) and swg (``"grant"``), both declared in dom0's
+        config (``DOM0_CONFIG``), each guest a port of both; ping, TCP with sha256 and
+        iperf3 each way through each, then ``ncctl stats --json`` must show each switch's
+        copy mode at work (grant-copy calls on swg only)."""
         g1, g2 = self.guest_id, self.guest2_id
-        a1, a2, plen = SWITCH_NET
         rep: dict[str, Any] = {}
         self.ensure_daemon(0, "backend")
         self.ensure_daemon(g1, "frontend")
         self.ensure_daemon(g2, "frontend")
-        # guest 1 may still have devid 0 (the daemon step's TAP vif): devid 1 here
-        self.attach(g1, 1, f"--switch sw0 --mac {SWITCH_MACS[0]}")
-        self.attach(g2, 0, f"--switch sw0 --mac {SWITCH_MACS[1]}")
-        self.wait_links([(g1, "nc1"), (g2, "nc0")])
-        self.on(g1, f"ip addr add {a1}/{plen} dev nc1 && ip link set nc1 up")
-        self.on(g2, f"ip addr add {a2}/{plen} dev nc0 && ip link set nc0 up")
+        # guest 1 may still have devid 0 (the daemon step's TAP vif)
+        for sw in SWITCHES:
+            self.attach(g1, sw.devids[0], f"--switch {sw.name} --mac {sw.macs[0]}")
+            self.attach(g2, sw.devids[1], f"--switch {sw.name} --mac {sw.macs[1]}")
+        self.wait_links(
+            [(g, f"nc{sw.devids[i]}") for sw in SWITCHES for i, g in enumerate((g1, g2))]
+        )
+        for sw in SWITCHES:
+            for i, g in enumerate((g1, g2)):
+                nic = f"nc{sw.devids[i]}"
+                self.on(g, f"ip addr add {sw.net[i]}/{sw.net[2]} dev {nic} && ip link set {nic} up")
         rep["ncctl_list"] = self.try_on(0, "ncctl list").out
-        if f"ncvif{g1}.1" in self.try_on(0, "ls /sys/class/net").out:
-            raise LabError(f"a switch port got a TAP in dom0: ncvif{g1}.1")
-        rep["ping_1_to_2"] = self.ping(g1, a2)
-        rep["ping_2_to_1"] = self.ping(g2, a1)
-        rep["tcp"] = [
-            self.tcp_between(g1, g2, a2, self.fwd_mb, 5310),
-            self.tcp_between(g2, g1, a1, self.fwd_mb, 5311),
-        ]
+        taps = set(self.try_on(0, "ls /sys/class/net").out.split())
+        stray = [f"ncvif{g}.{sw.devids[i]}" for sw in SWITCHES for i, g in enumerate((g1, g2))]
+        if taps & set(stray):
+            raise LabError(f"a switch port got a TAP in dom0: {sorted(taps & set(stray))}")
+        self.on(g2, f"iperf3 -s -D -p {FWD_IPERF_PORT}", 60, "iperf3 -s in guest 2")
+        pings, rep["tcp"], rep["iperf3"] = [], [], []
+        for k, sw in enumerate(SWITCHES):
+            tag = "" if sw.copy == "memcpy" else f"_{sw.copy}"
+            rep[f"ping_1_to_2{tag}"] = self.ping(g1, sw.net[1])
+            rep[f"ping_2_to_1{tag}"] = self.ping(g2, sw.net[0])
+            pings += [rep[f"ping_1_to_2{tag}"], rep[f"ping_2_to_1{tag}"]]
+            for src, dst, addr, port in ((g1, g2, sw.net[1], 5310), (g2, g1, sw.net[0], 5311)):
+                rec = self.tcp_between(src, dst, addr, self.fwd_mb, port + 2 * k)
+                rep["tcp"].append({**rec, "via": f"{sw.name} {sw.copy}"})
+            for src, dst, flag in ((g1, g2, ""), (g2, g1, " -R")):
+                out = self.try_on(
+                    g1, f"iperf3 -c {sw.net[1]} -p {FWD_IPERF_PORT} -t {FWD_IPERF_SECS}{flag}", 90
+                ).out
+                rep["iperf3"].append(
+                    {"from": src, "to": dst, "copy": sw.copy, "mbit": iperf_text_mbit(out)}
+                )
+        self.try_on(g2, "killall iperf3 || true")
         rep["ncctl_stats"] = self.try_on(0, "ncctl stats").out[-3000:]
-        ok = fwd_ok([rep["ping_1_to_2"], rep["ping_2_to_1"]], rep["tcp"])
-        self.detach(g1, 1)
-        self.detach(g2, 0)
+        rep["copy_modes"] = copy_modes(self.try_on(0, "ncctl stats --json").out, self.fwd_mb)
+        rep["summary"] = [copy_comparison(rep["iperf3"])]
+        ok = fwd_ok(pings, rep["tcp"]) and rep["copy_modes"]["ok"]
+        for sw in SWITCHES:
+            self.detach(g1, sw.devids[0])
+            self.detach(g2, sw.devids[1])
         return ok, rep
 
     def driver_hop_scenario(self) -> tuple[bool, dict[str, Any]]:
@@ -847,9 +1014,11 @@ def scenario_line(
             if t.get("ok")
             else f"FAILED {t.get('bytes_received', 0)}/{t.get('bytes', 0)} B"
         )
+        via = f" via {t['via']}" if t.get("via") else ""
         parts.append(
-            f"tcp {t.get('from')}->{t.get('to')} {t.get('bytes', 0) >> 20} MB sha256 {state}"
+            f"tcp {t.get('from')}->{t.get('to')}{via} {t.get('bytes', 0) >> 20} MB sha256 {state}"
         )
+    parts += details.get("summary", [])
     rel = details.get("driver_release")
     if rel:
         missed = [
@@ -868,3 +1037,127 @@ def scenario_line(
     if error:
         parts.append("error: " + " ".join(error.split())[:300])
     return ", ".join(parts)
+
+
+def vif_deltas(before: str, after: str, domid: int, devid: int) -> dict[str, Any]:
+    """Counter deltas of vif (``domid``, ``devid``) between two ``ncctl stats --json``."""
+
+    def find(text: str) -> dict[str, Any] | None:
+        try:
+            vifs = json.loads(text).get("vifs", [])
+        except (ValueError, AttributeError):
+            return None
+        for v in vifs:
+            if isinstance(v, dict) and v.get("devid") == devid and v.get("domid") == domid:
+                return v
+        return None
+
+    a, b = find(before), find(after)
+    if b is None:
+        return {"error": f"vif {domid}/{devid} not in ncctl stats"}
+    return profile.counter_deltas(a or {}, b)
+
+
+def profile_line(row: dict[str, Any]) -> str:
+    """One profile run in a line: throughput, CPU of both domains, the busiest threads,
+    event-channel interrupts, and (ncd) notifications and ring-full waits per frame."""
+    parts = [f"{row.get('mbit')} Mbit/s"]
+    for dom in ("dom0", "guest"):
+        w = row.get(dom) or {}
+        cpu = w.get("cpu_pct")
+        if not cpu:
+            parts.append(f"{dom} {w.get('error', '?')}")
+            continue
+        threads = ", ".join(f"{t['thread']} {t['cpu_pct']:g}%" for t in w.get("threads", [])[:4])
+        irqs = sum(v for k, v in w.get("irqs_per_s", {}).items() if "evtchn" in k or "-q" in k)
+        parts.append(
+            f"{dom} busy {cpu['busy']:g}% of {w['cpus']} vCPU (usr {cpu['user']:g} "
+            f"sys {cpu['system']:g} si {cpu['softirq']:g} steal {cpu['steal']:g}) "
+            f"[{threads}] {irqs} vif irq/s"
+        )
+    xt = row.get("xentop_cpu_pct") or {}
+    if xt and "error" not in xt:
+        parts.append("xentop " + " ".join(f"{k} {v:g}%" for k, v in sorted(xt.items())))
+    for side in ("ncd_dom0", "ncd_guest"):
+        c = row.get(side)
+        if c and "error" not in c:
+            parts.append(
+                f"{side}: notify {c.get('notify_sent_per_frame', 0):g}/"
+                f"{c.get('notify_recv_per_frame', 0):g} per frame, "
+                f"ring full {c.get('ring_full_waits', 0)}, "
+                f"B/frame tx {c.get('bytes_per_frame_tx', 0)} rx {c.get('bytes_per_frame_rx', 0)}"
+            )
+    return "; ".join(parts)
+
+
+def profile_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The profile's Markdown table (as lines), ratios to netback per direction."""
+    base = {r["direction"]: r.get("mbit") for r in rows if r["path"] == "netback"}
+    out = [
+        "| path | direction | Mbit/s | / netback | dom0 busy | guest busy | guest steal |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ref, mbit = base.get(r["direction"]), r.get("mbit")
+        ratio = f"{mbit / ref:.2f}" if ref and mbit else "-"
+        cpu = [(r.get(dom) or {}).get("cpu_pct", {}) for dom in ("dom0", "guest")]
+        out.append(
+            f"| {r['path']} | {r['direction']} | {mbit} | {ratio} | "
+            f"{cpu[0].get('busy', '?')}% | {cpu[1].get('busy', '?')}% | "
+            f"{cpu[1].get('steal', '?')}% |"
+        )
+    return out
+
+
+def iperf_text_mbit(out: str) -> float | None:
+    """The receiver's Mbit/s from iperf3's text output (its JSON is too big for the
+    guest agent's xenstore results)."""
+    for line in out.splitlines():
+        m = re.search(r"([\d.]+) ([KMG])bits/sec.*receiver", line)
+        if m:
+            scale = {"K": 1e-3, "M": 1.0, "G": 1e3}[m.group(2)]
+            return round(float(m.group(1)) * scale, 1)
+    return None
+
+
+def copy_modes(stats_json: str, mb: int) -> dict[str, Any]:
+    """Each of ``SWITCHES`` as dom0's ``ncctl stats --json`` shows it: its copy mode,
+    grant-copy calls, bytes forwarded between the guests. OK when every switch runs the
+    mode it was declared with, moved at least ``mb`` MB each way, and grant-copy calls
+    happened on the grant switch only."""
+    try:
+        switches = {s.get("name"): s for s in json.loads(stats_json).get("switches", [])}
+    except (ValueError, AttributeError):
+        return {"ok": False, "error": "ncctl stats --json: no JSON", "raw": stats_json[-500:]}
+    rec: dict[str, Any] = {"ok": True}
+    for sw in SWITCHES:
+        got = switches.get(sw.name) or {}
+        ways = sorted(int(f.get("bytes", 0)) for f in got.get("forwarded") or [])
+        calls = int(got.get("grant_copy_calls", 0))
+        ok = (
+            got.get("forward_copy") == sw.copy
+            and len(ways) >= 2
+            and ways[-2] >= mb << 20
+            and (calls > 0) == (sw.copy == "grant")
+        )
+        rec[sw.name] = {
+            "forward_copy": got.get("forward_copy"),
+            "grant_copy_calls": calls,
+            "grant_copy_segs": int(got.get("grant_copy_segs", 0)),
+            "forwarded_bytes": ways,
+            "ok": ok,
+        }
+        rec["ok"] = rec["ok"] and ok
+    return rec
+
+
+def copy_comparison(iperfs: list[dict[str, Any]]) -> str:
+    """``grant/memcpy iperf3 1->2 A / B Mbit/s (0.9x), 2->1 ...`` for the scenario line."""
+    parts = []
+    for src, dst in ((1, 2), (2, 1)):
+        by = {r["copy"]: r.get("mbit") for r in iperfs if (r["from"], r["to"]) == (src, dst)}
+        by = by or {}
+        m, g = by.get("memcpy"), by.get("grant")
+        ratio = f" ({g / m:.2f}x)" if m and g else ""
+        parts.append(f"{src}->{dst} memcpy {m} / grant {g} Mbit/s{ratio}")
+    return "iperf3 " + ", ".join(parts)

@@ -3,13 +3,14 @@ results, command timeouts, module dependency parsing, QEMU command line, parsers
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from lab import agent, images, scenario
+from lab import agent, images, profile, scenario
 from lab.images import Images
 from lab.qemu import Qemu, QemuConfig
 
@@ -222,3 +223,147 @@ def test_tcpxfer_sender_waits_for_a_late_receiver(tmp_path):
     assert got["data"] == b"hello" and 0.9 < time.monotonic() - t0 < 15
     with pytest.raises(ConnectionRefusedError):  # nobody ever listens: gives up
         tcpxfer.connect("127.0.0.1", port, timeout=5, wait=0.6)
+
+
+def _snapshot(uptime, cpu, pump, pump_cs, irq, rx_pkts):
+    stat_tail = " ".join(["0"] * 37)
+    return "\n".join(
+        [
+            f"{profile.MARK} uptime",
+            f"{uptime} 1.0",
+            f"{profile.MARK} stat",
+            "cpu  " + " ".join(str(v) for v in cpu) + " 0 0",
+            "cpu0 1 2 3 4 5 6 7 8 0 0",
+            f"{profile.MARK} tasks",
+            f"/proc/300/task/300/stat:300 (ncd) S 1 300 300 0 -1 0 0 0 0 0 5 5 {stat_tail}",
+            f"/proc/300/task/305/stat:305 (ncd-pump) R 1 300 300 0 -1 0 0 0 0 0 "
+            f"{pump} 7 {stat_tail}",
+            f"/proc/9/task/9/stat:9 (my (odd) comm) S 1 9 9 0 -1 0 0 0 0 0 1 1 {stat_tail}",
+            f"{profile.MARK} ctxt",
+            "/proc/300/task/305/status:voluntary_ctxt_switches:\t" + str(pump_cs),
+            "/proc/300/task/305/status:nonvoluntary_ctxt_switches:\t3",
+            f"{profile.MARK} irq",
+            "           CPU0       ",
+            f" 70:       {irq}  xen-dyn    -event     evtchn:ncd",
+            "NMI:          0   Non-maskable interrupts",
+            f"{profile.MARK} netdev",
+            "Inter-|   Receive                  |  Transmit",
+            " face |bytes packets errs drop fifo frame compressed multicast|bytes packets",
+            f"   nc0: {rx_pkts * 1000} {rx_pkts} 0 0 0 0 0 0 5000 5 0 0 0 0 0 0",
+            "    lo: 10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0",
+            f"{profile.MARK} end",
+        ]
+    )
+
+
+def test_profile_window_summary():
+    a = _snapshot(100.0, [100, 0, 100, 800, 0, 0, 0, 0], 10, 40, 1000, 10)
+    # 2 s later on one vCPU (200 ticks): 50 user, 30 system, 20 softirq, 80 idle, 20 steal
+    b = _snapshot(102.0, [150, 0, 130, 880, 0, 0, 20, 20], 110, 240, 5000, 2010)
+    text = "noise\n" + a + "\n" + b + "\n"
+    snaps = profile.parse_snapshots(text)
+    assert len(snaps) == 2 and snaps[0].threads[9].comm == "my (odd) comm"
+    w = profile.window_summary(text)
+    assert w["cpus"] == 1 and w["secs"] == 2.0
+    assert w["cpu_pct"] == {
+        "user": 25.0,
+        "nice": 0.0,
+        "system": 15.0,
+        "idle": 40.0,
+        "iowait": 0.0,
+        "irq": 0.0,
+        "softirq": 10.0,
+        "steal": 10.0,
+        "busy": 50.0,
+    }
+    pump = w["threads"][0]
+    assert (pump["proc"], pump["thread"], pump["cpu_pct"]) == ("ncd", "ncd-pump", 50.0)
+    assert (pump["sleeps_per_s"], pump["preempted_per_s"]) == (100, 0)
+    assert w["irqs_per_s"] == {"70 xen-dyn -event evtchn:ncd": 2000}
+    assert w["net"] == {
+        "nc0": {"rx_pps": 1000, "tx_pps": 0, "rx_bytes_per_pkt": 1000, "tx_bytes_per_pkt": 0}
+    }
+    assert "error" in profile.window_summary(a)  # one snapshot: the window did not close
+
+
+def test_profile_window_cmd_returns_at_once_and_leaves_two_snapshots(tmp_path):
+    out = tmp_path / "prof.txt"
+    t0 = time.monotonic()
+    res = agent.run_command(profile.window_cmd(0, 0.2, str(out)), 10, 1024)
+    assert res["rc"] == 0 and time.monotonic() - t0 < 2
+    for _ in range(100):
+        if out.exists() and out.read_text().count(f"{profile.MARK} end") == 2:
+            break
+        time.sleep(0.1)
+    w = profile.window_summary(out.read_text())
+    assert w["cpus"] >= 1 and w["secs"] > 0 and "busy" in w["cpu_pct"]
+
+
+def test_xentop_and_counter_deltas():
+    xt = (
+        "      NAME  STATE   CPU(sec) CPU(%)     MEM(k)\n"
+        "  Domain-0 -----r        100   99.0     786432\n"
+        "      NAME  STATE   CPU(sec) CPU(%)     MEM(k)\n"
+        "  Domain-0 -----r        105   51.5     786432\n"
+        "  labguest --b---         20   97.2     327680\n"
+    )
+    assert profile.xentop_cpu(xt) == {"Domain-0": 51.5, "labguest": 97.2}
+    d = profile.counter_deltas(
+        {"frames_tx": 10, "bytes_tx": 100, "notifications_sent": 1},
+        {
+            "frames_tx": 110,
+            "frames_rx": 100,
+            "bytes_tx": 6_400_100,
+            "bytes_rx": 6600,
+            "notifications_sent": 51,
+            "notifications_received": 21,
+            "ring_full_waits": 4,
+        },
+    )
+    assert d["bytes_per_frame_tx"] == 64000 and d["bytes_per_frame_rx"] == 66
+    assert (d["notify_sent_per_frame"], d["notify_recv_per_frame"]) == (0.25, 0.105)
+    assert d["ring_full_per_1000_frames"] == 20.0
+
+
+def test_copy_modes_and_iperf_text():
+    mb = 4 << 20
+    sw = [
+        {
+            "name": "sw0",
+            "forward_copy": "memcpy",
+            "grant_copy_calls": 0,
+            "forwarded": [
+                {"origin": 1, "destination": 2, "bytes": mb + 10},
+                {"origin": 2, "destination": 1, "bytes": mb + 20},
+            ],
+        },
+        {
+            "name": "swg",
+            "forward_copy": "grant",
+            "grant_copy_calls": 70,
+            "forwarded": [
+                {"origin": 1, "destination": 2, "bytes": mb + 1},
+                {"origin": 2, "destination": 1, "bytes": mb + 2},
+            ],
+        },
+    ]
+    assert scenario.copy_modes(json.dumps({"switches": sw}), 4)["ok"]
+    sw[1]["grant_copy_calls"] = 0  # grant mode that never grant-copied
+    assert not scenario.copy_modes(json.dumps({"switches": sw}), 4)["ok"]
+    sw[1]["grant_copy_calls"] = 70
+    sw[0]["forwarded"] = sw[0]["forwarded"][:1]  # one direction only
+    assert not scenario.copy_modes(json.dumps({"switches": sw}), 4)["ok"]
+    assert not scenario.copy_modes("not json", 4)["ok"]
+    out = (
+        "[  5]   0.00-4.00   sec  25.1 MBytes  52.6 Mbits/sec   12             sender\n"
+        "[  5]   0.00-4.04   sec  24.9 MBytes  1.05 Gbits/sec                  receiver\n"
+    )
+    assert scenario.iperf_text_mbit(out) == 1050.0 and scenario.iperf_text_mbit("") is None
+    iperfs = [
+        {"from": 1, "to": 2, "copy": "memcpy", "mbit": 100.0},
+        {"from": 1, "to": 2, "copy": "grant", "mbit": 80.0},
+        {"from": 2, "to": 1, "copy": "memcpy", "mbit": 90.0},
+    ]
+    assert scenario.copy_comparison(iperfs) == (
+        "iperf3 1->2 memcpy 100.0 / grant 80.0 Mbit/s (0.80x), 2->1 memcpy 90.0 / grant None Mbit/s"
+    )
