@@ -40,6 +40,15 @@ def window_cmd(delay: float, secs: float, out: str) -> str:
     return f"(sleep {delay:g}; {{ {SNAPSHOT}; }}; sleep {secs:g}; {{ {SNAPSHOT}; }}) > {out} 2>&1 &"
 
 
+def window_read_cmd(out: str, wait_secs: int = 60) -> str:
+    """Print window file ``out`` once both snapshots are in (a loaded domain may be late),
+    or after ``wait_secs`` with what is there."""
+    return (
+        f"i=0; while [ \"$(grep -c '^{MARK} end' {out} 2>/dev/null)\" != 2 ] && "
+        f"[ $i -lt {wait_secs * 2} ]; do sleep 0.5; i=$((i+1)); done; cat {out}"
+    )
+
+
 @dataclass
 class Thread:
     pid: int

@@ -78,7 +78,7 @@ SWITCHES = (
 DOM0_CONFIG = "".join(
     f'\n[switch.{sw.name}]  # the switch scenario\nforward_copy = "{sw.copy}"\n' for sw in SWITCHES
 )
-FWD_IPERF_PORT = 5312
+FWD_IPERF_PORT = 5319  # tcpxfer uses 5310-5313
 FWD_IPERF_SECS = 4
 HOP_NET = ("198.18.4.1", "198.18.4.3", 24)  # dom0's bridge ncbr0, guest 2
 HOP_BRIDGE = "ncbr0"
@@ -528,13 +528,13 @@ class Lab:
         top = self.c.submit(f"sleep {delay:g}; xentop -b -d {secs:g} -i 2", delay + secs + 30)
         mbit = iperf_mbit(self.c.wait(rid, "iperf3", PROFILE_SECS + 60).out)
         xt = self.c.wait(top, "xentop", delay + secs + 30)
-        time.sleep(1)
+        read = profile.window_read_cmd("/tmp/prof.txt")
         row: dict[str, Any] = {
             "path": path,
             "direction": direction,
             "mbit": mbit,
-            "dom0": profile.window_summary(self.try_on(0, "cat /tmp/prof.txt").out),
-            "guest": profile.window_summary(self.try_on(d, "cat /tmp/prof.txt").out),
+            "dom0": profile.window_summary(self.try_on(0, read, 90).out),
+            "guest": profile.window_summary(self.try_on(d, read, 90).out),
             "xentop_cpu_pct": profile.xentop_cpu(xt.out) if xt.ok else {"error": xt.err[-300:]},
             "guest_nic": guest_nic,
         }
@@ -1091,21 +1091,33 @@ def profile_line(row: dict[str, Any]) -> str:
 
 
 def profile_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The profile's Markdown table (as lines), ratios to netback per direction."""
+    """The profile's Markdown table (as lines): per run throughput, its ratio to netback in
+    the same direction, and per domain the CPU busy share and CPU-ms per MB moved
+    (busy share x vCPUs / MB per second: what a MB costs the domain, less sensitive to
+    how loaded the host was than the throughput)."""
     base = {r["direction"]: r.get("mbit") for r in rows if r["path"] == "netback"}
     out = [
-        "| path | direction | Mbit/s | / netback | dom0 busy | guest busy | guest steal |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| path | direction | Mbit/s | / netback | dom0 busy | dom0 CPU-ms/MB "
+        "| guest busy | guest steal | guest CPU-ms/MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ref, mbit = base.get(r["direction"]), r.get("mbit")
         ratio = f"{mbit / ref:.2f}" if ref and mbit else "-"
-        cpu = [(r.get(dom) or {}).get("cpu_pct", {}) for dom in ("dom0", "guest")]
-        out.append(
-            f"| {r['path']} | {r['direction']} | {mbit} | {ratio} | "
-            f"{cpu[0].get('busy', '?')}% | {cpu[1].get('busy', '?')}% | "
-            f"{cpu[1].get('steal', '?')}% |"
-        )
+        cells = []
+        for dom in ("dom0", "guest"):
+            w = r.get(dom) or {}
+            cpu = w.get("cpu_pct") or {}
+            busy = cpu.get("busy")
+            cells.append(f"{busy if busy is not None else '?'}%")
+            if dom == "guest":
+                cells.append(f"{cpu.get('steal', '?')}%")
+            cells.append(
+                f"{busy / 100 * w['cpus'] * 1000 / (mbit / 8):.0f}"
+                if busy is not None and mbit
+                else "?"
+            )
+        out.append(f"| {r['path']} | {r['direction']} | {mbit} | {ratio} | {' | '.join(cells)} |")
     return out
 
 

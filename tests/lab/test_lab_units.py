@@ -289,13 +289,11 @@ def test_profile_window_summary():
 def test_profile_window_cmd_returns_at_once_and_leaves_two_snapshots(tmp_path):
     out = tmp_path / "prof.txt"
     t0 = time.monotonic()
-    res = agent.run_command(profile.window_cmd(0, 0.2, str(out)), 10, 1024)
-    assert res["rc"] == 0 and time.monotonic() - t0 < 2
-    for _ in range(100):
-        if out.exists() and out.read_text().count(f"{profile.MARK} end") == 2:
-            break
-        time.sleep(0.1)
-    w = profile.window_summary(out.read_text())
+    res = agent.run_command(profile.window_cmd(0.5, 0.5, str(out)), 10, 1024)
+    assert res["rc"] == 0 and time.monotonic() - t0 < 1
+    got = agent.run_command(profile.window_read_cmd(str(out), 20), 30, 1 << 22)
+    assert got["rc"] == 0 and got["out"].count(f"{profile.MARK} end") == 2
+    w = profile.window_summary(got["out"])
     assert w["cpus"] >= 1 and w["secs"] > 0 and "busy" in w["cpu_pct"]
 
 
@@ -367,3 +365,25 @@ def test_copy_modes_and_iperf_text():
     assert scenario.copy_comparison(iperfs) == (
         "iperf3 1->2 memcpy 100.0 / grant 80.0 Mbit/s (0.80x), 2->1 memcpy 90.0 / grant None Mbit/s"
     )
+
+
+def test_profile_table_ratios_and_cost_per_mb():
+    rows = [
+        {
+            "path": "netback",
+            "direction": "dom0->guest",
+            "mbit": 800.0,
+            "dom0": {"cpus": 2, "cpu_pct": {"busy": 50.0, "steal": 0.0}},
+            "guest": {"cpus": 1, "cpu_pct": {"busy": 90.0, "steal": 5.0}},
+        },
+        {
+            "path": "ncd 128 KiB",
+            "direction": "dom0->guest",
+            "mbit": 200.0,
+            "dom0": {"error": "1 complete snapshot(s) in the window"},
+            "guest": {"cpus": 1, "cpu_pct": {"busy": 100.0, "steal": 1.0}},
+        },
+    ]
+    table = scenario.profile_table(rows)
+    assert table[2] == "| netback | dom0->guest | 800.0 | 1.00 | 50.0% | 10 | 90.0% | 5.0% | 9 |"
+    assert table[3] == "| ncd 128 KiB | dom0->guest | 200.0 | 0.25 | ?% | ? | 100.0% | 1.0% | 40 |"
