@@ -25,8 +25,14 @@ MARK = "@@prof"
 SNAPSHOT = (
     f"echo {MARK} uptime; cat /proc/uptime; "
     f"echo {MARK} stat; grep '^cpu' /proc/stat; "
-    f"echo {MARK} tasks; grep -H '' /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null; "
-    f"echo {MARK} ctxt; grep -H ctxt_switches /proc/[0-9]*/task/[0-9]*/status 2>/dev/null; "
+    # per thread "PID TID UTIME STIME COMM" and "TID v|nonv COUNT": small lines (a guest's
+    # answer travels through xenstore and is capped, lab/agent.py)
+    f"echo {MARK} tasks; grep -H '' /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | sed -E "
+    r"'s@^/proc/([0-9]+)/task/[0-9]+/stat:([0-9]+) \((.*)\) . ([^ ]+ ){10}([0-9]+) ([0-9]+) .*"
+    r"@\1 \2 \5 \6 \3@'; "
+    f"echo {MARK} ctxt; grep -H ctxt_switches /proc/[0-9]*/task/[0-9]*/status 2>/dev/null | "
+    r"sed -E 's@^/proc/[0-9]+/task/([0-9]+)/status:(non)?voluntary_ctxt_switches:[[:space:]]*"
+    r"@\1 \2v @'; "
     f"echo {MARK} irq; cat /proc/interrupts; "
     f"echo {MARK} netdev; cat /proc/net/dev; "
     f"echo {MARK} end"
@@ -40,13 +46,16 @@ def window_cmd(delay: float, secs: float, out: str) -> str:
     return f"(sleep {delay:g}; {{ {SNAPSHOT}; }}; sleep {secs:g}; {{ {SNAPSHOT}; }}) > {out} 2>&1 &"
 
 
-def window_read_cmd(out: str, wait_secs: int = 60) -> str:
-    """Print window file ``out`` once both snapshots are in (a loaded domain may be late),
-    or after ``wait_secs`` with what is there."""
-    return (
+def window_read_cmds(out: str, wait_secs: int = 60) -> tuple[str, str]:
+    """Two commands printing window file ``out``'s first and second snapshot (each part
+    stays under the guest agent's output cap), the first once both are in (a loaded
+    domain may be late) or after ``wait_secs`` with what is there."""
+    first = (
         f"i=0; while [ \"$(grep -c '^{MARK} end' {out} 2>/dev/null)\" != 2 ] && "
-        f"[ $i -lt {wait_secs * 2} ]; do sleep 0.5; i=$((i+1)); done; cat {out}"
+        f"[ $i -lt {wait_secs * 2} ]; do sleep 0.5; i=$((i+1)); done; "
+        f"sed -n '1,/^{MARK} end/p' {out}"
     )
+    return first, f"sed '1,/^{MARK} end/d' {out}"
 
 
 @dataclass
@@ -70,8 +79,8 @@ class Snapshot:
     # interface -> (rx bytes, rx packets, tx bytes, tx packets)
 
 
-_TASK = re.compile(r"^/proc/(\d+)/task/(\d+)/stat:(\d+) \((.*)\) (.*)$")
-_CTXT = re.compile(r"^/proc/\d+/task/(\d+)/status:(non)?voluntary_ctxt_switches:\s*(\d+)")
+_TASK = re.compile(r"^(\d+) (\d+) (\d+) (\d+) (.*)$")  # PID TID UTIME STIME COMM
+_CTXT = re.compile(r"^(\d+) (non)?v (\d+)$")  # TID v|nonv COUNT
 
 
 def parse_snapshots(text: str) -> list[Snapshot]:
@@ -105,10 +114,8 @@ def _parse_line(s: Snapshot, section: str, line: str) -> None:
     elif section == "tasks":
         m = _TASK.match(line)
         if m:
-            rest = m.group(5).split()  # fields from 3 (state) on: utime is 14, stime 15
-            s.threads[int(m.group(2))] = Thread(
-                int(m.group(1)), int(m.group(2)), m.group(4), int(rest[11]) + int(rest[12])
-            )
+            pid, tid, ut, st = (int(m.group(i)) for i in range(1, 5))
+            s.threads[tid] = Thread(pid, tid, m.group(5), ut + st)
     elif section == "ctxt":
         m = _CTXT.match(line)
         if m and int(m.group(1)) in s.threads:

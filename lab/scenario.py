@@ -528,13 +528,13 @@ class Lab:
         top = self.c.submit(f"sleep {delay:g}; xentop -b -d {secs:g} -i 2", delay + secs + 30)
         mbit = iperf_mbit(self.c.wait(rid, "iperf3", PROFILE_SECS + 60).out)
         xt = self.c.wait(top, "xentop", delay + secs + 30)
-        read = profile.window_read_cmd("/tmp/prof.txt")
+        read = profile.window_read_cmds("/tmp/prof.txt")
         row: dict[str, Any] = {
             "path": path,
             "direction": direction,
             "mbit": mbit,
-            "dom0": profile.window_summary(self.try_on(0, read, 90).out),
-            "guest": profile.window_summary(self.try_on(d, read, 90).out),
+            "dom0": profile.window_summary("".join(self.try_on(0, c, 90).out for c in read)),
+            "guest": profile.window_summary("".join(self.try_on(d, c, 90).out for c in read)),
             "xentop_cpu_pct": profile.xentop_cpu(xt.out) if xt.ok else {"error": xt.err[-300:]},
             "guest_nic": guest_nic,
         }
