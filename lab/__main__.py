@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="131072,1048576",
         help="comma-separated ring_bytes the profile step runs ncd with (default 131072,1048576)",
     )
+    p.add_argument(
+        "--profile-tso-rtt-log",
+        type=int,
+        default=None,
+        help="profile step: also run ncd at the first ring size with net.ipv4.tcp_tso_rtt_log "
+        "set to this in dom0 and the guest (Linux's TSO sizing by min RTT; default 9)",
+    )
     p.add_argument("--build-only", action="store_true", help="build the images and stop")
     p.add_argument("--rebuild", action="store_true", help="ignore cached images")
     p.add_argument(
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         fwd_mb=args.fwd_mb,
         two_guests=bool(TWO_GUEST_STEPS & set(steps)),
         profile_rings=tuple(int(r) for r in args.profile_rings.split(",") if r),
+        profile_tso_rtt_log=args.profile_tso_rtt_log,
     )
     lab.report.update(
         {"images": str(imgs.dir), "steps": steps, "kernel": imgs.manifest.get("kernel_version")}

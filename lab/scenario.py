@@ -112,6 +112,7 @@ class Lab:
     two_guests: bool = False
     fwd_mb: int = 4
     profile_rings: tuple[int, ...] = (131072, 1048576)  # ring_bytes the profile step tries
+    profile_tso_rtt_log: int | None = None  # and the first ring again with this sysctl
     # daemons running: domid -> (role, pid); vifs attached: (backend, frontend, devid)
     daemons: dict[int, tuple[str, int]] = field(default_factory=dict)
     vifs: set[tuple[int, int, int]] = field(default_factory=set)
@@ -479,7 +480,14 @@ class Lab:
                 self.detach(fe, devid, be)
         self.ensure_daemon(0, "backend")
         tap, ftap = f"ncvif{d}.{PROFILE_DEVID}", f"nc{PROFILE_DEVID}"
-        for ring in self.profile_rings:
+        variants: list[tuple[int, int | None]] = [(r, None) for r in self.profile_rings]
+        if self.profile_tso_rtt_log is not None:
+            variants.append((self.profile_rings[0], self.profile_tso_rtt_log))
+        for ring, tso_log in variants:
+            label = f"ncd {ring >> 10} KiB"
+            if tso_log is not None:
+                label += f", tcp_tso_rtt_log {tso_log}"
+                old = self.sysctl_tso_rtt_log(tso_log)
             self.ensure_daemon(d, "frontend", f"--ring-bytes {ring}", restart=True)
             self.attach(d, PROFILE_DEVID, f"--mac {PROFILE_MAC} --bridge xenbr0")
             self.wait_vif(tap, ftap)
@@ -492,10 +500,10 @@ class Lab:
             self.guest(f"iperf3 -s -D -p {PROFILE_PORT}", 60, "iperf3 -s")
             time.sleep(2)
             for direction in ("dom0->guest", "guest->dom0"):
-                rows.append(
-                    self.profile_run(f"ncd {ring >> 10} KiB", direction, PROFILE_ADDR, ring, ftap)
-                )
+                rows.append(self.profile_run(label, direction, PROFILE_ADDR, ring, ftap))
             self.guest("killall iperf3 || true")
+            if tso_log is not None:
+                self.sysctl_tso_rtt_log(old)
             self.detach(d, PROFILE_DEVID)
             self.dom0(
                 f"i=0; while ip link show {tap} >/dev/null 2>&1; do i=$((i+1)); "
@@ -505,6 +513,16 @@ class Lab:
             )
         for line in profile_table(rows):
             log(line)
+
+    def sysctl_tso_rtt_log(self, value: int) -> int:
+        """Set ``net.ipv4.tcp_tso_rtt_log`` in dom0 and guest 1; returns dom0's old value.
+        Linux (5.18+) adds ``64 KiB >> (min_rtt_us >> tcp_tso_rtt_log)`` to the TSO size
+        a TCP socket builds (default 9: flows under 512 us get full 64 KiB frames)."""
+        knob = "/proc/sys/net/ipv4/tcp_tso_rtt_log"
+        old = int(self.dom0(f"cat {knob}", 30, "tcp_tso_rtt_log").out.split()[0])
+        for dom in (0, self.guest_id):
+            self.on(dom, f"echo {value} > {knob}", 30, f"tcp_tso_rtt_log {value}")
+        return old
 
     def profile_run(
         self, path: str, direction: str, addr: str, ring: int | None, guest_nic: str
