@@ -41,8 +41,8 @@ NCD_NET = ("198.18.2.1", "198.18.2.2", 24)
 NCD_MAC = "00:16:3e:5e:00:02"
 KERNEL_MAC = "00:16:3e:5e:00:01"
 IPERF_SECS = 5
-# forwarding scenarios: guest1 <-> guest2 on dom0's switch sw0; dom0 bridge <- guest1's
-# `ncd driver` (switch "up") <- guest2
+# forwarding scenarios: guest1 <-> guest2 on dom0's switches sw0 (memcpy) and swg
+# (grant copy); dom0 bridge <- guest1's `ncd driver` (switch "up") <- guest2
 
 
 @dataclass(frozen=True)
