@@ -19,26 +19,60 @@ from lab import images
 from lab.console import LabError
 from lab.scenario import Lab, log
 
-STEPS = ["vchan", "facts", "kernel", "daemon", "switch", "driver-hop"]
+DEFAULT_STEPS = ["vchan", "facts", "kernel", "daemon", "switch", "driver-hop"]
+# opt-in: `profile` (dom0 <-> guest through netback and ncd at several ring sizes, with a
+# CPU profile of both domains; ~4 minutes) runs only when --steps names it
+STEPS = [*DEFAULT_STEPS, "profile"]
 TWO_GUEST_STEPS = {"switch", "driver-hop"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
-    p.add_argument("--cache", type=Path, default=None,
-                   help="image cache (default $NCD_LAB_CACHE or ~/.cache/ncd-lab)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="image cache (default $NCD_LAB_CACHE or ~/.cache/ncd-lab)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="logs and report")
     p.add_argument("--mb", type=int, default=4, help="MB per transfer (default 4)")
-    p.add_argument("--fwd-mb", type=int, default=4,
-                   help="MB per TCP transfer in the switch and driver-hop scenarios")
-    p.add_argument("--vsp-baseline", action="store_true",
-                   help="also time vchan-socket-proxy against itself (slow, flaky)")
-    p.add_argument("--steps", default=",".join(STEPS),
-                   help=f"comma-separated subset of {','.join(STEPS)}")
+    p.add_argument(
+        "--fwd-mb",
+        type=int,
+        default=4,
+        help="MB per TCP transfer in the switch and driver-hop scenarios",
+    )
+    p.add_argument(
+        "--vsp-baseline",
+        action="store_true",
+        help="also time vchan-socket-proxy against itself (slow, flaky)",
+    )
+    p.add_argument(
+        "--steps",
+        default=",".join(DEFAULT_STEPS),
+        help=f"comma-separated subset of {','.join(STEPS)}, run in the order given "
+        f"(default {','.join(DEFAULT_STEPS)}: profile is opt-in)",
+    )
+    p.add_argument(
+        "--profile-rings",
+        default="131072,1048576",
+        help="comma-separated ring_bytes the profile step runs ncd with (default 131072,1048576)",
+    )
+    p.add_argument(
+        "--profile-tso-rtt-log",
+        type=int,
+        default=None,
+        help="profile step: also run ncd at the first ring size with net.ipv4.tcp_tso_rtt_log "
+        "set to this in dom0 and the guest (Linux's TSO sizing by min RTT; default 9)",
+    )
     p.add_argument("--build-only", action="store_true", help="build the images and stop")
     p.add_argument("--rebuild", action="store_true", help="ignore cached images")
-    p.add_argument("--max-secs", type=float, default=1140,
-                   help="hard limit for the whole run; QEMU is killed after it")
+    p.add_argument(
+        "--max-secs",
+        type=float,
+        default=1140,
+        help="hard limit for the whole run; QEMU is killed after it",
+    )
     return p.parse_args(argv)
 
 
@@ -60,10 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ncd-lab-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    lab = Lab(imgs, workdir, mb=args.mb, vsp_baseline=args.vsp_baseline, fwd_mb=args.fwd_mb,
-              two_guests=bool(TWO_GUEST_STEPS & set(steps)))
-    lab.report.update({"images": str(imgs.dir), "steps": steps,
-                       "kernel": imgs.manifest.get("kernel_version")})
+    lab = Lab(
+        imgs,
+        workdir,
+        mb=args.mb,
+        vsp_baseline=args.vsp_baseline,
+        fwd_mb=args.fwd_mb,
+        two_guests=bool(TWO_GUEST_STEPS & set(steps)),
+        profile_rings=tuple(int(r) for r in args.profile_rings.split(",") if r),
+        profile_tso_rtt_log=args.profile_tso_rtt_log,
+    )
+    lab.report.update(
+        {"images": str(imgs.dir), "steps": steps, "kernel": imgs.manifest.get("kernel_version")}
+    )
     expired = threading.Event()
 
     def watchdog() -> None:
@@ -95,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 lab.kernel_path()
             elif step == "daemon":
                 lab.daemon_path()
+            elif step == "profile":
+                lab.profile_path()
             elif step == "switch":
                 if not lab.run_scenario("switch", lab.switch_scenario):
                     failed.append(step)
@@ -106,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             current = ",".join(failed)
             raise LabError(f"scenario(s) failed: {', '.join(failed)}")
         current = "destroy"
-        with_daemons = ({"daemon"} | TWO_GUEST_STEPS) & set(steps)
+        with_daemons = ({"daemon", "profile"} | TWO_GUEST_STEPS) & set(steps)
         lab.destroy_guest(expect_backend_cleanup=bool(with_daemons))
         current = "done"
     except (LabError, OSError, ValueError) as exc:
@@ -123,16 +168,20 @@ def main(argv: list[str] | None = None) -> int:
         except (LabError, OSError) as e2:
             log(f"log collection failed: {e2}")
         if lab.qemu is not None:
-            print(f"--- serial log tail ({lab.qemu.serial_log}) ---\n"
-                  f"{lab.qemu.serial_tail(4000)}", flush=True)
+            print(
+                f"--- serial log tail ({lab.qemu.serial_log}) ---\n{lab.qemu.serial_tail(4000)}",
+                flush=True,
+            )
     finally:
         done.set()
         lab.shutdown()
     lab.report["total_secs"] = round(time.monotonic() - t0, 1)
     lab.report["ok"] = status == 0
     (workdir / "report.json").write_text(json.dumps(lab.report, indent=1, sort_keys=True))
-    log(f"{'PASSED' if status == 0 else 'FAILED'} in {lab.report['total_secs']}s; "
-        f"report: {workdir / 'report.json'}")
+    log(
+        f"{'PASSED' if status == 0 else 'FAILED'} in {lab.report['total_secs']}s; "
+        f"report: {workdir / 'report.json'}"
+    )
     return status
 
 

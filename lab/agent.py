@@ -63,7 +63,7 @@ def parse_frame(line: str) -> tuple[str, dict[str, Any] | None] | None:
     i = line.find(MARK)
     if i < 0:
         return None
-    parts = line[i + len(MARK):].split()
+    parts = line[i + len(MARK) :].split()
     if parts[:1] == ["HELLO"]:
         return ("HELLO", None)
     if len(parts) == 2 and parts[0] == "R":
@@ -76,9 +76,13 @@ def parse_frame(line: str) -> tuple[str, dict[str, Any] | None] | None:
 
 def run_command(cmd: str, timeout: float, cap: int) -> dict[str, Any]:
     t0 = time.monotonic()
-    p = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        ["/bin/sh", "-c", cmd],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     timed_out = False
     try:
         out, err = p.communicate(timeout=timeout)
@@ -90,12 +94,17 @@ def run_command(cmd: str, timeout: float, cap: int) -> dict[str, Any]:
             pass
         out, err = p.communicate()
     rc = TIMEOUT_RC if timed_out else p.returncode
-    return {"rc": rc, "timed_out": timed_out, "secs": round(time.monotonic() - t0, 3),
-            "out": out[-cap:].decode(errors="replace"),
-            "err": err[-cap:].decode(errors="replace")}
+    return {
+        "rc": rc,
+        "timed_out": timed_out,
+        "secs": round(time.monotonic() - t0, 3),
+        "out": out[-cap:].decode(errors="replace"),
+        "err": err[-cap:].decode(errors="replace"),
+    }
 
 
 # ---------------------------------------------------------------- dom0: serial
+
 
 def serve_serial(dev: str) -> None:
     fd = os.open(dev, os.O_RDWR | os.O_NOCTTY)
@@ -109,7 +118,7 @@ def serve_serial(dev: str) -> None:
         data = f"\n{MARK} {text}\n".encode()
         with lock:
             while data:
-                data = data[os.write(fd, data):]
+                data = data[os.write(fd, data) :]
 
     def handle(req: dict[str, Any]) -> None:
         res = run_command(str(req["cmd"]), float(req.get("timeout", 60)), OUTPUT_CAP)
@@ -140,6 +149,7 @@ def serve_serial(dev: str) -> None:
 
 # ---------------------------------------------------------------- xenstore (ctypes)
 
+
 class XS:
     """The few libxenstore calls the agent needs (paths relative to the domain's home)."""
 
@@ -151,16 +161,29 @@ class XS:
         lib.xs_open.argtypes = [ctypes.c_ulong]
         lib.xs_close.argtypes = [ctypes.c_void_p]
         lib.xs_read.restype = ctypes.c_void_p
-        lib.xs_read.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
-                                ctypes.POINTER(ctypes.c_uint)]
+        lib.xs_read.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_char_p,
+            ctypes.POINTER(ctypes.c_uint),
+        ]
         lib.xs_write.restype = ctypes.c_bool
-        lib.xs_write.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
-                                 ctypes.c_char_p, ctypes.c_uint]
+        lib.xs_write.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        ]
         lib.xs_rm.restype = ctypes.c_bool
         lib.xs_rm.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p]
         lib.xs_directory.restype = ctypes.POINTER(ctypes.c_char_p)
-        lib.xs_directory.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p,
-                                     ctypes.POINTER(ctypes.c_uint)]
+        lib.xs_directory.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_char_p,
+            ctypes.POINTER(ctypes.c_uint),
+        ]
         self.libc.free.argtypes = [ctypes.c_void_p]
         self.h = lib.xs_open(0)
         if not self.h:
@@ -201,7 +224,7 @@ class XS:
 
 def put_result(xs: XS, base: str, res: dict[str, Any]) -> None:
     blob = encode(res)
-    chunks = [blob[i:i + CHUNK] for i in range(0, len(blob), CHUNK)] or [""]
+    chunks = [blob[i : i + CHUNK] for i in range(0, len(blob), CHUNK)] or [""]
     for k, c in enumerate(chunks):
         xs.write(f"{base}/{k}", c.encode())
     xs.write(f"{base}/n", str(len(chunks)).encode())
@@ -216,6 +239,7 @@ def get_result(xs: XS, base: str) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- guest: xenstore
+
 
 def serve_xenstore(poll: float = 0.1) -> None:
     xs = XS()
@@ -263,8 +287,7 @@ def guest_exec(domid: int, timeout: float, cmd: str) -> int:
     xs.rm(f"{home}/res/{req_id}")
     if res is None:
         xs.rm(f"{home}/req/{req_id}")
-        print(f"agent: guest {domid} did not answer within {timeout + 15:.0f}s",
-              file=sys.stderr)
+        print(f"agent: guest {domid} did not answer within {timeout + 15:.0f}s", file=sys.stderr)
         return TIMEOUT_RC
     sys.stdout.write(res.get("out", ""))
     sys.stderr.write(res.get("err", ""))

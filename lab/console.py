@@ -38,10 +38,12 @@ class Result:
 
     def check(self, what: str = "") -> Result:
         if self.rc != 0:
-            raise LabError(f"{what or self.cmd!r} failed (rc={self.rc}"
-                           f"{', timed out' if self.timed_out else ''}):\n"
-                           f"--- stdout ---\n{self.out[-3000:]}\n--- stderr ---\n"
-                           f"{self.err[-3000:]}")
+            raise LabError(
+                f"{what or self.cmd!r} failed (rc={self.rc}"
+                f"{', timed out' if self.timed_out else ''}):\n"
+                f"--- stdout ---\n{self.out[-3000:]}\n--- stderr ---\n"
+                f"{self.err[-3000:]}"
+            )
         return self
 
 
@@ -120,11 +122,18 @@ class Console:
                     return Result(cmd, TIMEOUT_RC, "", f"lab console: {why}", timeout, True)
                 self.cond.wait(min(left, 1.0))
             body = self.results.pop(req_id)
-        res = Result(cmd, int(body.get("rc", -1)), str(body.get("out", "")),
-                     str(body.get("err", "")), float(body.get("secs", 0.0)),
-                     bool(body.get("timed_out", False)))
-        self.transcript.write(f"### [{req_id}] rc={res.rc} {res.secs}s\n{res.out}"
-                              f"{'--- stderr ---' + chr(10) + res.err if res.err else ''}\n")
+        res = Result(
+            cmd,
+            int(body.get("rc", -1)),
+            str(body.get("out", "")),
+            str(body.get("err", "")),
+            float(body.get("secs", 0.0)),
+            bool(body.get("timed_out", False)),
+        )
+        self.transcript.write(
+            f"### [{req_id}] rc={res.rc} {res.secs}s\n{res.out}"
+            f"{'--- stderr ---' + chr(10) + res.err if res.err else ''}\n"
+        )
         return res
 
     def run(self, cmd: str, timeout: float = 60.0) -> Result:
@@ -133,8 +142,7 @@ class Console:
 
     def guest_cmd(self, domid: int, cmd: str, timeout: float = 60.0) -> str:
         """The dom0 command that runs ``cmd`` in guest ``domid`` through its agent."""
-        return (f"python3 /lab/agent.py guest-exec {domid} {timeout:g} "
-                f"{shlex.quote(cmd)}")
+        return f"python3 /lab/agent.py guest-exec {domid} {timeout:g} {shlex.quote(cmd)}"
 
     def guest(self, domid: int, cmd: str, timeout: float = 60.0) -> Result:
         """Run ``sh -c cmd`` in the guest (through dom0 and xenstore)."""

@@ -36,24 +36,57 @@ LAB_DIR = Path(__file__).resolve().parent
 REPO = LAB_DIR.parent
 GUEST_FILES = ["init.sh", "agent.py", "xsprobe.py", "tcpxfer.py"]  # shipped: /init, /lab/*.py
 BUILD_INPUTS = ["images.py", "packages.py", *GUEST_FILES]  # hashed into the cache key
-SOURCE_PATHS = ["ncd", "cext", "setup.py", "pyproject.toml", "README.md", "debian", "systemd",
-                "docs/protocol.md", "scripts/build-deb.sh"]
+SOURCE_PATHS = [
+    "ncd",
+    "cext",
+    "setup.py",
+    "pyproject.toml",
+    "README.md",
+    "debian",
+    "systemd",
+    "docs/protocol.md",
+    "scripts/build-deb.sh",
+]
 # Kernel modules the lab loads (their dependencies are added from .modinfo).
-MODULES = ["xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd",
-           "xen-netback", "xen-netfront", "bridge", "tun"]
+MODULES = [
+    "xenfs",
+    "xen-evtchn",
+    "xen-gntdev",
+    "xen-gntalloc",
+    "xen-privcmd",
+    "xen-netback",
+    "xen-netfront",
+    "bridge",
+    "tun",
+]
 PRUNE = [
-    "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
-    "usr/share/lintian", "usr/share/bash-completion", "usr/lib/xen-4.17/boot",
-    "usr/share/qemu", "usr/lib/python3.11/test", "usr/lib/python3.11/idlelib",
-    "usr/lib/python3.11/tkinter", "usr/lib/python3.11/turtledemo",
-    "usr/lib/python3.11/ensurepip", "usr/lib/python3.11/lib2to3",
-    "usr/lib/python3.11/pydoc_data", "usr/lib/x86_64-linux-gnu/gconv",
-    "usr/lib/xen-4.17/lib/x86_64-linux-gnu/xenfsimage", "usr/lib/xen-4.17/lib/python",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/bash-completion",
+    "usr/lib/xen-4.17/boot",
+    "usr/share/qemu",
+    "usr/lib/python3.11/test",
+    "usr/lib/python3.11/idlelib",
+    "usr/lib/python3.11/tkinter",
+    "usr/lib/python3.11/turtledemo",
+    "usr/lib/python3.11/ensurepip",
+    "usr/lib/python3.11/lib2to3",
+    "usr/lib/python3.11/pydoc_data",
+    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/lib/xen-4.17/lib/x86_64-linux-gnu/xenfsimage",
+    "usr/lib/xen-4.17/lib/python",
 ]
 PRUNE_GLOBS = ["usr/lib/python3.11/lib-dynload/nis.*.so"]
-SONAME_DIRS = ["usr/lib/x86_64-linux-gnu", "usr/lib", "usr/lib64",
-               "usr/lib/xen-4.17/lib/x86_64-linux-gnu",
-               "usr/lib/python3.11/lib-dynload"]
+SONAME_DIRS = [
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib",
+    "usr/lib64",
+    "usr/lib/xen-4.17/lib/x86_64-linux-gnu",
+    "usr/lib/python3.11/lib-dynload",
+]
 
 
 def default_cache() -> Path:
@@ -84,10 +117,16 @@ def _sha256_file(path: Path) -> str:
 
 # ---------------------------------------------------------------- ncd's .deb
 
+
 def source_files(repo: Path = REPO) -> list[str]:
     """Tracked and untracked-but-not-ignored files the Debian package is built from."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", *SOURCE_PATHS],
-                         cwd=repo, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "--", *SOURCE_PATHS],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sorted(f for f in out.splitlines() if (repo / f).is_file())
 
 
@@ -107,11 +146,15 @@ def build_ncd_deb(cache: Path, repo: Path = REPO) -> Path:
         return hits[0]
     _log("building ncd's .deb (scripts/build-deb.sh)")
     with tempfile.TemporaryDirectory(prefix="ncd-lab-deb-") as tmp:
-        res = subprocess.run([str(repo / "scripts/build-deb.sh"), "--outdir", tmp,
-                              "--no-lintian"], capture_output=True, text=True)
+        res = subprocess.run(
+            [str(repo / "scripts/build-deb.sh"), "--outdir", tmp, "--no-lintian"],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
-            raise RuntimeError(f"scripts/build-deb.sh failed:\n{res.stdout[-3000:]}"
-                               f"{res.stderr[-3000:]}")
+            raise RuntimeError(
+                f"scripts/build-deb.sh failed:\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
+            )
         deb = sorted(Path(tmp).glob("ncd_*.deb"))[0]
         outdir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(deb, outdir / deb.name)
@@ -119,6 +162,7 @@ def build_ncd_deb(cache: Path, repo: Path = REPO) -> Path:
 
 
 # ---------------------------------------------------------------- rootfs
+
 
 def merge_usr(root: Path) -> None:
     """Debian's merged /usr: /bin, /sbin, /lib, /lib64 become links into /usr."""
@@ -201,10 +245,16 @@ def extract_vmlinux(vmlinuz: Path, out: Path) -> None:
 
 
 def write_cpio(root: Path, out: Path) -> None:
-    files = subprocess.run(["find", ".", "-mindepth", "1"], cwd=root, capture_output=True,
-                           check=True).stdout
-    raw = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=root,
-                         input=files, capture_output=True, check=True).stdout
+    files = subprocess.run(
+        ["find", ".", "-mindepth", "1"], cwd=root, capture_output=True, check=True
+    ).stdout
+    raw = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
+        cwd=root,
+        input=files,
+        capture_output=True,
+        check=True,
+    ).stdout
     with gzip.open(out, "wb", compresslevel=1) as f:
         f.write(raw)
 
@@ -224,10 +274,25 @@ def prune(root: Path) -> None:
 def compile_python(root: Path) -> None:
     """Byte-compile for cp311 (Debian ships no .pyc; compiling at boot under TCG is slow)."""
     for d in ("usr/lib/python3.11", "usr/lib/python3/dist-packages", "lab"):
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0",
-                        "--invalidation-mode", "unchecked-hash",
-                        "-s", str(root), "-p", "/", str(root / d)], check=False,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "compileall",
+                "-q",
+                "-j",
+                "0",
+                "--invalidation-mode",
+                "unchecked-hash",
+                "-s",
+                str(root),
+                "-p",
+                "/",
+                str(root / d),
+            ],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, ncd_deb: Path) -> str:
@@ -255,11 +320,15 @@ def build_rootfs(root: Path, debs: dict[str, Path], kroot: Path, ncd_deb: Path) 
 
 # ---------------------------------------------------------------- the build
 
+
 def prune_cache(cache: Path, keep: int = 3) -> None:
     """Keep the newest ``keep`` image sets and ncd .debs (Debian's debs stay: shared)."""
     for pattern in ("images/*", "ncd-debs/ncd-*"):
-        dirs = sorted((p for p in cache.glob(pattern) if p.is_dir()),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
+        dirs = sorted(
+            (p for p in cache.glob(pattern) if p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
         for old in dirs[keep:]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -270,8 +339,9 @@ def _resolve(ncd_deb: Path) -> tuple[str, list[packages.Pkg]]:
     return kernel, packages.pin([*names, kernel, packages.HYPERVISOR_PACKAGE])
 
 
-def build(cache: Path | None = None, repo: Path = REPO, force: bool = False,
-          _refreshed: bool = False) -> Images:
+def build(
+    cache: Path | None = None, repo: Path = REPO, force: bool = False, _refreshed: bool = False
+) -> Images:
     cache = cache or default_cache()
     cache.mkdir(parents=True, exist_ok=True)
     ncd_deb = build_ncd_deb(cache, repo)

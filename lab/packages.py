@@ -18,10 +18,19 @@ from pathlib import Path
 
 # Packages the images are built from (their Depends are added automatically).
 XEN_PACKAGES = [
-    "xen-utils-4.17", "xen-utils-common", "xenstore-utils",
-    "libxenstore4", "libxengnttab1", "libxenevtchn1", "libxenmisc4.17",
-    "libxenhypfs1", "libxendevicemodel1", "libxentoolcore1", "libxentoollog1",
-    "libxencall1", "libxenforeignmemory1",
+    "xen-utils-4.17",
+    "xen-utils-common",
+    "xenstore-utils",
+    "libxenstore4",
+    "libxengnttab1",
+    "libxenevtchn1",
+    "libxenmisc4.17",
+    "libxenhypfs1",
+    "libxendevicemodel1",
+    "libxentoolcore1",
+    "libxentoollog1",
+    "libxencall1",
+    "libxenforeignmemory1",
 ]
 PYTHON_PACKAGES = ["python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib"]
 TOOL_PACKAGES = ["busybox-static", "bash", "iperf3", "libiperf0", "libgcc-s1", "libcom-err2"]
@@ -32,15 +41,49 @@ KERNEL_META = "linux-image-amd64"
 # Not wanted in an initramfs: package tooling, docs, data we do not use, and
 # things whose job busybox does.
 EXCLUDED = {
-    "debconf", "debconf-2.0", "adduser", "python3", "python3:any", "base-files",
-    "debianutils", "perl-base", "ucf", "sensible-utils", "dpkg", "init-system-helpers", "lsb-base",
-    "sysvinit-utils", "media-types", "mime-support", "tzdata", "readline-common",
-    "gcc-12-base", "libtirpc-common", "iproute2", "bridge-utils", "udev",
-    "xen-hypervisor-common", "grub-xen-host", "qemu-system-xen", "python3-xen",
-    "libc-bin", "e2fsprogs", "logsave", "libnsl2", "libtirpc3",
-    "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3", "libkrb5support0",
-    "libkeyutils1", "linux-base", "kmod", "initramfs-tools", "busybox",
-    "xen-hypervisor-4.17-amd64", "xenstore-utils:any",
+    "debconf",
+    "debconf-2.0",
+    "adduser",
+    "python3",
+    "python3:any",
+    "base-files",
+    "debianutils",
+    "perl-base",
+    "ucf",
+    "sensible-utils",
+    "dpkg",
+    "init-system-helpers",
+    "lsb-base",
+    "sysvinit-utils",
+    "media-types",
+    "mime-support",
+    "tzdata",
+    "readline-common",
+    "gcc-12-base",
+    "libtirpc-common",
+    "iproute2",
+    "bridge-utils",
+    "udev",
+    "xen-hypervisor-common",
+    "grub-xen-host",
+    "qemu-system-xen",
+    "python3-xen",
+    "libc-bin",
+    "e2fsprogs",
+    "logsave",
+    "libnsl2",
+    "libtirpc3",
+    "libgssapi-krb5-2",
+    "libkrb5-3",
+    "libk5crypto3",
+    "libkrb5support0",
+    "libkeyutils1",
+    "linux-base",
+    "kmod",
+    "initramfs-tools",
+    "busybox",
+    "xen-hypervisor-4.17-amd64",
+    "xenstore-utils:any",
 }
 
 _DEP = re.compile(r"^\s*\|?(Pre)?Depends:\s*(\S+)")
@@ -60,8 +103,9 @@ class Pkg:
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({res.returncode}): "
-                           f"{res.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:3])} ... failed ({res.returncode}): {res.stderr[-2000:]}"
+        )
     return res.stdout
 
 
@@ -84,8 +128,19 @@ def closure(roots: Iterable[str]) -> list[str]:
         if not batch:
             break
         seen.update(batch)
-        out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests",
-                    "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *batch])
+        out = _run(
+            [
+                "apt-cache",
+                "depends",
+                "--no-recommends",
+                "--no-suggests",
+                "--no-conflicts",
+                "--no-breaks",
+                "--no-replaces",
+                "--no-enhances",
+                *batch,
+            ]
+        )
         after_or = False
         for line in out.splitlines():
             m = _DEP.match(line)
@@ -156,7 +211,8 @@ def deb_depends(deb: Path) -> list[str]:
             names.append(name)
     if not names:
         return []
-    out = subprocess.run(["apt-cache", "show", "--no-all-versions", *names],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["apt-cache", "show", "--no-all-versions", *names], capture_output=True, text=True
+    ).stdout
     real = {ln.split(None, 1)[1] for ln in out.splitlines() if ln.startswith("Package: ")}
     return sorted(n for n in dict.fromkeys(names) if n in real)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from lab.images import Images
 
-XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem={dom0_mem}M,max:{dom0_mem}M "
-            "dom0_max_vcpus=2 bootscrub=0 loglvl=all guest_loglvl=all noreboot")
+XEN_ARGS = (
+    "console=com1 com1=115200,8n1 dom0_mem={dom0_mem}M,max:{dom0_mem}M "
+    "dom0_max_vcpus=2 bootscrub=0 loglvl=all guest_loglvl=all noreboot"
+)
 DOM0_ARGS = "console=hvc0 earlyprintk=xen rdinit=/init loglevel=6 ncdlab.agent=/dev/ttyS1"
 
 
@@ -53,21 +55,45 @@ class Qemu:
 
     def command(self) -> list[str]:
         c = self.config
-        xen_args = XEN_ARGS.format(dom0_mem=c.dom0_mem_mb) + (" " + c.extra_xen_args
-                                                               if c.extra_xen_args else "")
+        xen_args = XEN_ARGS.format(dom0_mem=c.dom0_mem_mb) + (
+            " " + c.extra_xen_args if c.extra_xen_args else ""
+        )
         dom0_args = DOM0_ARGS + (" " + c.extra_dom0_args if c.extra_dom0_args else "")
         if "," in dom0_args:
             raise ValueError("QEMU splits -initrd modules on commas: none in dom0's args")
         sock = self.workdir / "agent.sock"
         return [
-            "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-machine", "pc",
-            "-cpu", "qemu64", "-m", str(c.memory_mb), "-smp", str(c.smp),
-            "-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
-            "-chardev", f"file,id=com1,path={self.serial_log}", "-serial", "chardev:com1",
-            "-chardev", f"socket,id=com2,path={sock},server=on,wait=on",
-            "-serial", "chardev:com2",
-            "-kernel", str(self.images.xen), "-append", xen_args,
-            "-initrd", f"{self.images.vmlinuz} {dom0_args},{self.images.dom0_initrd}",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg,thread=multi",
+            "-machine",
+            "pc",
+            "-cpu",
+            "qemu64",
+            "-m",
+            str(c.memory_mb),
+            "-smp",
+            str(c.smp),
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-nodefaults",
+            "-chardev",
+            f"file,id=com1,path={self.serial_log}",
+            "-serial",
+            "chardev:com1",
+            "-chardev",
+            f"socket,id=com2,path={sock},server=on,wait=on",
+            "-serial",
+            "chardev:com2",
+            "-kernel",
+            str(self.images.xen),
+            "-append",
+            xen_args,
+            "-initrd",
+            f"{self.images.vmlinuz} {dom0_args},{self.images.dom0_initrd}",
         ]
 
     def start(self) -> socket.socket:
@@ -80,8 +106,13 @@ class Qemu:
             sock_path.unlink()
         self.started_at = time.monotonic()
         with self.qemu_log.open("wb") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:

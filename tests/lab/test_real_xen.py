@@ -1,8 +1,8 @@
 """The real-Xen lab as a test: Xen 4.17 + PV dom0 + PV guest in QEMU (TCG).
 
 Slow (10-20 minutes on 2 cores) and it needs root, QEMU and apt: skipped unless
-``NCD_LAB=1``. ``NCD_LAB_STEPS`` picks steps (default: all), ``NCD_LAB_MB`` the size
-of the big transfers.
+``NCD_LAB=1``. ``NCD_LAB_STEPS`` picks steps (default: all but the opt-in profile),
+``NCD_LAB_MB`` the size of the big transfers.
 """
 
 from __future__ import annotations
@@ -17,19 +17,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(os.environ.get("NCD_LAB") != "1",
-                                reason="real-Xen lab: set NCD_LAB=1 to run it (10-20 min)")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("NCD_LAB") != "1", reason="real-Xen lab: set NCD_LAB=1 to run it (10-20 min)"
+)
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lab")
-    steps = os.environ.get("NCD_LAB_STEPS",
-                           "vchan,facts,kernel,daemon,switch,driver-hop")
-    cmd = [str(REPO / "lab" / "run"), "--workdir", str(workdir), "--steps", steps,
-           "--mb", os.environ.get("NCD_LAB_MB", "4")]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHON": sys.executable},
-                          timeout=1500)
+    steps = os.environ.get("NCD_LAB_STEPS", "vchan,facts,kernel,daemon,switch,driver-hop")
+    cmd = [
+        str(REPO / "lab" / "run"),
+        "--workdir",
+        str(workdir),
+        "--steps",
+        steps,
+        "--mb",
+        os.environ.get("NCD_LAB_MB", "4"),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHON": sys.executable}, timeout=1500)
     path = workdir / "report.json"
     assert path.exists(), f"lab wrote no report (exit {proc.returncode})"
     rep = json.loads(path.read_text())
@@ -83,5 +89,26 @@ def test_forwarding_scenarios(report, name):
         pytest.skip(f"{name} step not run")
     sc = report["scenarios"][name]
     assert sc["ok"], sc.get("error")
-    assert len(sc["tcp"]) == 2 and all(t["ok"] for t in sc["tcp"])
+    assert all(t["ok"] for t in sc["tcp"])
+    if name == "switch":  # both ways through each switch, each in its copy mode
+        assert sorted(t["via"] for t in sc["tcp"]) == ["sw0 memcpy"] * 2 + ["swg grant"] * 2
+        modes = sc["copy_modes"]
+        assert modes["ok"] and modes["swg"]["grant_copy_calls"] > 0
+        assert modes["sw0"]["grant_copy_calls"] == 0
+    else:
+        assert len(sc["tcp"]) == 2
     assert {t["from"] for t in sc["tcp"]} == {t["to"] for t in sc["tcp"]}  # both ways
+
+
+def test_profile(report):
+    if "profile" not in report["steps"]:
+        pytest.skip("profile step not run")
+    rows = report["profile"]["rows"]
+    paths = {r["path"] for r in rows}
+    assert "netback" in paths and any(p.startswith("ncd ") for p in paths)
+    for r in rows:
+        assert r["mbit"], r
+        for dom in ("dom0", "guest"):
+            assert "cpu_pct" in r[dom], r[dom].get("error")
+        if r["path"].startswith("ncd "):
+            assert r["ncd_dom0"]["frames_tx"] > 0 and r["ncd_guest"]["frames_rx"] > 0
