@@ -44,6 +44,7 @@ counters as the vif metrics above, drops by reason included: ``spoofed_source``,
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import selectors
@@ -311,6 +312,8 @@ class Metrics:
         on first use."""
         with self._lock:
             if self._registry is None:
+                if "ssl" in sys.modules and sys.modules["ssl"] is None:
+                    del sys.modules["ssl"]  # a frontend blocks it (ncd.daemon.main); needed here
                 from prometheus_client import CollectorRegistry
 
                 registry = CollectorRegistry(auto_describe=False)
@@ -368,9 +371,10 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""
+        registry = self.registry  # first: it imports prometheus_client
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry)
+        return generate_latest(registry)
 
     def snapshot(self) -> dict[str, Any]:
         """The same numbers as JSON-ready data (for the control socket's ``stats``)."""
@@ -405,9 +409,8 @@ class MetricsServer:
     def __init__(
         self, metrics: Metrics, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT
     ) -> None:
-        family = socket.getaddrinfo(
-            address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0][0]
+        # an IP address (the config checks it): getaddrinfo would load the idna codec
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
         self._sock = socket.create_server((address, port), family=family)
         self._wake, self._waker = socket.socketpair()
         self._metrics = metrics
@@ -461,8 +464,6 @@ def _wsgi_server(sock: socket.socket, address: str, registry: CollectorRegistry)
 
     Its own app rather than start_http_server: that returns its server and thread only
     since 0.17 (Debian 12 has 0.16)."""
-    if "ssl" in sys.modules and sys.modules["ssl"] is None:
-        del sys.modules["ssl"]  # blocked at start-up (ncd.daemon.main): prometheus_client needs it
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 

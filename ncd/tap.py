@@ -17,7 +17,7 @@ namespace enter it around these calls: tests/netns.py.)
 
 from __future__ import annotations
 
-import ctypes
+import array
 import errno
 import fcntl
 import os
@@ -323,39 +323,43 @@ def link_info(name: str) -> LinkInfo:
         )
 
 
-def _ethtool(sock: socket.socket, name: bytes, buf: ctypes.Array[ctypes.c_char]) -> None:
-    ifr = struct.pack("16sP", name, ctypes.addressof(buf)) + bytes(16)
+def _buffer(head: bytes, size: int) -> array.array[int]:
+    """A buffer the kernel fills through a pointer in the ioctl's argument."""
+    return array.array("B", head.ljust(size, b"\0"))
+
+
+def _ethtool(sock: socket.socket, name: bytes, buf: array.array[int]) -> None:
+    ifr = struct.pack("16sP", name, buf.buffer_info()[0]) + bytes(16)
     fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifr)
 
 
 def driver(name: str) -> str:
     """The ethtool driver name of ``name`` ("tun" for a TUN/TAP device)."""
-    info = ctypes.create_string_buffer(struct.pack("I", ETHTOOL_GDRVINFO), 196)
+    info = _buffer(struct.pack("I", ETHTOOL_GDRVINFO), 196)  # struct ethtool_drvinfo
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         _ethtool(sock, _check_name(name), info)
-    return info.raw[4:36].split(b"\0", 1)[0].decode(errors="replace")
+    return info[4:36].tobytes().split(b"\0", 1)[0].decode(errors="replace")
 
 
 def active_features(name: str) -> dict[str, bool]:
     """The kernel's active netdev features of ``name`` (as ``ethtool -k`` shows them)."""
     raw = _check_name(name)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        info = ctypes.create_string_buffer(
-            struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0)
-        )
+        info = _buffer(struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0), 20)
         _ethtool(sock, raw, info)
         count = struct.unpack_from("I", info, 16)[0]
-        strings = ctypes.create_string_buffer(12 + count * ETH_GSTRING_LEN)
-        struct.pack_into("III", strings, 0, ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
+        strings = _buffer(
+            struct.pack("III", ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count),
+            12 + count * ETH_GSTRING_LEN,
+        )
         _ethtool(sock, raw, strings)
         blocks = (count + 31) // 32
-        feats = ctypes.create_string_buffer(8 + blocks * 16)
-        struct.pack_into("II", feats, 0, ETHTOOL_GFEATURES, blocks)
+        feats = _buffer(struct.pack("II", ETHTOOL_GFEATURES, blocks), 8 + blocks * 16)
         _ethtool(sock, raw, feats)
     out: dict[str, bool] = {}
     for i in range(count):
         off = 12 + i * ETH_GSTRING_LEN
-        fname = strings.raw[off : off + ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+        fname = strings[off : off + ETH_GSTRING_LEN].tobytes().split(b"\0", 1)[0].decode()
         active = struct.unpack_from("I", feats, 8 + (i // 32) * 16 + 8)[0]
         out[fname] = bool(active >> (i % 32) & 1)
     return out
