@@ -124,6 +124,7 @@ class XenstoreServer:
             while not conn.closed:
                 msg = await read_message(reader)
                 self.handle(conn, msg)
+                conn.flush()  # the reply now; other connections' events next iteration
                 if not conn.closed:
                     await writer.drain()
         except asyncio.IncompleteReadError as e:
@@ -166,9 +167,10 @@ class XenstoreServer:
         conns = self.connections()
         for event in events:
             for conn in conns:
-                if not self.may_see(conn, event):
+                watches = conn.watches.matching(event)  # first: cheaper than permissions
+                if not watches or not self.may_see(conn, event):
                     continue
-                for watch in conn.watches.matching(event):
+                for watch in watches:
                     conn.send_event(watch.report_path(event.path), watch.token)
 
     def may_see(self, conn: Connection, event: Event) -> bool:
