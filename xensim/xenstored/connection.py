@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .transactions import Transaction
-from .watches import WatchList
+from .watches import WatchIndex, WatchList
 from .wire import HEADER_SIZE, PAYLOAD_MAX, Header, Message, Op, XsError, pack
 
 log = logging.getLogger("xensim.xenstored")
@@ -38,11 +38,15 @@ class Connection:
     domid: int
     writer: asyncio.StreamWriter
     id: int = field(default_factory=lambda: next(_ids))
-    watches: WatchList = field(default_factory=WatchList)
+    index: WatchIndex | None = None  # the server's, kept in step with ``watches``
+    watches: WatchList = field(init=False)
     transactions: dict[int, Transaction] = field(default_factory=dict)
     next_tx: int = 1
     closed: bool = False
     _out: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.watches = WatchList(self.index, self)
 
     @property
     def privileged(self) -> bool:

@@ -22,7 +22,7 @@ from .handlers import dispatch
 from .paths import child
 from .perms import NONE, READ, Perm, Perms, drop_domain, for_domain
 from .tree import Store
-from .watches import Event, permitted
+from .watches import Event, WatchIndex, permitted
 from .wire import Message, XsError
 
 log = logging.getLogger("xensim.xenstored")
@@ -48,6 +48,7 @@ class XenstoreServer:
         self.domains: dict[int, Domain] = {}
         self.special: dict[str, Perms] = {p: (Perm(0, NONE),) for p in SPECIAL_PATHS}
         self.targets: dict[int, int] = {}
+        self.watch_index = WatchIndex()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,7 +115,7 @@ class XenstoreServer:
     async def serve_connection(
         self, domain: Domain, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = Connection(domain.domid, writer)
+        conn = Connection(domain.domid, writer, index=self.watch_index)
         if self.domains.get(domain.domid) is not domain:
             writer.close()
             return
@@ -164,11 +165,9 @@ class XenstoreServer:
     # -- events ------------------------------------------------------------------------------
 
     def fire(self, events: list[Event]) -> None:
-        conns = self.connections()
         for event in events:
-            for conn in conns:
-                watches = conn.watches.matching(event)  # first: cheaper than permissions
-                if not watches or not self.may_see(conn, event):
+            for conn, watches in self.watch_index.matching(event).items():
+                if conn.closed or not self.may_see(conn, event):
                     continue
                 for watch in watches:
                     conn.send_event(watch.report_path(event.path), watch.token)
