@@ -221,7 +221,7 @@ def configure(
             _ifreq(name, SIOCSIFHWADDR, struct.pack("H6s16x", ARPHRD_ETHER, mac_bytes(mac)))
         if mtu is not None:
             _ifreq(name, SIOCSIFMTU, struct.pack("i20x", mtu))
-        flags = struct.unpack_from("H", _ifreq(name, SIOCGIFFLAGS))[0]
+        _ifreq(name, SIOCGIFFLAGS)  # there at all? (ENODEV, named below) before the bridge
     except OSError as exc:
         raise _no_such(name, exc) or TapError(
             exc.errno, f"{name}: set mac/mtu: {exc.strerror}"
@@ -239,8 +239,9 @@ def configure(
                 raise TapError(
                     getattr(exc, "code", errno.EINVAL), f"{name}: enslave to {bridge}: {exc}"
                 ) from None
-    flags = flags | IFF_UP if up else flags & ~IFF_UP
     try:
+        flags = struct.unpack_from("H", _ifreq(name, SIOCGIFFLAGS))[0]
+        flags = flags | IFF_UP if up else flags & ~IFF_UP
         _ifreq(name, SIOCSIFFLAGS, struct.pack("H22x", flags))
     except OSError as exc:
         raise _no_such(name, exc) or TapError(
