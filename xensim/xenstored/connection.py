@@ -70,7 +70,12 @@ class Connection:
             return
         data = b"".join(self._out)
         self._out.clear()
-        self.writer.write(data)
+        try:
+            self.writer.write(data)
+        except (ConnectionError, RuntimeError) as e:  # gone (uvloop: "the handler is closed")
+            log.debug("%s: %s", self, e)
+            self.close()
+            return
         if self.writer.transport.get_write_buffer_size() > MAX_PENDING_OUTPUT:
             log.warning("%s: not reading its output, disconnecting", self)
             self.close()
