@@ -1,9 +1,9 @@
 """Link operations for the daemon, off the event loop's thread.
 
 MAC, MTU, up and delete are ioctls and one rtnetlink request (:mod:`ncd.tap`); a
-bridge port and a link's kind (the backend's) go through pyroute2, imported on the
-first such call: a frontend never loads it. The namespace is the process's: the
-daemon runs inside its domain's namespace.
+bridge port and a link's kind (the backend's) go through pyroute2: a backend opens it
+at start (:func:`open_iproute`), a frontend never loads it. The namespace is the
+process's: the daemon runs inside its domain's namespace.
 
 pyroute2's synchronous ``IPRoute`` drives an asyncio loop of its own, which
 cannot run on a thread whose loop is already running, and every new ``IPRoute``
@@ -68,6 +68,17 @@ def drop_stray_replies(ipr: IPRoute) -> int:
             return dropped
         queue.task_done()
         dropped += 1
+
+
+async def open_iproute() -> None:
+    """Open the netlink thread's IPRoute now (a backend, at start): one opened at the first
+    bridge port would hold its sockets as if that vif had leaked them."""
+
+    def work() -> None:
+        with _ipr():
+            pass
+
+    await call(work)
 
 
 async def call(fn: Callable[[], R]) -> R:

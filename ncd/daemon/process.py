@@ -26,6 +26,7 @@ from ncd.xen._lib import lib as xenlib
 from ncd.xen.errors import XenError
 from ncd.xen.xenstore import XenStore
 
+from . import netlink
 from .discovery import Devices, Discovery
 from .service import ControlHandler, VifTable
 from .vif import VifContext
@@ -115,6 +116,7 @@ class Daemon:
                 from .declared import DeclaredVifs
                 from .switches import SwitchRegistry
 
+                await netlink.open_iproute()  # bridge ports, link kinds
                 switches = SwitchRegistry(self.config, domid)
                 await switches.start()
                 metrics.add_switches(switches.snapshot)
