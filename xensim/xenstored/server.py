@@ -115,7 +115,7 @@ class XenstoreServer:
     async def serve_connection(
         self, domain: Domain, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = Connection(domain.domid, writer, index=self.watch_index)
+        conn = Connection(domain.domid, writer)
         if self.domains.get(domain.domid) is not domain:
             writer.close()
             return

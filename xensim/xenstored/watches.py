@@ -100,6 +100,16 @@ class WatchList:
     def __len__(self) -> int:
         return len(self.watches)
 
+    def link(self, index: WatchIndex, owner: Any) -> None:
+        """Keep these watches in ``index`` too, as ``owner``'s, from now on."""
+        if self._index is index:
+            return
+        if self._index is not None:
+            raise ValueError("a watch list is in one index")
+        self._index, self._owner = index, owner
+        for w in self.watches:
+            index.add(owner, w)
+
     def add(self, watch: Watch) -> bool:
         """False if an identical (path, token) watch exists already."""
         for w in self.watches:
