@@ -10,7 +10,9 @@ frontend`` (the daemons as deployed, default configuration, metrics on). Then:
   the first time both ``state`` nodes read 4 (Connected). Median, p99, max.
 * **RSS**: the backend's (``/proc/PID/smaps_rollup``) before the attaches and with every
   vif Connected, per vif; every frontend's with its one vif Connected (a whole daemon
-  in a guest): median and max, plus PSS (shared pages divided among the sharers).
+  in a guest): median and max, plus PSS (shared pages divided among the sharers); the
+  busy frontends' again after their traffic, and one frontend's after a scrape of its
+  metrics endpoint (prometheus_client is imported at the first scrape).
 * **aggregate throughput**: iperf3 TCP guest -> dom0 on one vif alone, then on
   ``--busy`` vifs at once (one stream each, each to its own dom0 address), alternating
   for ``--rounds`` rounds; the sum of the busy vifs over the one vif's rate.
@@ -50,6 +52,11 @@ from xensim.world import World  # noqa: E402
 from xensim.xenstored.wire import XsError  # noqa: E402
 
 PY = sys.executable
+SCRAPE = (
+    "import urllib.request; "
+    "assert b'ncd_vif_frames_total' in urllib.request.urlopen("
+    "'http://127.0.0.1:9477/metrics', timeout=30).read()"
+)
 CONNECTED = "4"
 TARGETS = {
     "attach_p99_s": 1.0,
@@ -324,6 +331,11 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                     per_vif.append(each)
                 log(f"scale: round {rnd + 1}, {n} busy vif(s): {gbit:.2f} Gbit/s")
         be_busy = smaps(be_pid)
+        fe_busy = [smaps(s.procs[g].pid) for g in s.guests[: args.busy]]
+        scraped = s.guests[0]
+        s.run_in(scraped, [PY, "-c", SCRAPE])
+        time.sleep(1.0)
+        fe_scraped = smaps(s.procs[scraped].pid)
     except BaseException:
         s.args.keep_logs = True  # the daemon logs say why
         log(f"bench_scale: failed; daemon logs kept in {s.tmp}")
@@ -358,6 +370,8 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
             "rss_max_mb": max(f["Rss"] for f in fe),
             "pss_median_mb": statistics.median(f["Pss"] for f in fe),
             "anon_median_mb": statistics.median(f.get("Pss_Anon", 0) for f in fe),
+            "after_traffic_rss_median_mb": statistics.median(f["Rss"] for f in fe_busy),
+            "scraped_rss_mb": fe_scraped["Rss"],
         },
         "throughput": {
             "one_gbit": one,
@@ -420,6 +434,10 @@ def table(r: dict[str, Any]) -> list[str]:
         f"| frontend RSS, median / max (MB; PSS median, anonymous PSS median) | "
         f"{f['rss_median_mb']:.1f} / {f['rss_max_mb']:.1f} ({f['pss_median_mb']:.1f}, "
         f"{f['anon_median_mb']:.1f}) | <= 20 |",
+        f"| frontend RSS after its traffic, median of the {r['busy']} busy (MB) | "
+        f"{f['after_traffic_rss_median_mb']:.1f} | |",
+        f"| frontend RSS after a scrape of its metrics (MB; prometheus_client, ssl) | "
+        f"{f['scraped_rss_mb']:.1f} | |",
         "",
         "Targets:",
         "",

@@ -3,7 +3,12 @@
 The hot path counts in C; nothing here is incremented per frame. Each vif
 registers a *source*: a callable returning a :class:`VifCounters` snapshot,
 read at scrape time by a custom collector. Daemon-level events (handshake
-failures) are ordinary counters.
+failures) are counted here and exposed by a collector too.
+
+prometheus_client renders every scrape, but it is imported at the first one, with
+the HTTP server (wsgiref): with them come http.server, email, urllib and ssl, ~9 MB of
+RSS that a daemon nobody scrapes (most guests' frontends) does not need to carry. The
+endpoint's socket listens from the start.
 
 Exposed (base units; ``direction`` is relative to this daemon's vchan:
 ``tx`` = sent to the peer domain, ``rx`` = received from it)::
@@ -45,21 +50,26 @@ counters as the vif metrics above, drops by reason included: ``spoofed_source``,
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import re
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-from prometheus_client import CollectorRegistry, Counter, Info, generate_latest, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from . import logsink
 from .xenbus import FAIL_KINDS, XenbusState
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+log = logging.getLogger("ncd")
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9477
@@ -155,11 +165,27 @@ class _Vif:
     state: Callable[[], XenbusState]
 
 
-class _VifCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
+class _VifCollector:
+    """The vif and daemon metrics, from the sources at scrape time."""
+
+    def __init__(self, metrics: Metrics, role: str, version: str) -> None:
         self._m = metrics
+        self._build = {"version": version, "role": role}
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            InfoMetricFamily,
+        )
+
+        yield InfoMetricFamily("ncd_build", "ncd build", value=self._build)
+        failures = CounterMetricFamily(
+            "ncd_handshake_failures", "Xenbus handshakes that failed", labels=["kind"]
+        )
+        for kind, n in self._m.handshake_failures().items():
+            failures.add_metric([kind], n)
+        yield failures
         lab = ["domid", "devid"]
         frames = CounterMetricFamily(
             "ncd_vif_frames", "Frames through the vchan", labels=[*lab, "direction"]
@@ -198,21 +224,29 @@ class _VifCollector(Collector):
             "ncd_vif_tracked_foreign_pages", "Foreign pages in the tracker for this vif", labels=lab
         )
         limited = CounterMetricFamily(
-            "ncd_vif_rate_limited_frames", "Frames from the guest that waited for the rate "
-            "limit's refill", labels=lab)
+            "ncd_vif_rate_limited_frames",
+            "Frames from the guest that waited for the rate limit's refill",
+            labels=lab,
+        )
         delay = CounterMetricFamily(
-            "ncd_vif_rate_delay_seconds", "Time frames from the guest waited for the rate "
-            "limit's refill", labels=lab)
+            "ncd_vif_rate_delay_seconds",
+            "Time frames from the guest waited for the rate limit's refill",
+            labels=lab,
+        )
         limit = GaugeMetricFamily(
-            "ncd_vif_rate_limit_bytes_per_second", "The vif's rate limit in effect (the "
-            "backend entry's rate; 0 = unlimited)", labels=lab)
+            "ncd_vif_rate_limit_bytes_per_second",
+            "The vif's rate limit in effect (the backend entry's rate; 0 = unlimited)",
+            labels=lab,
+        )
         qlab = [*lab, "queue", "direction"]
         qframes = CounterMetricFamily(
-            "ncd_vif_queue_frames", "Frames through one queue (channel) of the vif",
-            labels=qlab)
+            "ncd_vif_queue_frames", "Frames through one queue (channel) of the vif", labels=qlab
+        )
         qbytes = CounterMetricFamily(
-            "ncd_vif_queue_bytes", "Ethernet frame bytes through one queue (channel) of the "
-            "vif", labels=qlab)
+            "ncd_vif_queue_bytes",
+            "Ethernet frame bytes through one queue (channel) of the vif",
+            labels=qlab,
+        )
         state = GaugeMetricFamily("ncd_vif_state", "XenbusState of the vif (1..6)", labels=lab)
         by_state = dict.fromkeys(_STATES, 0)
         for vif, snap, st in self._m._snapshots():
@@ -262,22 +296,30 @@ def tracker_entries() -> int:
     return int(lib.ncd_tracker_count(lib.ncd_tracker_process()))
 
 
-class _SwitchCollector(Collector):
+class _SwitchCollector:
     def __init__(self, source: SwitchSource) -> None:
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         lab = ["switch", "origin", "destination"]
         frames = CounterMetricFamily(
-            "ncd_forwarded_frames", "Frames forwarded by a switch, by origin and destination "
-            "domain", labels=lab)
+            "ncd_forwarded_frames",
+            "Frames forwarded by a switch, by origin and destination domain",
+            labels=lab,
+        )
         nbytes = CounterMetricFamily(
-            "ncd_forwarded_bytes", "Ethernet bytes forwarded by a switch, by origin and "
-            "destination domain", labels=lab)
+            "ncd_forwarded_bytes",
+            "Ethernet bytes forwarded by a switch, by origin and destination domain",
+            labels=lab,
+        )
         ports = GaugeMetricFamily("ncd_switch_ports", "Ports of a switch", labels=["switch"])
         stops = CounterMetricFamily(
-            "ncd_switch_port_stops", "Ports a switch stopped on its own, by reason",
-            labels=["switch", "reason"])
+            "ncd_switch_port_stops",
+            "Ports a switch stopped on its own, by reason",
+            labels=["switch", "reason"],
+        )
         for sw in self._source():
             name = sw["name"]
             for (origin, dest), (f, b) in sorted(sw["forwarded"].items()):
@@ -287,7 +329,8 @@ class _SwitchCollector(Collector):
             for reason, n in sorted(sw["port_stops"].items()):
                 stops.add_metric([name, reason], n)
         tracked = GaugeMetricFamily(
-            "ncd_tracker_entries", "Pages in this process's foreign-page tracker")
+            "ncd_tracker_entries", "Pages in this process's foreign-page tracker"
+        )
         tracked.add_metric([], tracker_entries())
         yield from (frames, nbytes, ports, stops, tracked)
 
@@ -295,8 +338,10 @@ class _SwitchCollector(Collector):
         return iter(())
 
 
-class _LogCollector(Collector):
+class _LogCollector:
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         yield CounterMetricFamily(
             "ncd_log_records_lost",
             "Log records the daemon could not write (the log sink failed)",
@@ -312,28 +357,37 @@ class Metrics:
     registry."""
 
     def __init__(self, role: str, version: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
+        self._role = role
+        self._version = version
         self._lock = threading.Lock()
         self._vifs: dict[tuple[int, int], _Vif] = {}
-        self._failures = Counter(
-            "ncd_handshake_failures",
-            "Xenbus handshakes that failed",
-            ["kind"],
-            registry=self.registry,
-        )
-        for kind in FAIL_KINDS:
-            self._failures.labels(kind)  # present at 0 from the start
-        Info("ncd_build", "ncd build", registry=self.registry).info(
-            {"version": version, "role": role}
-        )
-        self.registry.register(_VifCollector(self))
-        self.registry.register(_LogCollector())
+        self._failures = dict.fromkeys(FAIL_KINDS, 0)  # present at 0 from the start
         self._switches: SwitchSource | None = None
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """prometheus_client's registry of these metrics, made (and the library imported)
+        on first use."""
+        with self._lock:
+            if self._registry is None:
+                from prometheus_client import CollectorRegistry
+
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(_VifCollector(self, self._role, self._version))
+                registry.register(_LogCollector())
+                if self._switches is not None:
+                    registry.register(_SwitchCollector(self._switches))
+                self._registry = registry
+            return self._registry
 
     def add_switches(self, source: SwitchSource) -> None:
-        """The daemon's switches (:meth:`ncd.daemon.switches.SwitchRegistry.snapshot`)."""
-        self._switches = source
-        self.registry.register(_SwitchCollector(source))
+        """The daemon's switches (:meth:`ncd.daemon.switches.SwitchRegistry.snapshot`);
+        before the first scrape."""
+        with self._lock:
+            if self._registry is not None:
+                raise RuntimeError("add_switches after the registry was made")
+            self._switches = source
 
     def add_vif(
         self,
@@ -354,10 +408,12 @@ class Metrics:
     def handshake_failed(self, kind: str) -> None:
         if kind not in FAIL_KINDS:
             raise ValueError(f"unknown handshake failure kind {kind!r}")
-        self._failures.labels(kind).inc()
+        with self._lock:
+            self._failures[kind] += 1
 
     def handshake_failures(self) -> dict[str, int]:
-        return {k: int(self._failures.labels(k)._value.get()) for k in FAIL_KINDS}
+        with self._lock:
+            return dict(self._failures)
 
     def _snapshots(self) -> list[tuple[_Vif, VifCounters, XenbusState]]:
         with self._lock:
@@ -373,7 +429,10 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""
-        return generate_latest(self.registry)
+        registry = self.registry  # first: it imports prometheus_client
+        from prometheus_client import generate_latest
+
+        return generate_latest(registry)
 
     def snapshot(self) -> dict[str, Any]:
         """The same numbers as JSON-ready data (for the control socket's ``stats``)."""
@@ -385,57 +444,105 @@ class Metrics:
         out: dict[str, Any] = {"vifs": vifs, "handshake_failures": self.handshake_failures()}
         if self._switches is not None:
             out["switches"] = [
-                {**{k: v for k, v in sw.items() if k != "forwarded"},
-                 "forwarded": [
-                     {"origin": o, "destination": d, "frames": f, "bytes": b}
-                     for (o, d), (f, b) in sorted(sw["forwarded"].items())
-                 ]}
+                {
+                    **{k: v for k, v in sw.items() if k != "forwarded"},
+                    "forwarded": [
+                        {"origin": o, "destination": d, "frames": f, "bytes": b}
+                        for (o, d), (f, b) in sorted(sw["forwarded"].items())
+                    ],
+                }
                 for sw in self._switches()
             ]
         out["tracker_entries"] = tracker_entries()
         return out
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class MetricsServer:
-    """The HTTP endpoint (``/metrics``) in a background thread; port 0 picks one."""
+    """The HTTP endpoint (``/metrics``) in a background thread; port 0 picks one.
+
+    The socket listens from the start (a port in use fails here); the thread waits for
+    the first connection, then imports the HTTP server and prometheus_client (see the
+    module notes) and serves that connection and the next ones."""
 
     def __init__(
         self, metrics: Metrics, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT
     ) -> None:
-        # prometheus_client's own WSGI app on a server of ours: start_http_server returns
-        # its server and thread only since 0.17 (Debian 12 has 0.16)
-        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
-                                    flags=socket.AI_PASSIVE)[0][0]
-        server_class = type("_Server", (_ThreadingWSGIServer,), {"address_family": family})
-        self._server = make_server(
-            address, port, make_wsgi_app(metrics.registry), server_class, _QuietHandler
-        )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="ncd-metrics", daemon=True
-        )
-        self._thread.start()
+        # an IP address (the config checks it): getaddrinfo would load the idna codec
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+        self._sock = socket.create_server((address, port), family=family)
+        self._wake, self._waker = socket.socketpair()
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._closing = False
+        self._server: WSGIServer | None = None
         self.address = address
-        self.port: int = self._server.server_port
+        self.port: int = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._run, name="ncd-metrics", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._sock, selectors.EVENT_READ)
+            sel.register(self._wake, selectors.EVENT_READ)
+            ready = sel.select()
+        if not any(key.fileobj is self._sock for key, _ in ready):
+            return  # woken by close()
+        try:
+            server = _wsgi_server(self._sock, self.address, self._metrics.registry)
+        except Exception as exc:  # an import or set-up failure: say it, stay up
+            log.error("metrics endpoint %s:%d: %s", self.address, self.port, exc)
+            return
+        with self._lock:
+            if self._closing:
+                return
+            self._server = server
+        server.serve_forever()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        with self._lock:
+            self._closing = True
+            server = self._server
+        if server is not None:
+            server.shutdown()
+        else:
+            self._waker.send(b"\0")
         self._thread.join(timeout=5)
+        for s in (self._sock, self._wake, self._waker):
+            s.close()
 
     def __enter__(self) -> MetricsServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wsgi_server(sock: socket.socket, address: str, registry: CollectorRegistry) -> WSGIServer:
+    """prometheus_client's WSGI app on a threading wsgiref server over ``sock`` (listening).
+
+    Its own app rather than start_http_server: that returns its server and thread only
+    since 0.17 (Debian 12 has 0.16)."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+    from prometheus_client import make_wsgi_app
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = sock.family
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = Server(sock.getsockname()[:2], QuietHandler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    # what HTTPServer.server_bind sets (its getfqdn, a DNS lookup, left out), then WSGI's
+    server.server_name, server.server_port = address, sock.getsockname()[1]
+    server.setup_environ()
+    server.set_app(make_wsgi_app(registry))
+    return server
 
 
 def serve_metrics(metrics: Metrics, enabled: bool, address: str, port: int) -> MetricsServer | None:

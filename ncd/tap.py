@@ -13,15 +13,17 @@ offloads persist on a (persistent) TAP after its fd closes, so a value left by
 an earlier owner must never be trusted. Offloads are ``TUN_F_*`` flags; which
 ones a vif uses follows from its negotiated features (:mod:`ncd.features`).
 
-Link settings (MAC, MTU, up, bridge, delete) go through rtnetlink (pyroute2).
-Everything acts in the calling thread's network namespace: the daemon runs inside
-its domain's namespace. (Tests that work on another namespace enter it around
-these calls: tests/netns.py.)
+Link settings: MAC, MTU and up through the ``SIOCSIF*`` ioctls (what ``ifconfig`` does),
+delete through one rtnetlink ``RTM_DELLINK``; only a bridge port (the backend's) and
+:func:`link_info` need pyroute2, imported when used: a frontend never loads it (its
+package import costs ~11 MB of RSS). Everything acts in the calling thread's network
+namespace: the daemon runs inside its domain's namespace. (Tests that work on another
+namespace enter it around these calls: tests/netns.py.)
 """
 
 from __future__ import annotations
 
-import ctypes
+import array
 import errno
 import fcntl
 import os
@@ -30,8 +32,12 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
+from ncd.vchan.pump import mac_bytes
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
@@ -50,6 +56,7 @@ TUN_PATH = "/dev/net/tun"
 
 # linux/ethtool.h, for reading back what the kernel made of our offloads
 SIOCETHTOOL = 0x8946
+ETHTOOL_GDRVINFO = 0x03
 ETHTOOL_GSSET_INFO = 0x37
 ETHTOOL_GSTRINGS = 0x1B
 ETHTOOL_GFEATURES = 0x3A
@@ -182,6 +189,33 @@ def open_tap(
     return Tap(fd, name, vnet_hdr_size, offloads, multi_queue)
 
 
+# linux/sockios.h, if.h, if_arp.h: a struct ifreq is the name then a 24-byte union
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+SIOCSIFHWADDR = 0x8924
+IFF_UP = 0x1
+ARPHRD_ETHER = 1
+# linux/netlink.h, rtnetlink.h: deleting a link has no ioctl
+RTM_DELLINK = 17
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+
+
+def _ifreq(name: str, req: int, union: bytes = bytes(24)) -> bytes:
+    """ioctl ``req`` with a struct ifreq for ``name``; returns its union as the kernel left it."""
+    ifr = _check_name(name).ljust(IFNAMSIZ, b"\0") + union
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return fcntl.ioctl(sock.fileno(), req, ifr)[IFNAMSIZ:]
+
+
+def _no_such(name: str, exc: OSError) -> TapError | None:
+    if exc.errno != errno.ENODEV:
+        return None
+    return TapError(errno.ENODEV, f"{name}: no such interface")
+
+
 @contextmanager
 def _iproute(ipr: IPRoute | None) -> Iterator[IPRoute]:
     """``ipr`` if given (a long-lived socket: pyroute2 leaks ~2.6 KB of native memory per
@@ -189,15 +223,10 @@ def _iproute(ipr: IPRoute | None) -> Iterator[IPRoute]:
     if ipr is not None:
         yield ipr
         return
+    from pyroute2 import IPRoute  # the backend's bridges only (see the module notes)
+
     with IPRoute() as new:
         yield new
-
-
-def _index(ipr: IPRoute, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
-        raise TapError(errno.ENODEV, f"{name}: no such interface")
-    return int(found[0])
 
 
 def configure(
@@ -211,55 +240,85 @@ def configure(
 ) -> None:
     """Set MAC / MTU, enslave to ``bridge`` (which must exist), bring up (or down).
 
-    ``ipr``: an open IPRoute to use instead of a new one.
+    ``ipr``: an open IPRoute for the bridge step instead of a new one.
     """
-    with _iproute(ipr) as ipr:
-        idx = _index(ipr, name)
-        try:
-            if mac is not None:
-                ipr.link("set", index=idx, address=mac)
-            if mtu is not None:
-                ipr.link("set", index=idx, mtu=mtu)
-        except Exception as exc:
-            raise TapError(
-                getattr(exc, "code", errno.EINVAL), f"{name}: set mac/mtu: {exc}"
-            ) from None
-        if bridge is not None:
+    try:
+        if mac is not None:
+            _ifreq(name, SIOCSIFHWADDR, struct.pack("H6s16x", ARPHRD_ETHER, mac_bytes(mac)))
+        if mtu is not None:
+            _ifreq(name, SIOCSIFMTU, struct.pack("i20x", mtu))
+        _ifreq(name, SIOCGIFFLAGS)  # there at all? (ENODEV, named below) before the bridge
+    except OSError as exc:
+        raise _no_such(name, exc) or TapError(
+            exc.errno, f"{name}: set mac/mtu: {exc.strerror}"
+        ) from None
+    if bridge is not None:
+        with _iproute(ipr) as ipr:
             br = ipr.link_lookup(ifname=bridge)
             if not br:
                 raise TapError(errno.ENODEV, f"{name}: bridge {bridge} does not exist")
             try:
-                ipr.link("set", index=idx, master=br[0])
+                ipr.link("set", index=_index(ipr, name), master=br[0])
+            except TapError:
+                raise
             except Exception as exc:
                 raise TapError(
                     getattr(exc, "code", errno.EINVAL), f"{name}: enslave to {bridge}: {exc}"
                 ) from None
-        try:
-            ipr.link("set", index=idx, state="up" if up else "down")
-        except Exception as exc:
-            raise TapError(
-                getattr(exc, "code", errno.EINVAL), f"{name}: set state: {exc}"
-            ) from None
+    try:
+        flags = struct.unpack_from("H", _ifreq(name, SIOCGIFFLAGS))[0]
+        flags = flags | IFF_UP if up else flags & ~IFF_UP
+        _ifreq(name, SIOCSIFFLAGS, struct.pack("H22x", flags))
+    except OSError as exc:
+        raise _no_such(name, exc) or TapError(
+            exc.errno, f"{name}: set state: {exc.strerror}"
+        ) from None
 
 
-def delete(
-    name: str,
-    *,
-    missing_ok: bool = True,
-    ipr: IPRoute | None = None,
-) -> bool:
+def delete(name: str, *, missing_ok: bool = True) -> bool:
     """Remove interface ``name`` (persistent or not). Returns whether it existed."""
-    with _iproute(ipr) as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            if missing_ok:
-                return False
-            raise TapError(errno.ENODEV, f"{name}: no such interface")
+    _check_name(name)
+    try:
+        index = socket.if_nametoindex(name)
+    except OSError:
+        if missing_ok:
+            return False
+        raise TapError(errno.ENODEV, f"{name}: no such interface") from None
+    # struct nlmsghdr, then struct ifinfomsg naming the link by index
+    msg = struct.pack("=LHHLL", 32, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0)
+    msg += struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(5)
+        sock.send(msg)
+        while True:  # the ACK: an NLMSG_ERROR carrying 0 or -errno
+            reply = sock.recv(4096)
+            if len(reply) >= 20 and struct.unpack_from("=H", reply, 4)[0] == NLMSG_ERROR:
+                break
+    err = -struct.unpack_from("=i", reply, 16)[0]
+    if err == errno.ENODEV and missing_ok:  # gone meanwhile
+        return False
+    if err:
+        raise TapError(err, f"{name}: delete: {os.strerror(err)}")
+    return True
+
+
+def tun_names() -> list[str]:
+    """The names of this namespace's TUN/TAP devices (their ethtool driver is "tun")."""
+    out = []
+    for _, name in socket.if_nameindex():
         try:
-            ipr.link("del", index=found[0])
-        except Exception as exc:
-            raise TapError(getattr(exc, "code", errno.EIO), f"{name}: delete: {exc}") from None
-        return True
+            if driver(name) == "tun":
+                out.append(name)
+        except OSError:  # gone meanwhile
+            continue
+    return out
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise TapError(errno.ENODEV, f"{name}: no such interface")
+    return int(found[0])
 
 
 @dataclass(frozen=True)
@@ -274,7 +333,7 @@ class LinkInfo:
 
 def link_info(name: str) -> LinkInfo:
     """MAC, MTU, admin state and bridge of ``name`` as the kernel reports them."""
-    with IPRoute() as ipr:
+    with _iproute(None) as ipr:
         idx = _index(ipr, name)
         msg = ipr.link("get", index=idx)[0]
         master_idx = msg.get_attr("IFLA_MASTER")
@@ -291,31 +350,43 @@ def link_info(name: str) -> LinkInfo:
         )
 
 
-def _ethtool(sock: socket.socket, name: bytes, buf: ctypes.Array[ctypes.c_char]) -> None:
-    ifr = struct.pack("16sP", name, ctypes.addressof(buf)) + bytes(16)
+def _buffer(head: bytes, size: int) -> array.array[int]:
+    """A buffer the kernel fills through a pointer in the ioctl's argument."""
+    return array.array("B", head.ljust(size, b"\0"))
+
+
+def _ethtool(sock: socket.socket, name: bytes, buf: array.array[int]) -> None:
+    ifr = struct.pack("16sP", name, buf.buffer_info()[0]) + bytes(16)
     fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifr)
+
+
+def driver(name: str) -> str:
+    """The ethtool driver name of ``name`` ("tun" for a TUN/TAP device)."""
+    info = _buffer(struct.pack("I", ETHTOOL_GDRVINFO), 196)  # struct ethtool_drvinfo
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        _ethtool(sock, _check_name(name), info)
+    return info[4:36].tobytes().split(b"\0", 1)[0].decode(errors="replace")
 
 
 def active_features(name: str) -> dict[str, bool]:
     """The kernel's active netdev features of ``name`` (as ``ethtool -k`` shows them)."""
     raw = _check_name(name)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        info = ctypes.create_string_buffer(
-            struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0)
-        )
+        info = _buffer(struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0), 20)
         _ethtool(sock, raw, info)
         count = struct.unpack_from("I", info, 16)[0]
-        strings = ctypes.create_string_buffer(12 + count * ETH_GSTRING_LEN)
-        struct.pack_into("III", strings, 0, ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
+        strings = _buffer(
+            struct.pack("III", ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count),
+            12 + count * ETH_GSTRING_LEN,
+        )
         _ethtool(sock, raw, strings)
         blocks = (count + 31) // 32
-        feats = ctypes.create_string_buffer(8 + blocks * 16)
-        struct.pack_into("II", feats, 0, ETHTOOL_GFEATURES, blocks)
+        feats = _buffer(struct.pack("II", ETHTOOL_GFEATURES, blocks), 8 + blocks * 16)
         _ethtool(sock, raw, feats)
     out: dict[str, bool] = {}
     for i in range(count):
         off = 12 + i * ETH_GSTRING_LEN
-        fname = strings.raw[off : off + ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+        fname = strings[off : off + ETH_GSTRING_LEN].tobytes().split(b"\0", 1)[0].decode()
         active = struct.unpack_from("I", feats, 8 + (i // 32) * 16 + 8)[0]
         out[fname] = bool(active >> (i % 32) & 1)
     return out

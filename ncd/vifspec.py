@@ -28,9 +28,8 @@ strtoull reads it as octal, silently).
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
@@ -245,14 +244,15 @@ def parse_vifspec(words: Iterable[str]) -> VifOptions:
 
 def random_mac() -> str:
     """A MAC in Xen's OUI 00:16:3e, as libxl picks one (its 4th byte below 0x80)."""
-    r = secrets.token_bytes(3)
-    return _xen_mac(r)
+    return _xen_mac(os.urandom(3))  # what secrets.token_bytes is
 
 
 def stable_mac(name: str, devid: int) -> str:
     """The MAC of a declared vif without ``mac``: libxl's form, from a hash of the domain's
     name and the devid, so the guest keeps its MAC across reboots (libxl keeps the one it
     generated in the domain's stored config for the same reason)."""
+    import hashlib  # here: OpenSSL's libcrypto is ~3 MB of RSS a frontend need not map
+
     return _xen_mac(hashlib.sha256(f"{name}/{devid}".encode()).digest()[:3])
 
 

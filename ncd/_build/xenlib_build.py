@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CDEF = r"""
 void free(void *ptr);
+int malloc_trim(size_t pad);  /* glibc: the daemon returns its heap's free pages */
 
 /* ---- libxenstore ---- */
 struct xs_handle;
@@ -57,6 +58,7 @@ char *xs_get_domain_path(struct xs_handle *h, unsigned int domid);
 SOURCE = r"""
 #include <stdbool.h>
 #include <stdint.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <xenstore.h>
 """

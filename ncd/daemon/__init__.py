@@ -8,5 +8,6 @@
 * :mod:`.discovery` - one device-discovery loop for both roles;
 * :mod:`.netlink` - link operations on their own thread, awaited;
 * :mod:`.service` - what both roles share: the vif table, control socket, status;
-* :mod:`.main` - ``ncd backend|frontend``: config, uvloop, logging, signals, sd_notify.
+* :mod:`.main` - ``ncd backend|frontend``: config, the event loop, logging;
+* :mod:`.process` - one daemon process: its roles, control socket, metrics, signals, sd_notify.
 """

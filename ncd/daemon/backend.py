@@ -25,7 +25,7 @@ from ncd.xenbus import Action, Role, XenbusState
 
 from . import netlink
 from .datapath import Datapath, SourceLock
-from .discovery import DeviceKey, Devices
+from .discovery import DeviceKey, Devices, device_keys
 from .service import VifTable
 from .switchport import SwitchLink
 from .vif import Channel, TapSettings, Vif, VifContext
@@ -272,6 +272,7 @@ def devices(ctx: VifContext) -> Devices:
         make_vif=lambda key: BackendVif(ctx, *key),
         sweep=lambda table: reap_dead_domains(ctx, table),
         forget_stale=lambda names: forget_ovs_ports(ctx, names),
+        key_of=device_keys(layout.backend_root(be)),
     )
 
 

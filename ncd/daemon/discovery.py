@@ -2,9 +2,14 @@
 
 At start, TAPs named like the role's whose device is gone are removed (persistent
 TAPs a crashed daemon left). Then each burst of watch events (and each vif that
-ended) leads to one scan: the role's sweep (the backend removes the entries of
-dead domains), then a vif for every listed device that is complete enough and has
-none yet. What differs between the roles is a :class:`Devices` value, built by
+ended) leads to one look: when every event of the burst names a device
+(:attr:`Devices.key_of`), at those devices only: a vif for each that is complete
+enough and has none yet (events under a device that has its vif, such as the vif's
+own writes, cost nothing); otherwise (start, a vif ended, ``@releaseDomain``) a full
+scan: the role's sweep (the backend removes the entries of dead domains), then every
+listed device. A backend's full scan reads every domain's directory, so scanning on
+every event made 64 attaches cost ~3,000 xenstore round trips (docs/performance.md).
+What differs between the roles is a :class:`Devices` value, built by
 :func:`.backend.devices` and :func:`.frontend.devices`.
 """
 
@@ -16,7 +21,10 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from ncd import parse
+from ncd.parse import BadEntry
 from ncd.xen.aio import Watch
+from ncd.xen.xenstore import WatchEvent
 
 from . import netlink
 from .service import VifTable
@@ -44,6 +52,29 @@ class Devices:
     sweep: Callable[[VifTable], None] = _no_sweep  # before every scan
     # after stale TAPs were removed, what else they held (the backend: OVS ports)
     forget_stale: Callable[[list[str]], Awaitable[None]] | None = None
+    # the device a watch event's path is about, None when it is about none in particular
+    key_of: Callable[[str], DeviceKey | None] = lambda path: None
+
+
+def device_keys(root: str, domid: int | None = None) -> Callable[[str], DeviceKey | None]:
+    """A ``key_of`` for devices at ``root/<domid>/<devid>`` (a backend's: keyed by
+    frontend domain) or, given ``domid``, at ``root/<devid>`` (a frontend's own)."""
+    prefix = root + "/"
+
+    def key_of(path: str) -> DeviceKey | None:
+        if not path.startswith(prefix):
+            return None
+        parts = path[len(prefix) :].split("/")
+        try:
+            if domid is not None:
+                return domid, parse.devid(path, parts[0])
+            if len(parts) < 2:
+                return None  # a frontend domain's directory: maybe several devices
+            return parse.domid(path, parts[0]), parse.devid(path, parts[1])
+        except BadEntry:
+            return None
+
+    return key_of
 
 
 class Discovery:
@@ -71,17 +102,29 @@ class Discovery:
                 w.start()
                 watches.push(f"watch on {path}", w.close)
             while True:
-                await self._events.get()
+                burst = [await self._events.get()]
                 while not self._events.empty():
-                    self._events.get_nowait()
-                d.sweep(self.table)
-                self._scan()
+                    burst.append(self._events.get_nowait())
+                keys = self._named(burst)
+                if keys is None:
+                    d.sweep(self.table)
+                self._scan(d.listed() if keys is None else sorted(keys))
         finally:
             await watches.close()
 
-    def _scan(self) -> None:
+    def _named(self, burst: list[object]) -> set[DeviceKey] | None:
+        """The devices a burst of events is about; None when one is about no single device."""
+        keys = set()
+        for ev in burst:
+            key = self.devices.key_of(ev.path) if isinstance(ev, WatchEvent) else None
+            if key is None:
+                return None
+            keys.add(key)
+        return keys
+
+    def _scan(self, keys: Iterable[DeviceKey]) -> None:
         d = self.devices
-        for key in d.listed():
+        for key in keys:
             if key in self.table or not d.ready(key):
                 continue
             self.log.info("new device: domain %d devid %d", *key)

@@ -20,7 +20,7 @@ from ncd.vchan.channel import VchanServer
 from ncd.xenbus import Action, Fail, FailKind, Role
 
 from .datapath import Datapath
-from .discovery import DeviceKey, Devices
+from .discovery import DeviceKey, Devices, device_keys
 from .switchport import SwitchLink
 from .vif import Channel, TapSettings, Vif, VifContext
 
@@ -160,6 +160,7 @@ def devices(ctx: VifContext) -> Devices:
         listed=lambda: ((me, d) for d in layout.list_frontend_devices(xs, me)),
         ready=ready,
         make_vif=lambda key: FrontendVif(ctx, key[1]),
+        key_of=device_keys(layout.frontend_root(me), me),
     )
 
 

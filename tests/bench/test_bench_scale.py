@@ -51,6 +51,9 @@ def test_bench_scale_tiny(tmp_path: Path) -> None:
     assert all(res["attach"]["cpu_s"][k] >= 0 for k in ("backend", "xenstored", "frontends"))
     assert res["backend"]["connected_mb"]["Rss"] > 5, res["backend"]
     assert len(res["frontend"]["rss_mb"]) == 3 and min(res["frontend"]["rss_mb"]) > 5
+    assert res["frontend"]["after_traffic_rss_median_mb"] > 5
+    # the scrape was served (bench_scale checks the body) and brought prometheus_client
+    assert res["frontend"]["scraped_rss_mb"] > res["frontend"]["rss_mb"][0]
     t = res["throughput"]
     assert len(t["one_gbit"]) == 1 and len(t["busy_gbit"]) == 1
     assert len(t["busy_per_vif_gbit"][0]) == 2 and min(t["busy_per_vif_gbit"][0]) > 0, t

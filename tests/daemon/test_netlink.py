@@ -24,7 +24,7 @@ def test_call_runs_on_the_netlink_thread_and_the_loop_keeps_ticking():
         tick = asyncio.create_task(ticker())
         await asyncio.sleep(0)
 
-        def slow(ipr: object) -> str:  # a link operation that takes a while
+        def slow() -> str:  # a link operation that takes a while
             time.sleep(0.2)
             return threading.current_thread().name
 
@@ -40,7 +40,7 @@ def test_call_runs_on_the_netlink_thread_and_the_loop_keeps_ticking():
 
 
 def test_call_propagates_the_operation_error():
-    def fail(ipr: object) -> None:
+    def fail() -> None:
         raise OSError(19, "No such device")
 
     with pytest.raises(OSError, match="No such device"):

@@ -36,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s xenstored %(levelname)s %(message)s",
     )
-    asyncio.run(_run(args.dir))
+    try:  # a faster loop when the venv has it (ncd's dependency); xensim needs none
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_run(args.dir))
     return 0
 
 

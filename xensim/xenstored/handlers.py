@@ -148,6 +148,7 @@ def _watch(req: Request) -> Result:
         raise XsError("EEXIST", "duplicate watch")
     if not conn.privileged and req.server.watch_count(conn.domid) >= MAX_WATCHES:
         raise XsError("E2BIG", "watch quota")
+    conn.watches.link(req.server.watch_index, conn)  # its watches join the server's index
     conn.watches.add(watch)
     # A new watch fires once straight away, after the acknowledgement.
     return Result(reply(req.msg, OK), [(watch.report_path(watch.path), token)])

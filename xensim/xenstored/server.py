@@ -22,7 +22,7 @@ from .handlers import dispatch
 from .paths import child
 from .perms import NONE, READ, Perm, Perms, drop_domain, for_domain
 from .tree import Store
-from .watches import Event, permitted
+from .watches import Event, WatchIndex, permitted
 from .wire import Message, XsError
 
 log = logging.getLogger("xensim.xenstored")
@@ -48,6 +48,7 @@ class XenstoreServer:
         self.domains: dict[int, Domain] = {}
         self.special: dict[str, Perms] = {p: (Perm(0, NONE),) for p in SPECIAL_PATHS}
         self.targets: dict[int, int] = {}
+        self.watch_index = WatchIndex()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -124,6 +125,7 @@ class XenstoreServer:
             while not conn.closed:
                 msg = await read_message(reader)
                 self.handle(conn, msg)
+                conn.flush()  # the reply now; other connections' events next iteration
                 if not conn.closed:
                     await writer.drain()
         except asyncio.IncompleteReadError as e:
@@ -163,12 +165,11 @@ class XenstoreServer:
     # -- events ------------------------------------------------------------------------------
 
     def fire(self, events: list[Event]) -> None:
-        conns = self.connections()
         for event in events:
-            for conn in conns:
-                if not self.may_see(conn, event):
+            for conn, watches in self.watch_index.matching(event).items():
+                if conn.closed or not self.may_see(conn, event):
                     continue
-                for watch in conn.watches.matching(event):
+                for watch in watches:
                     conn.send_event(watch.report_path(event.path), watch.token)
 
     def may_see(self, conn: Connection, event: Event) -> bool:
