@@ -53,6 +53,7 @@ bool xs_unwatch(struct xs_handle *h, const char *path, const char *token);
 xs_transaction_t xs_transaction_start(struct xs_handle *h);
 bool xs_transaction_end(struct xs_handle *h, xs_transaction_t t, bool abort);
 char *xs_get_domain_path(struct xs_handle *h, unsigned int domid);
+bool xs_is_domain_introduced(struct xs_handle *h, unsigned int domid);
 """
 
 SOURCE = r"""

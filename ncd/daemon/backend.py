@@ -313,13 +313,21 @@ def reap_dead_domains(ctx: VifContext, table: VifTable) -> None:
 
 
 def frontend_alive(xs: Any, be: int, fe: int) -> bool:
-    """Whether domain ``fe`` still exists. dom0 reads ``/local/domain/<fe>``; a driver
-    domain may not (EACCES, as on Xen), so there it is alive while one of its device
-    directories for us (readable by their backend) can still be read: the toolstack
-    removes them with the domain, and once the domain is gone reading there is EACCES
-    too (:func:`ncd.layout.read_peer`)."""
+    """Whether domain ``fe`` still exists. dom0 reads ``/local/domain/<fe>`` and asks
+    xenstored whether the domain is introduced: a dead domain is released
+    (``@releaseDomain``, the nodes it owns removed) before the toolstack removes its
+    home, and a sweep in between must not take it for alive (nothing would sweep
+    again). A driver domain may ask neither (EACCES, as on Xen). Where the home is
+    there but the answer is no, or unknown, the domain is alive while one of its device
+    directories for us (readable by their backend) can still be read: release and the
+    toolstack remove them with the domain (a domain still being built, not introduced
+    yet, has them), and once the domain is gone reading there is EACCES too
+    (:func:`ncd.layout.read_peer`)."""
     try:
-        return layout.domain_exists(xs, fe)
+        if not layout.domain_exists(xs, fe):
+            return False
+        if xs.is_domain_introduced(fe):
+            return True
     except OSError as exc:
         if exc.errno != errno.EACCES:
             raise

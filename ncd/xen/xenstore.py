@@ -280,6 +280,19 @@ class XenStore(_Ops):
         finally:
             lib.free(raw)
 
+    def is_domain_introduced(self, domid: int) -> bool:
+        """Whether xenstored knows ``domid`` as a live domain (``XS_IS_DOMAIN_INTRODUCED``,
+        a privileged question: EACCES elsewhere). False from the moment xenstored released
+        a dead domain (``@releaseDomain``), which is before the toolstack removes
+        ``/local/domain/<domid>``."""
+        call = f"xs_is_domain_introduced({domid})"
+        ffi.errno = 0  # libxenstore answers false on an error too; errno tells them apart
+        if lib.xs_is_domain_introduced(self._live_handle(call), domid):
+            return True
+        if ffi.errno:
+            fail(call)
+        return False
+
     # -- transactions -----------------------------------------------------------------
     def transaction_start(self) -> Transaction:
         call = "xs_transaction_start()"

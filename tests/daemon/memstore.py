@@ -32,6 +32,15 @@ class MemStore:
     def __init__(self) -> None:
         self.store = Store.initial()
         self._tx_ids = 0
+        self.released: set[int] = set()
+
+    def release(self, domid: int) -> None:
+        """What xenstored does when a domain dies, before the toolstack removes its home:
+        the domain is no longer introduced and the nodes it owns go (its device dirs)."""
+        self.released.add(domid)
+        for path in [p for p, n in self.store.nodes.items() if n.perms[0].domid == domid]:
+            if path in self.store.nodes:
+                self.conn(0).rm(path)
 
     @property
     def nodes(self) -> dict[str, Node]:
@@ -110,6 +119,13 @@ class MemConn:
 
     def get_domain_path(self, domid: int) -> str:
         return f"/local/domain/{domid}"
+
+    def is_domain_introduced(self, domid: int) -> bool:
+        """xenstored's answer (privileged), by the domains :meth:`MemStore.release`
+        has not released."""
+        if not self.caller.privileged:
+            raise XenError(errno.EACCES, f"xs_is_domain_introduced({domid})")
+        return domid not in self.mem.released
 
     def run_in_transaction(self, fn: Callable[[MemConn], R], attempts: int = 16) -> R:
         """``fn`` on a transaction, committed if it returns (xenstored's conflict rule,

@@ -101,3 +101,26 @@ def test_dom0_sweep_removes_the_per_domain_dir_too(tree: MemStore) -> None:
     ctx = SimpleNamespace(xs=tree.conn(0), domid=0)
     backend.reap_dead_domains(ctx, SimpleNamespace(vifs=lambda: []))
     assert layout.list_optional(tree.conn(0), layout.backend_root(0)) == []
+
+
+def test_dom0_sweep_between_release_and_the_toolstacks_rm(tree: MemStore) -> None:
+    """xenstored releases a dead domain (@releaseDomain; the nodes it owns, its device
+    directories, go) before the toolstack removes /local/domain/<fe>. A sweep in between
+    (the backend's vif ended as the device dir went) must see the domain as gone:
+    nothing else would make the backend sweep again (the destroy-cycles race)."""
+    layout.attach(tree.conn(0), backend=0, frontend=2, mac=MAC)
+    ctx = SimpleNamespace(xs=tree.conn(0), domid=0)
+    assert backend.frontend_alive(ctx.xs, 0, 2)
+    tree.release(2)
+    assert layout.domain_exists(ctx.xs, 2)  # the toolstack has not removed it yet
+    assert not backend.frontend_alive(ctx.xs, 0, 2)
+    backend.reap_dead_domains(ctx, SimpleNamespace(vifs=lambda: []))
+    assert layout.list_backend_devices(ctx.xs, 0) == []
+
+
+def test_a_domain_not_introduced_yet_with_its_device_dir_is_alive(tree: MemStore) -> None:
+    """Not introduced (being built, or xenstored does not say) but its device directory
+    for us is there: alive, as in a driver domain."""
+    layout.attach(tree.conn(0), backend=0, frontend=2, mac=MAC)
+    tree.released.add(2)  # xenstored says no; its nodes are still there
+    assert backend.frontend_alive(tree.conn(0), 0, 2)
