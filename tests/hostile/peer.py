@@ -69,6 +69,61 @@ def eth_frame(
     return dst + src + struct.pack(">H", ethertype) + bytes(payload_len)
 
 
+NEEDS_CSUM, GSO_TCPV4 = 1, 1  # virtio_net_hdr flags / gso_type
+
+
+def bad_records(src: bytes, over_ring: int) -> list[tuple[str, bytes, str]]:
+    """Records the receiving side must refuse, each as (case id, record, the rule's log
+    text as a regex), from a peer whose frames come from ``src``; ``over_ring`` is a
+    record length within the maximum frame but larger than the receiver's ring. The
+    same list attacks the backend (tests/hostile/test_ring.py) and the frontend
+    (tests/hostile/test_backend_records.py): one parser, one set of rules."""
+    tcp = eth_frame(src, 40, ethertype=0x0800)  # 54 bytes: enough for the vnet header cases
+    csum = {"csum_start": 34, "csum_offset": 16}
+    return [
+        ("rec-len-0", record(b"", rec_len=0), "length 0\\): record shorter"),
+        ("rec-len-23", record(bytes(13), rec_len=23), "length 23\\): record shorter"),
+        ("rec-len-65675", record(tcp, rec_len=65675), "length 65675\\): record longer"),
+        (
+            "rec-len-0xffffffff",
+            record(tcp, rec_len=0xFFFFFFFF),
+            "length 4294967295\\): record long",
+        ),
+        (
+            "rec-len-over-ring",
+            record(tcp, rec_len=over_ring),
+            f"length {over_ring}\\): record larger than the ring",
+        ),
+        ("vnet-unknown-flags", record(tcp, flags=0x80), "flags"),
+        (
+            "vnet-unknown-gso-type",
+            record(tcp, flags=NEEDS_CSUM, gso_type=2, gso_size=1000, hdr_len=54),
+            "gso_type/gso_size",
+        ),
+        ("vnet-ecn-without-gso", record(tcp, gso_type=0x80), "gso_type/gso_size"),
+        (
+            "vnet-gso-without-csum",
+            record(tcp, gso_type=GSO_TCPV4, gso_size=1000, hdr_len=54),
+            "gso_type/gso_size",
+        ),
+        (
+            "vnet-gso-size-0",
+            record(tcp, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=0, hdr_len=54, **csum),
+            "gso_type/gso_size",
+        ),
+        (
+            "vnet-csum-beyond-frame",
+            record(tcp, flags=NEEDS_CSUM, csum_start=50, csum_offset=16),
+            "checksum position beyond the frame",
+        ),
+        (
+            "vnet-hdr-len-beyond-frame",
+            record(tcp, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1000, hdr_len=2000, **csum),
+            "hdr_len beyond the frame",
+        ),
+    ]
+
+
 def _order_pages(order: int) -> int:
     """Pages of a ring of ``order`` (0: in the control page); absurd orders are capped
     at what fits the grant list (the backend must refuse them before it counts)."""

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile.peer import RIGHT_PROD, eth_frame, record
+from tests.hostile.peer import RIGHT_PROD, bad_records, eth_frame, record
 from tests.hostile.world import HOSTILE_MAC, Arena
 
 MAC = bytes(int(x, 16) for x in HOSTILE_MAC.split(":"))
-NEEDS_CSUM, GSO_TCPV4 = 1, 1
-TCP = eth_frame(MAC, 40, ethertype=0x0800)  # 54 bytes: enough for the vnet header cases
 FRAME = record(eth_frame(MAC, 0))  # 28 bytes, what "frames N" writes
 
 
@@ -41,51 +39,7 @@ def _fatal(arena: Arena, rule: str, *attack: str) -> str:
 
 
 # ---- records --------------------------------------------------------------------------
-RECORDS = [
-    ("rec-len-0", record(b"", rec_len=0), "length 0\\): record shorter"),
-    ("rec-len-23", record(bytes(13), rec_len=23), "length 23\\): record shorter"),
-    ("rec-len-65675", record(TCP, rec_len=65675), "length 65675\\): record longer"),
-    ("rec-len-0xffffffff", record(TCP, rec_len=0xFFFFFFFF), "length 4294967295\\): record long"),
-    ("rec-len-over-ring", record(TCP, rec_len=5000), "length 5000\\): record larger than the ring"),
-    ("vnet-unknown-flags", record(TCP, flags=0x80), "flags"),
-    (
-        "vnet-unknown-gso-type",
-        record(TCP, flags=NEEDS_CSUM, gso_type=2, gso_size=1000, hdr_len=54),
-        "gso_type/gso_size",
-    ),
-    ("vnet-ecn-without-gso", record(TCP, gso_type=0x80), "gso_type/gso_size"),
-    (
-        "vnet-gso-size-0",
-        record(
-            TCP,
-            flags=NEEDS_CSUM,
-            gso_type=GSO_TCPV4,
-            gso_size=0,
-            hdr_len=54,
-            csum_start=34,
-            csum_offset=16,
-        ),
-        "gso_type/gso_size",
-    ),
-    (
-        "vnet-csum-beyond-frame",
-        record(TCP, flags=NEEDS_CSUM, csum_start=50, csum_offset=16),
-        "checksum position beyond the frame",
-    ),
-    (
-        "vnet-hdr-len-beyond-frame",
-        record(
-            TCP,
-            flags=NEEDS_CSUM,
-            gso_type=GSO_TCPV4,
-            gso_size=1000,
-            hdr_len=2000,
-            csum_start=34,
-            csum_offset=16,
-        ),
-        "hdr_len beyond the frame",
-    ),
-]
+RECORDS = bad_records(MAC, over_ring=5000)
 
 
 @pytest.mark.parametrize("data,rule", [c[1:] for c in RECORDS], ids=[c[0] for c in RECORDS])
