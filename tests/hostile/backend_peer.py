@@ -13,7 +13,6 @@ its mappings dropped, states flapped, its directory removed or filled with garba
 from __future__ import annotations
 
 import struct
-import threading
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.hostile.peer import (
     RIGHT_CONS,
     RIGHT_PROD,
     SMALL_OFFSET,
+    Scribbler,
     eth_frame,
     record,
 )
@@ -64,9 +64,7 @@ class HostileBackend:
         self.left_order = 0
         self.maps: list[Mapping] = []
         self.port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._rounds = 0
+        self._scribbler = Scribbler()
         self.cmd_device(devid)
 
     # ---- xenstore ---------------------------------------------------------------------
@@ -272,32 +270,15 @@ class HostileBackend:
         blobs = [
             struct.pack("<I", v & 0xFFFFFFFF) if width == "4" else bytes([v & 0xFF]) for v in ints
         ]
-        page = self.ctrl
-        assert page is not None, "connect first"
-        self._stop.clear()
-        self._rounds = 0
-
-        def run() -> None:
-            while not self._stop.is_set():
-                for b in blobs:
-                    page.write(off, b)
-                self._rounds += 1
-                if self._rounds % 64 == 0:
-                    self.cmd_notify()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
+        assert self.ctrl is not None, "connect first"
+        self._scribbler.start(self.ctrl, off, blobs, self.cmd_notify)
         return {}
 
     def cmd_stop(self) -> dict[str, Any]:
         return {"rounds": self._stop_thread()}
 
     def _stop_thread(self) -> int:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(10)
-            self._thread = None
-        return self._rounds
+        return self._scribbler.stop()
 
     # ---- the event channel and the mappings ------------------------------------------------
     def cmd_storm(self, seconds: str) -> dict[str, Any]:

@@ -130,6 +130,41 @@ def _order_pages(order: int) -> int:
     return 1 << (min(order, 22) - 12) if order >= 12 else 0
 
 
+class Scribbler:
+    """A thread writing ``blobs`` in turn at ``off`` of a shared page until stopped,
+    calling ``notify`` every 64 rounds: a value the other side reads changing between
+    two of its reads (XSA-155). Both hostile peers use it."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.rounds = 0
+
+    def start(self, page: Any, off: int, blobs: list[bytes], notify: Any) -> None:
+        self.stop()
+        self._stop.clear()
+        self.rounds = 0
+
+        def run() -> None:
+            while not self._stop.is_set():
+                for b in blobs:
+                    page.write(off, b)
+                self.rounds += 1
+                if self.rounds % 64 == 0:
+                    notify()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        """Stop the thread (if any); the rounds it wrote."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(10)
+            self._thread = None
+        return self.rounds
+
+
 class HostileFrontend:
     """Frontend ``devid`` of this guest for backend ``backend``; see the module doc."""
 
@@ -147,9 +182,7 @@ class HostileFrontend:
         self.right_order = 12
         self.right_buf: tuple[SharedPages | None, int] = (None, 0)  # pages, offset
         self.mac = b"\0" * 6
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._thread_writes = 0
+        self._scribbler = Scribbler()
 
     # ---- xenstore ---------------------------------------------------------------------
     def cmd_state(self, state: str) -> dict[str, Any]:
@@ -377,36 +410,18 @@ class HostileFrontend:
     def cmd_scribble(self, offset: str, width: str, *values: str) -> dict[str, Any]:
         """A thread writing ``values`` (in turn) at ``offset`` until :meth:`cmd_stop`,
         notifying the backend after each round."""
-        self._stop_thread()
         off, fmt = int(offset), {"1": "<B", "4": "<I"}[width]
         blobs = [
             struct.pack(fmt, int(v, 0) & (0xFF if width == "1" else 0xFFFFFFFF)) for v in values
         ]
-        page = self._page()
-        self._stop.clear()
-        self._thread_writes = 0
-
-        def run() -> None:
-            while not self._stop.is_set():
-                for b in blobs:
-                    page.write(off, b)
-                self._thread_writes += 1
-                if self._thread_writes % 64 == 0:
-                    self.cmd_notify()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
+        self._scribbler.start(self._page(), off, blobs, self.cmd_notify)
         return {}
 
     def cmd_stop(self) -> dict[str, Any]:
         return {"rounds": self._stop_thread()}
 
     def _stop_thread(self) -> int:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(10)
-            self._thread = None
-        return self._thread_writes
+        return self._scribbler.stop()
 
     # ---- withdrawing ---------------------------------------------------------------------
     def cmd_close_port(self) -> dict[str, Any]:
