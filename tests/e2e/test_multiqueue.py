@@ -18,6 +18,7 @@ import pytest
 from ncd import queues
 from tests.domproc import DomProc
 from tests.e2e.harness import PY, Net
+from tests.hostile.peer import GOOD_FEATURES
 
 BE = "/local/domain/0/backend/ncvif"
 FE1 = "/local/domain/1/device/ncvif/0"
@@ -26,14 +27,6 @@ DOM0_IP, GUEST_IP = "198.18.1.1", "198.18.1.2"
 FLOWS = 24  # all on one queue by chance: 2 in 2**24
 FLOW_BYTES = 2 << 20
 STRAY = 6  # frames one flow's measurement may see on another queue (ARP, a late ACK)
-GOOD2 = {
-    "protocol-version": "1",
-    "feature-vnet-hdr": "1",
-    "max-frame": "65664",
-    "feature-csum": "1",
-    "feature-gso-tcpv4": "1",
-    "feature-gso-tcpv6": "1",
-}
 
 pytestmark = pytest.mark.skipif(queues.cpus() < 2, reason="a frontend takes one queue per CPU")
 
@@ -189,7 +182,7 @@ def _guest2(net: Net, keys: dict[str, str], state: str) -> None:
     """Guest 2's frontend entries, as an old or hostile frontend writes them."""
     net.sim.run(2, ["xenstore-rm", f"{FE2}/queue-0"], check=False)
     net.sim.run(2, ["xenstore-rm", f"{FE2}/{queues.KEY_NUM_QUEUES}"], check=False)
-    pairs = [x for k, v in {**GOOD2, **keys}.items() for x in (f"{FE2}/{k}", v)]
+    pairs = [x for k, v in {**GOOD_FEATURES, **keys}.items() for x in (f"{FE2}/{k}", v)]
     net.sim.run(2, ["xenstore-write", *pairs, f"{FE2}/state", state])
 
 
