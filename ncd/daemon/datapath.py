@@ -14,6 +14,7 @@ error of a queue takes netback's vif down.
 
 from __future__ import annotations
 
+import contextlib
 import select
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -116,37 +117,25 @@ class Datapath:
         (grants or event channels exhausted) ends the list there instead, as netfront
         goes on with the queues it could create: ``short_of`` says why."""
         tap.set_offloads(tun_offload_flags(neg.tx_features))  # exactly what was negotiated
+        locked = {} if lock is None else {"mac": lock.mac, "trunk": lock.trunk, "ips": lock.ips}
         queues: list[Queue] = []
         short_of: str | None = None
         try:
             for i in range(n):
-                own: tapmod.Tap | None = None
-                try:
-                    own = tap.open_queue() if i else None
-                    vchan = vchan_for(i)
-                except OSError as exc:
-                    if own is not None:
-                        own.close()
-                    if at_least is None or i < at_least:
-                        raise
-                    short_of = str(exc)
-                    break
-                except BaseException:
-                    if own is not None:
-                        own.close()
-                    raise
-                fd = (own or tap).fileno()
-                try:
-                    if lock is None:
-                        pump = FramePump.start(vchan, fd, neg, rate=rate)
-                    else:
-                        pump = FramePump.start(vchan, fd, neg, mac=lock.mac, trunk=lock.trunk,
-                                               ips=lock.ips, rate=rate)
-                except BaseException:
-                    vchan.close()
-                    if own is not None:
-                        own.close()
-                    raise
+                with contextlib.ExitStack() as undo:  # this queue's pieces, until its pump runs
+                    try:
+                        own = tap.open_queue() if i else None
+                        if own is not None:
+                            undo.callback(own.close)
+                        vchan = vchan_for(i)
+                    except OSError as exc:
+                        if at_least is None or i < at_least:
+                            raise
+                        short_of = str(exc)
+                        break
+                    undo.callback(vchan.close)
+                    pump = FramePump.start(vchan, (own or tap).fileno(), neg, rate=rate, **locked)
+                    undo.pop_all()
                 queues.append(Queue(i, vchan, pump, own))
             dp = cls(queues, neg, rate)
             dp.short_of = short_of

@@ -8,20 +8,10 @@
 #include <stdlib.h>
 
 #include "answer.h"
+#include "check.h"
 
 #define SPIN 150000 /* ns */
 #define US 1000
-
-static int checks;
-
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        checks++;                                                                      \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
 
 /* n exchanges: handed something at t, the answer seen `after` ns later; returns the
  * time of the last answer */

@@ -8,17 +8,7 @@
 #include <stdlib.h>
 
 #include "credit.h"
-
-static int checks;
-
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        checks++;                                                                      \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
+#include "check.h"
 
 static int take(struct ncd_credit *c, uint64_t size, uint64_t now, uint64_t *wake)
 {
