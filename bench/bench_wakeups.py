@@ -14,6 +14,17 @@ ACKs). A voluntary context switch of a pump thread is one sleep -> wake-up. With
 mix, not the rate); with ``--perf`` once more under ``perf record`` of the same threads
 (the top kernel and user symbols).
 
+Two floors beside them, measured in the same run:
+
+* **cost**: each throughput test on ncd's path and on the veth pair, with the host's
+  busy CPU time over the run (/proc/stat, every CPU): CPU per unit moved (ms per GB,
+  us per UDP frame) and the ncd pumps' share of it. When both paths keep every CPU
+  busy, ncd / veth throughput is at most veth's cost / ncd's cost;
+* **wake**: bench/wake_bench.c, two threads handing a token back and forth through
+  eventfds, sleeping in poll() as a pump does (200 us apart, so that the other one is
+  asleep), pinned to two CPUs, to one CPU, and spinning instead of sleeping: what one
+  wake-up costs on this machine, the unit of ncd's ping RTT.
+
     sudo .venv/bin/python bench/bench_wakeups.py [--seconds 4] [--pings 400] [--strace]
         [--perf] [--json OUT]
 """
@@ -26,6 +37,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +63,15 @@ COUNTERS = (
 )
 ROLES = ("backend", "frontend")
 PERF_TOP = 6
+WAKE_SOURCE = ROOT / "bench" / "wake_bench.c"
+WAKE_ROUNDS = 2000
+WAKE_REPEAT = 5
+# (label, CPU of thread A, CPU of thread B, mode): -1 = unpinned
+WAKE_CASES = [
+    ("two CPUs, sleeping in poll()", 0, 1, "sleep"),
+    ("one CPU, sleeping in poll()", 0, 0, "sleep"),
+    ("two CPUs, spinning (nobody asleep)", 0, 1, "spin"),
+]
 
 
 def threads(pid: int) -> dict[int, dict[str, Any]]:
@@ -179,6 +200,62 @@ TESTS: list[tuple[str, str, list[str] | None]] = [
 ]
 
 
+def host_busy() -> float:
+    """Busy CPU-seconds of every CPU since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICK
+
+
+def cost_run(
+    b: bench_net.Bench, p: bench_net.Path_, extra: list[str], probe: Probe | None
+) -> dict[str, float]:
+    """One iperf3 run on path ``p`` with the host's busy CPU time over it; with a probe
+    (the ncd path) also the pumps' CPU time."""
+    pumps = probe.snap() if probe else None
+    t0 = host_busy()
+    end = b.iperf(p, extra)["end"]
+    busy = host_busy() - t0
+    out = {"busy": busy}
+    if "-u" in extra:
+        s = end.get("sum_received") or end["sum"]
+        out["units"] = float(int(s["packets"]) - int(s["lost_packets"]))
+        out["seconds"] = float(s["seconds"])
+    else:
+        out["units"] = float(end["sum_received"]["bytes"]) / 1e9
+        out["seconds"] = float(end["sum_received"]["seconds"])
+    if probe and pumps:
+        d = probe.delta(pumps, probe.snap())
+        out["pumps"] = sum(d[r]["threads"].get("pump", {"cpu": 0.0})["cpu"] for r in ROLES)
+    return out
+
+
+def wake_run(tmp: Path) -> dict[str, list[float]]:
+    """bench/wake_bench.c's cases, WAKE_REPEAT times each: p50 round trips in us."""
+    exe = tmp / "wake_bench"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", str(WAKE_SOURCE), "-o", str(exe)],
+        check=True,
+    )
+    ncpu = os.cpu_count() or 1
+    out: dict[str, list[float]] = {}
+    for label, a, bcpu, mode in WAKE_CASES:
+        if max(a, bcpu) >= ncpu:
+            continue
+        rounds = WAKE_ROUNDS * (100 if mode == "spin" else 1)
+        argv = [str(exe), str(rounds), str(a), str(bcpu), *(["spin"] if mode == "spin" else [])]
+        out[label] = [
+            int(
+                subprocess.run(
+                    argv, capture_output=True, text=True, check=True, timeout=120
+                ).stdout.split()[0]
+            )
+            / 1000
+            for _ in range(WAKE_REPEAT)
+        ]
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every test once on a fresh world (``args``: seconds, pings, strace, perf)."""
     b = bench_net.Bench(
@@ -187,7 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="ncd-wakeups-"))
     try:
-        ncd, _ = b.up()
+        ncd, veth = b.up()
         probe = Probe(b)
         for key, _, extra in TESTS:
 
@@ -203,6 +280,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.perf and extra is not None:
                 results[key]["perf"] = perf_run(probe, fn, tmp)
             print(f"{key}: done", file=sys.stderr, flush=True)
+        cost: dict[str, Any] = {}
+        for key, _, extra in TESTS:
+            if extra is not None:
+                cost[key] = {
+                    "ncd": cost_run(b, ncd, extra, probe),
+                    "veth": cost_run(b, veth, extra, None),
+                }
+        results["cost"] = cost
+        print("cost: done", file=sys.stderr, flush=True)
+        results["wake"] = wake_run(tmp)
+        print("wake: done", file=sys.stderr, flush=True)
     finally:
         b.down()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -279,6 +367,58 @@ def table(results: dict[str, Any]) -> list[str]:
                 if top:
                     syms = ", ".join(f"{sym} {share:.1f}%" for share, sym in top)
                     lines.append(f"| {label} | {role} | {syms} |")
+    return lines + cost_table(results.get("cost", {})) + wake_table(results.get("wake", {}))
+
+
+def cost_table(cost: dict[str, Any]) -> list[str]:
+    """What each path spends per unit moved; the ratio bounds ncd / veth throughput
+    when both keep every CPU busy."""
+    if not cost:
+        return []
+    lines = [
+        "",
+        "| test | path | rate | host CPUs busy | CPU per unit moved | ncd pumps' share "
+        "| veth's cost / ncd's (the bound on ncd / veth) | measured ncd / veth |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, _ in TESTS:
+        c = cost.get(key)
+        if not c:
+            continue
+        udp = key == "udp64"
+        per = {k: c[k]["busy"] / max(c[k]["units"], 1e-9) for k in ("ncd", "veth")}
+        rate = {k: c[k]["units"] / c[k]["seconds"] for k in ("ncd", "veth")}
+        for path in ("ncd", "veth"):
+            r = c[path]
+            shown = f"{rate[path]:,.0f} frames/s" if udp else f"{rate[path] * 8:.2f} Gbit/s"
+            unit = f"{per[path] * 1e6:.2f} us / frame" if udp else f"{per[path] * 1e3:.0f} ms / GB"
+            share = f"{r['pumps'] / r['busy']:.0%}" if "pumps" in r and r["busy"] else ""
+            tail = (
+                f"{per['veth'] / per['ncd']:.2f}x | {rate['ncd'] / rate['veth']:.2f}x"
+                if path == "ncd"
+                else " | "
+            )
+            lines.append(
+                f"| {label} | {path} | {shown} | {r['busy'] / r['seconds']:.2f} | "
+                f"{unit} | {share} | {tail} |"
+            )
+    return lines
+
+
+def wake_table(wake: dict[str, list[float]]) -> list[str]:
+    if not wake:
+        return []
+    lines = [
+        "",
+        f"| bench/wake_bench.c: two threads, token through eventfds | round trip p50 (us), "
+        f"median of {WAKE_REPEAT} | one hand-over (us) | every run's p50 |",
+        "|---|---:|---:|---|",
+    ]
+    for label, runs in wake.items():
+        med = statistics.median(runs)
+        lines.append(
+            f"| {label} | {med:.1f} | {med / 2:.1f} | {', '.join(f'{x:.1f}' for x in runs)} |"
+        )
     return lines
 
 

@@ -29,6 +29,11 @@ File format (every key optional; unknown sections/keys are errors naming the key
                                         # frontend takes min(this, the backend's, its
                                         # CPUs); 1 = single queue. Switch ports and
                                         # rate-limited vifs use one (docs/protocol.md)
+    spin_us = 150                       # before sleeping, a pump spins up to this long
+                                        # for the next frame, only while the peer keeps
+                                        # it busy (a stream; an answer due within it):
+                                        # a wake-up costs tens of us on a VM. 0 = sleep
+                                        # at once (an overcommitted host). 0 .. 10000
 
     [driver]                            # `ncd driver` only (a driver domain)
     uplink_switch = "up"                # the devices it fronts become ports of this
@@ -82,6 +87,7 @@ from .queues import QUEUES_MAX
 DEFAULT_PATH = Path("/etc/ncd/ncd.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RING_MIN, RING_MAX = 4096, 1 << 20
+SPIN_MAX_US = 10_000  # cext/pump/pump.h NCD_PUMP_SPIN_MAX_USEC
 
 
 class ConfigError(ValueError):
@@ -122,6 +128,7 @@ class ChannelSection:
     reconnect_delay: float = 1.0
     reconnect_delay_max: float = 30.0
     max_queues: int = 2
+    spin_us: int = 150
 
 
 FORWARD_COPY = ("memcpy", "grant")
@@ -239,6 +246,8 @@ def _validate(where: str, cfg: Config) -> None:
     rb = cfg.channel.ring_bytes
     if not RING_MIN <= rb <= RING_MAX or rb & (rb - 1):
         raise bad("channel.ring_bytes", f"{rb} is not a power of two in {RING_MIN}..{RING_MAX}")
+    if not 0 <= cfg.channel.spin_us <= SPIN_MAX_US:
+        raise bad("channel.spin_us", f"{cfg.channel.spin_us} is not in 0..{SPIN_MAX_US}")
     if not 1 <= cfg.channel.max_queues <= QUEUES_MAX:
         raise bad("channel.max_queues", f"{cfg.channel.max_queues} is not in 1..{QUEUES_MAX}")
     if not 0 < cfg.channel.reconnect_delay <= cfg.channel.reconnect_delay_max <= 3600:
@@ -408,6 +417,9 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--ring-bytes", "channel.ring_bytes", int, "vchan ring size each way"),
     ("--max-queues", "channel.max_queues", int,
      f"queues (channels) per vif, 1..{QUEUES_MAX} (config [channel] max_queues)"),
+    ("--spin-us", "channel.spin_us", int,
+     f"microseconds a busy pump spins before sleeping, 0..{SPIN_MAX_US}; 0 = never "
+     "(config [channel] spin_us)"),
 ]
 
 

@@ -56,6 +56,30 @@ static inline void ncd_answer_seen(struct ncd_answer *a, int64_t now)
     }
 }
 
+/* A thread's idle wait of ns (from running out of work to finding some, a spin
+ * included), folded into its average *avg_ns with the same weight: the switch
+ * and the pump spin only while that average stays under their spin. */
+static inline void ncd_answer_waited(int64_t *avg_ns, int64_t ns)
+{
+    *avg_ns += (ns - *avg_ns) / (1 << NCD_ANSWER_SHIFT);
+}
+
+/* A spin of spin_ns that found nothing: no more spins (on the waits' average)
+ * until at least 21 waits, each folded in with weight 1/8, have brought the
+ * average back under one spin, and twice as many after each further miss in a
+ * row (*misses counts them, up to NCD_ANSWER_MISSES_MAX; reset it when a spin
+ * finds work).  A peer that wakes us without work buys one spin per 21 or more
+ * events, and on a loaded host, where the peer is off its CPU, the spinning stops. */
+#define NCD_ANSWER_MISSED 16    /* spins the average is set to after a first miss */
+#define NCD_ANSWER_MISSES_MAX 6 /* ... doubled per miss in a row up to 1024 spins */
+
+static inline void ncd_answer_missed(int64_t *avg_ns, unsigned *misses, int64_t spin_ns)
+{
+    *avg_ns = ((int64_t)NCD_ANSWER_MISSED << *misses) * spin_ns;
+    if (*misses < NCD_ANSWER_MISSES_MAX)
+        (*misses)++;
+}
+
 /* Whether the peer's answer is probably less than spin_ns away. */
 static inline int ncd_answer_due(const struct ncd_answer *a, int64_t now, int64_t spin_ns)
 {

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "../forward/answer.h"
 #include "../vchan/ncd_util.h"
 #include "../vchan/vchan.h"
 
@@ -25,6 +27,11 @@
  * the next, instead of waiting for the whole batch.  Small frames still commit
  * once per batch. */
 #define COMMIT_BYTES (32u * 1024u)
+/* The bounded adaptive spin before sleeping (spin() below): at most cfg.spin_usec,
+ * and only while the idle waits have been shorter than that on average, or the
+ * peer is answering what we just handed it within that.  On a VM a sleeping thread
+ * costs tens of microseconds to wake (docs/performance.md, "The floors"). */
+#define SPIN_POLL_EVERY 16u /* spin iterations between looks at the fds (a syscall) */
 
 /* Counters: written by the pump thread, read by anyone. */
 #define CNT_ADD(p, f, n) __atomic_fetch_add(&(p)->st.f, (uint64_t)(n), __ATOMIC_RELAXED)
@@ -51,6 +58,8 @@ struct ncd_pump {
     size_t bounce_len; /* bytes of a frame waiting in bounce (0 = none) */
     /* ring space still to be waited for before tx proceeds */
     size_t tx_need;
+    /* ring data rx needs for its next complete record (set when rx is idle) */
+    size_t rx_need;
     int rx_waiting_fd; /* rx is waiting for POLLOUT */
     int tx_wait_counted;
     struct ncd_vchan_eoi eoi; /* late EOI of the event channel (vchan_eoi.c) */
@@ -58,6 +67,12 @@ struct ncd_pump {
     struct ncd_credit credit;
     struct ncd_credit_ctl credit_ctl;
     uint64_t rate_wake; /* rx waits for the credit until then (DIR_RATE), us */
+    /* spinning (pump thread only): the average idle wait, and how soon the peer
+     * answers what tx hands it (cext/forward/answer.h) */
+    int64_t spin_ns; /* cfg.spin_usec in ns; 0 = never spin */
+    int64_t wait_avg_ns;
+    unsigned spin_misses; /* spins in a row that found nothing */
+    struct ncd_answer answer;
 };
 
 /* ---- two-iovec ring spans: span.h ------------------------------------ */
@@ -167,6 +182,7 @@ static void commit_part(struct ncd_pump *p, int tx, size_t used, size_t *done)
     if (tx) {
         ncd_vchan_write_commit(p->v, used - *done);
         CNT_ADD(p, tx_batches, 1);
+        ncd_answer_sent(&p->answer, ncd_answer_now());
     } else {
         ncd_vchan_read_commit(p->v, used - *done);
         CNT_ADD(p, rx_batches, 1);
@@ -355,6 +371,7 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
         struct ncd_vnet_hdr h;
 
         if (left < NCD_REC_LEN_SIZE) {
+            p->rx_need = NCD_REC_LEN_SIZE;
             ret = DIR_IDLE;
             break;
         }
@@ -367,6 +384,7 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
             break;
         }
         if (left - NCD_REC_LEN_SIZE < rec_len) {
+            p->rx_need = NCD_REC_LEN_SIZE + (size_t)rec_len;
             ret = DIR_IDLE;
             break;
         }
@@ -431,6 +449,74 @@ static int rx_run(struct ncd_pump *p, size_t *remain)
     return ret;
 }
 
+/* ---- spinning before a sleep ---------------------------------------------- */
+
+/* Work the main loop would find, from the peer's indices (no syscall): a
+ * complete record in the ring, or the ring space tx waits for.  Only a complete
+ * record counts: a peer that moves its index a byte at a time must not keep us
+ * spinning for nothing. */
+static int ring_work(struct ncd_pump *p, int tx, int rx)
+{
+    if (rx == DIR_IDLE) {
+        int64_t r = ncd_vchan_peek_data(p->v);
+        if (r < 0 || (uint64_t)r >= p->rx_need)
+            return 1; /* a record, or a hostile value the next run reports */
+    }
+    if (tx == DIR_BLOCKED) {
+        int64_t sp = ncd_vchan_peek_space(p->v);
+        if (sp < 0 || (uint64_t)sp >= p->tx_need)
+            return 1;
+    }
+    return 0;
+}
+
+/* Work on the fds: a frame to read (tx idle), room to write (rx blocked on the
+ * fd), a rate change or a stop. One poll() with no timeout. */
+static int fd_work(struct ncd_pump *p, int tx, int rx)
+{
+    struct pollfd pfd[2] = {
+        {.fd = p->wake_fd, .events = POLLIN},
+        {.fd = p->cfg.fd, .events = (short)((tx == DIR_IDLE ? POLLIN : 0) |
+                                            (rx == DIR_BLOCKED ? POLLOUT : 0))},
+    };
+    return poll(pfd, 2, 0) != 0; /* an error too: the main loop's poll() reports it */
+}
+
+/* Bounded adaptive spin before sleeping: 1 = work showed up within the spin
+ * (p->spin_ns).  Used only while the peer keeps us busy: the recent idle waits
+ * averaged less than the spin (a stream: the next frame or ACK comes within
+ * microseconds), or we handed the peer something less than a spin ago and its
+ * answers have been coming within one (a ping's echo reply, not the next request
+ * 10 ms later).
+ * An idle vif sleeps at once: its waits average seconds.  No notification is
+ * asked while spinning, so a busy peer makes no syscall for us. */
+static int spin(struct ncd_pump *p, int tx, int rx, int64_t start)
+{
+    if (!p->spin_ns ||
+        (p->wait_avg_ns >= p->spin_ns && !ncd_answer_due(&p->answer, start, p->spin_ns)))
+        return 0;
+    for (unsigned i = 1;; i++) {
+        if (ring_work(p, tx, rx) ||
+            /* pairs with the release store of stop in ncd_pump_stop() */
+            __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
+            return 1;
+        if (i % SPIN_POLL_EVERY == 0) {
+            if (fd_work(p, tx, rx))
+                return 1;
+            if (ncd_answer_now() - start >= p->spin_ns) {
+                ncd_answer_missed(&p->wait_avg_ns, &p->spin_misses, p->spin_ns);
+                CNT_ADD(p, spins_missed, 1);
+                return 0;
+            }
+            /* a runnable thread on this CPU (on 2 vCPUs, often the one we wait
+             * for) goes first: the spin saves our sleep, it must not take the
+             * peer's CPU */
+            sched_yield();
+        }
+        ncd_cpu_relax();
+    }
+}
+
 /* ---- the thread ------------------------------------------------------------ */
 
 /* The event fd fired: take the event; its unmask waits if it carried no work. */
@@ -462,19 +548,28 @@ static void *pump_main(void *arg)
         rx = rx_run(p, &remain);
         if (rx == DIR_FATAL)
             break;
-        /* the peer's data moved without an event: it is working, unmask now */
-        if (CNT_GET(p, rx_batches) != rx_batches && ncd_vchan_eoi_work(&p->eoi, p->v) < 0) {
-            set_state(p, NCD_PUMP_INTERNAL, "event channel unmask: %s", strerror(errno));
-            break;
+        if (CNT_GET(p, rx_batches) != rx_batches) {
+            ncd_answer_seen(&p->answer, ncd_answer_now()); /* the peer answered */
+            /* the peer's data moved without an event: it is working, unmask now */
+            if (ncd_vchan_eoi_work(&p->eoi, p->v) < 0) {
+                set_state(p, NCD_PUMP_INTERNAL, "event channel unmask: %s", strerror(errno));
+                break;
+            }
         }
         if (tx == DIR_MORE || rx == DIR_MORE)
             continue; /* work left: no sleeping, bounded by progress */
+        int64_t idle_since = ncd_answer_now();
         /* rate-limited: no notification needed, the refill is the wake-up */
         int timeout = open == 2 ? 100 : -1;
         if (rx == DIR_RATE) {
             timeout = ncd_credit_poll_ms(p->rate_wake, ncd_credit_now());
             if (timeout == 0)
                 continue;
+        } else if (open == 1 && spin(p, tx, rx, idle_since)) {
+            ncd_answer_waited(&p->wait_avg_ns, ncd_answer_now() - idle_since);
+            p->spin_misses = 0;
+            CNT_ADD(p, spins_won, 1);
+            continue;
         }
 
         /* About to sleep: ask the peer for a notification, then look again so
@@ -536,6 +631,7 @@ static void *pump_main(void *arg)
             break;
         }
         CNT_ADD(p, wakeups, 1);
+        ncd_answer_waited(&p->wait_avg_ns, ncd_answer_now() - idle_since);
         if (pfd[0].revents & POLLIN) {
             uint64_t v; /* a new rate (ncd_pump_set_rate); a stop is the flag */
             if (read(p->wake_fd, &v, sizeof v) < 0) {
@@ -599,6 +695,9 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
         (cfg->lock.n_ipv4 > NCD_LOCK_MAX_IPS || cfg->lock.n_ipv6 > NCD_LOCK_MAX_IPS))
         return ncd_fail(err, errlen, 0, "ncd_pump_start: at most %u lock addresses per family",
                         NCD_LOCK_MAX_IPS);
+    if (cfg->spin_usec > NCD_PUMP_SPIN_MAX_USEC)
+        return ncd_fail(err, errlen, 0, "ncd_pump_start: spin_usec %u above %u", cfg->spin_usec,
+                        NCD_PUMP_SPIN_MAX_USEC);
     if (cfg->lock.enabled && !cfg->lock.trunk && (cfg->lock.mac[0] & 1))
         return ncd_fail(err, errlen, 0, "ncd_pump_start: a group MAC cannot be locked");
 
@@ -621,6 +720,9 @@ int ncd_pump_start(struct ncd_pump **out, struct ncd_vchan *v, const struct ncd_
     pthread_mutex_init(&p->lock, NULL);
     ncd_credit_init(&p->credit, cfg->rate_bytes, cfg->rate_usec, ncd_credit_now());
     ncd_credit_ctl_init(&p->credit_ctl);
+    p->spin_ns = (int64_t)cfg->spin_usec * 1000;
+    p->wait_avg_ns = p->spin_ns; /* no spinning until the waits have been short */
+    ncd_answer_init(&p->answer, p->spin_ns);
 
     if (wsz < NCD_REC_LEN_SIZE + (size_t)p->tx_max_rec) {
         p->bounce = malloc(p->tx_max_rec + 1);

@@ -47,7 +47,13 @@ struct ncd_pump_config {
      * is spent the thread leaves the frames in the ring until the refill (the peer's
      * ring backs up; nothing is dropped). Changed live by ncd_pump_set_rate(). */
     uint64_t rate_bytes, rate_usec;
+    /* Bounded adaptive spin before sleeping, at most spin_usec microseconds
+     * (0 = never spin, sleep at once; at most NCD_PUMP_SPIN_MAX_USEC): only while
+     * the peer keeps the pump busy (pump.c, spin()). */
+    uint32_t spin_usec;
 };
+
+#define NCD_PUMP_SPIN_MAX_USEC 10000u
 
 /* Why the thread stopped (ncd_pump_state). */
 enum ncd_pump_state {
@@ -80,6 +86,8 @@ struct ncd_pump_stats {
     uint64_t notify_spurious;       /* events that carried no work (late EOI, vchan_eoi.c) */
     uint64_t rate_limited;          /* rx frames that waited for the rate limit's refill */
     uint64_t rate_delay_usec;       /* microseconds those frames waited */
+    uint64_t spins_won;             /* sleeps avoided: work came while spinning */
+    uint64_t spins_missed;          /* spins that ended with nothing (then a sleep) */
 };
 
 /* Start the thread. Returns 0, or -1 with a message in err. */

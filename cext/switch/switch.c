@@ -59,7 +59,6 @@
 #define COMMIT_BYTES (32u * 1024u)
 /* adaptive spin before sleeping (docs/forwarding.md, "Wake-ups") */
 #define SPIN_NS 150000  /* longest spin: 150 us */
-#define WAIT_AVG_SHIFT 3 /* idle waits averaged over ~8 (exponential moving average) */
 /* offload fix-ups: frames built privately (checksum completed, GSO segments);
  * bounded: two maximal frames, reused once their grant copies are done */
 #define ARENA_SIZE (2u * NCD_ETH_MAX)
@@ -106,6 +105,7 @@ struct port {
     /* switch thread only: source window */
     struct span r;
     size_t r_used, r_done, r_remain;
+    size_t r_need; /* r_idle: ring data its next complete record needs */
     int r_idle; /* the last round stopped at an incomplete record (or nothing) */
     /* switch thread only: the rate limit on what this port sends (credit.h) */
     struct ncd_credit credit;
@@ -137,6 +137,7 @@ struct ncd_switch {
     struct ncd_switch_config cfg;
     uint32_t ageing_ms, batch, hold_ms;
     int64_t wait_avg_ns; /* switch thread only: average idle wait, see spin() */
+    unsigned spin_misses; /* switch thread only: spins in a row that found nothing */
     int64_t round_ns;    /* switch thread only: when the current round started */
     pthread_t thread;
     int thread_started, running;
@@ -918,6 +919,7 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
 
         if (left < NCD_REC_LEN_SIZE) {
             s->r_idle = 1;
+            s->r_need = NCD_REC_LEN_SIZE;
             break;
         }
         span_copy_out(&s->r, s->r_used, lenb, sizeof lenb);
@@ -929,6 +931,7 @@ static unsigned rx_vchan(struct ncd_switch *sw, struct port *s)
         }
         if (left - NCD_REC_LEN_SIZE < rec_len) {
             s->r_idle = 1; /* incomplete: the writer has not committed all of it yet */
+            s->r_need = NCD_REC_LEN_SIZE + (size_t)rec_len;
             break;
         }
         if (now && !ncd_credit_take(&s->credit, rec_len - NCD_VNET_HDR_SIZE, now,
@@ -1111,7 +1114,8 @@ static int64_t now_ns(void)
 }
 
 /* Work a round would find on a vchan port, judged from the peers' indices alone
- * (no notification asked, no syscall): data past what the last round left, or
+ * (no notification asked, no syscall): a complete record past what the last round
+ * left (a peer moving its index a byte at a time must not keep us spinning), or
  * room for a held frame. TAP ports are not looked at (that takes a syscall). */
 static int work_seen(struct ncd_switch *sw)
 {
@@ -1127,18 +1131,12 @@ static int work_seen(struct ncd_switch *sw)
             continue; /* its refill ends the wait, not its peer's data: no spinning */
         } else if (ncd_vchan_is_open(p->v) == 1) {
             int64_t r = ncd_vchan_peek_data(p->v);
-            if (r < 0 || (uint64_t)r > p->r_remain)
-                return 1; /* new data, or a hostile value the round reports */
+            size_t need = p->r_idle ? p->r_need : p->r_remain + 1;
+            if (r < 0 || (uint64_t)r >= need)
+                return 1; /* a record, or a hostile value the round reports */
         }
     }
     return 0;
-}
-
-/* An idle wait (from running out of work to finding some, spin included) of
- * ns: folded into the moving average that decides whether to spin. */
-static void waited(struct ncd_switch *sw, int64_t ns)
-{
-    sw->wait_avg_ns += (ns - sw->wait_avg_ns) / (1 << WAIT_AVG_SHIFT);
 }
 
 /* A vchan port was delivered a frame less than SPIN_NS ago, has not sent since, and
@@ -1172,12 +1170,15 @@ static int spin(struct ncd_switch *sw, uint32_t seen)
          * release store of stop in ncd_switch_destroy */
         if (work_seen(sw) || __atomic_load_n(&sw->ctl_gen, __ATOMIC_ACQUIRE) != seen ||
             __atomic_load_n(&sw->stop, __ATOMIC_ACQUIRE)) {
-            waited(sw, now_ns() - start);
+            ncd_answer_waited(&sw->wait_avg_ns, now_ns() - start);
+            sw->spin_misses = 0;
             return 1;
         }
         if (i % 16 == 15) {
-            if (now_ns() >= end)
+            if (now_ns() >= end) {
+                ncd_answer_missed(&sw->wait_avg_ns, &sw->spin_misses, SPIN_NS);
                 break;
+            }
             /* a runnable peer on this CPU (on 2 vCPUs, often the one we wait for)
              * goes first: the spin saves the sleep and the peer's notification,
              * it must not take the peer's CPU */
@@ -1281,7 +1282,7 @@ static void *switch_main(void *arg)
             continue;
         int rc = poll(pfd, n, timeout);
         INFO(sw, wakeups, 1);
-        waited(sw, now_ns() - idle_since);
+        ncd_answer_waited(&sw->wait_avg_ns, now_ns() - idle_since);
         if (rc < 0)
             continue; /* EINTR; anything else repeats harmlessly */
         if (pfd[0].revents & POLLIN) {

@@ -165,7 +165,8 @@ class BackendVif(Vif):
         if tap is not None:
             lock = SourceLock(view.mac, view.trunk, view.ips)
             paths = [layout.queue_dir(self.guest, self.devid, i) for i in range(n)]
-            link = Datapath.connect(self.xs, self.guest, paths, tap, neg, lock, rate)
+            link = Datapath.connect(self.xs, self.guest, paths, tap, neg, lock, rate,
+                                    spin_us=self.ctx.config.channel.spin_us)
         else:
             registry = self.ctx.switches
             assert view.switch is not None

@@ -25,7 +25,7 @@ from ncd.features import Negotiated, tun_offload_flags
 from ncd.metrics import QueueCounters, VifCounters
 from ncd.parse import UNLIMITED, Rate
 from ncd.vchan.channel import Vchan, VchanClient, VchanServer
-from ncd.vchan.pump import FramePump, PumpState, PumpStats
+from ncd.vchan.pump import SPIN_USEC, FramePump, PumpState, PumpStats
 
 from .undo import Undo
 
@@ -110,12 +110,13 @@ class Datapath:
     @classmethod
     def _open(cls, n: int, tap: tapmod.Tap, neg: Negotiated, vchan_for: Callable[[int], Vchan],
               lock: SourceLock | None = None, rate: Rate = UNLIMITED,
-              at_least: int | None = None) -> Datapath:
+              at_least: int | None = None, spin_us: int = SPIN_USEC) -> Datapath:
         """Queues 0..n-1: each its vchan (``vchan_for(i)``), TAP fd and pump; on any
         failure the queues opened so far are closed again (the one unwind). With
         ``at_least``, a queue from that index on whose TAP fd or vchan cannot be had
         (grants or event channels exhausted) ends the list there instead, as netfront
-        goes on with the queues it could create: ``short_of`` says why."""
+        goes on with the queues it could create: ``short_of`` says why. ``spin_us``:
+        each pump's spin before sleeping (config ``[channel] spin_us``)."""
         tap.set_offloads(tun_offload_flags(neg.tx_features))  # exactly what was negotiated
         locked = {} if lock is None else {"mac": lock.mac, "trunk": lock.trunk, "ips": lock.ips}
         queues: list[Queue] = []
@@ -134,7 +135,8 @@ class Datapath:
                         short_of = str(exc)
                         break
                     undo.callback(vchan.close)
-                    pump = FramePump.start(vchan, (own or tap).fileno(), neg, rate=rate, **locked)
+                    pump = FramePump.start(vchan, (own or tap).fileno(), neg, rate=rate,
+                                           spin_usec=spin_us, **locked)
                     undo.pop_all()
                 queues.append(Queue(i, vchan, pump, own))
             dp = cls(queues, neg, rate)
@@ -147,21 +149,22 @@ class Datapath:
 
     @classmethod
     def serve(cls, xs: Any, peer: int, paths: list[str], ring_bytes: int, tap: tapmod.Tap,
-              neg: Negotiated) -> Datapath:
+              neg: Negotiated, spin_us: int = SPIN_USEC) -> Datapath:
         """Frontend: per queue, grant a vchan for ``peer``, publish it at ``paths[i]``,
         pump; fewer queues (at least one) when the domain's grants or event channels
         run out (``short_of``)."""
         return cls._open(len(paths), tap, neg, lambda i: VchanServer.create(
-            xs, peer, paths[i], ring_bytes, ring_bytes), at_least=1)
+            xs, peer, paths[i], ring_bytes, ring_bytes), at_least=1, spin_us=spin_us)
 
     @classmethod
     def connect(cls, xs: Any, peer: int, paths: list[str], tap: tapmod.Tap, neg: Negotiated,
-                lock: SourceLock, rate: Rate = UNLIMITED) -> Datapath:
+                lock: SourceLock, rate: Rate = UNLIMITED, spin_us: int = SPIN_USEC) -> Datapath:
         """Backend: per queue, read (untrusted) ``paths[i]``/ring-ref, event-channel, map,
         pump; frames from the guest must pass ``lock`` (anti-spoofing) and ``rate`` (each
         queue's own credit, as netback gives every queue the vif's credit)."""
         return cls._open(len(paths), tap, neg,
-                         lambda i: VchanClient.connect(xs, peer, paths[i]), lock, rate)
+                         lambda i: VchanClient.connect(xs, peer, paths[i]), lock, rate,
+                         spin_us=spin_us)
 
     def set_rate(self, rate: Rate) -> None:
         """A new rate limit on frames from the peer, applied live by every queue's pump

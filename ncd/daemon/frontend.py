@@ -97,7 +97,8 @@ class FrontendVif(Vif):
             return link
         n = self._choose_queues()
         paths = [layout.queue_dir(self.guest, self.devid, i) for i in range(n)]
-        dp = Datapath.serve(self.xs, self._backend, paths, ring, tap, neg)
+        dp = Datapath.serve(self.xs, self._backend, paths, ring, tap, neg,
+                            spin_us=self.ctx.config.channel.spin_us)
         if dp.short_of is not None:
             self._plog.warning("%s: %d of %d queues: %s", self.name, len(dp.queues), n,
                                dp.short_of)

@@ -26,6 +26,8 @@ from ._lib import ffi, lib
 
 ERRLEN = 256
 LOCK_MAX_IPS: int = lib.NCD_LOCK_MAX_IPS
+SPIN_MAX_USEC: int = lib.NCD_PUMP_SPIN_MAX_USEC
+SPIN_USEC = 150  # the default spin before sleeping (config [channel] spin_us)
 
 
 class PumpState(enum.IntEnum):
@@ -67,6 +69,8 @@ class PumpStats:
     notify_spurious: int = 0  # events that carried no work (late EOI)
     rate_limited: int = 0  # rx frames that waited for the rate limit's refill
     rate_delay_usec: int = 0  # microseconds they waited
+    spins_won: int = 0  # sleeps avoided: work came while the pump spun
+    spins_missed: int = 0  # spins that found nothing (a sleep followed)
 
     def drops(self) -> dict[str, int]:
         """Drops by reason, for metrics (``bad_record`` counts records from the peer)."""
@@ -139,7 +143,8 @@ class FramePump:
     def start(cls, vchan: Any, fd: int, negotiated: Negotiated | None = None, *,
               read_ring_size: int = 0, write_ring_size: int = 0, batch: int = 0,
               mac: str | bytes | None = None, trunk: bool = False,
-              ips: Iterable[str] = (), rate: tuple[int, int] = (0, 0)) -> FramePump:
+              ips: Iterable[str] = (), rate: tuple[int, int] = (0, 0),
+              spin_usec: int = SPIN_USEC) -> FramePump:
         """Start moving frames between ``fd`` and ``vchan``.
 
         ``fd`` must be packet-mode (a TAP with IFF_VNET_HDR, a SOCK_SEQPACKET socket);
@@ -156,6 +161,10 @@ class FramePump:
         ``rate`` = (bytes, usec): a credit of ``bytes`` per ``usec`` on frames from the
         peer (ring -> fd, what a guest transmits), as netback's ``rate``; either 0 (the
         default): unlimited. Change it live with :meth:`set_rate`.
+
+        ``spin_usec``: before sleeping, the thread spins up to this long for the next
+        frame, but only while the peer keeps it busy (a stream, or an answer that comes
+        within the spin); 0 = sleep at once. At most ``SPIN_MAX_USEC``.
         """
         neg = negotiated or Negotiated(Features.ALL, Features.ALL, ETH_MAX)
         cfg = ffi.new("struct ncd_pump_config *", {
@@ -168,6 +177,7 @@ class FramePump:
             "batch": batch,
             "rate_bytes": rate[0],
             "rate_usec": rate[1],
+            "spin_usec": spin_usec,
         })
         fill_lock(cfg.lock, mac, trunk, ips)
         out = ffi.new("struct ncd_pump **")

@@ -87,6 +87,8 @@ def test_argparse_integration(tmp_path):
         ("[channel]\nring_bytes = 5000\n", "channel.ring_bytes: 5000 is not a power of two"),
         ("[channel]\nring_bytes = 2097152\n", "channel.ring_bytes"),
         ("[channel]\nreconnect_delay = 0\n", "channel.reconnect_delay"),
+        ("[channel]\nspin_us = -1\n", "channel.spin_us: -1 is not in 0..10000"),
+        ("[channel]\nspin_us = 20000\n", "channel.spin_us: 20000 is not in 0..10000"),
         ("metrics = 3\n", "metrics: expected a table"),
         ("[metrics\n", "ncd.toml: "),
     ],
