@@ -24,6 +24,10 @@ Exposed (base units; ``direction`` is relative to this daemon's vchan:
     ncd_vif_rate_limit_bytes_per_second{domid,devid}       gauge (the ``rate`` in effect;
                                                            0 = unlimited)
     ncd_vif_notifications_total{domid,devid,direction}     counter (sent / received)
+    ncd_vif_pump_spins_total{domid,devid,result}           counter (the pumps' spins before
+                                                           sleeping: ``won``, work came
+                                                           and a sleep was avoided, or
+                                                           ``missed``, then slept)
     ncd_vif_queue_frames_total{domid,devid,queue,direction} counter (per channel of a
     ncd_vif_queue_bytes_total{domid,devid,queue,direction}  counter  multi-queue vif;
                                                            queue "0" alone otherwise)
@@ -121,6 +125,8 @@ class VifCounters:
     rate_delay_usec: int = 0  # how long they waited, microseconds
     rate_bytes: int = 0  # the rate in effect (gauge): bytes per interval, 0 = unlimited
     rate_usec: int = 0  # its interval, microseconds
+    spins_won: int = 0  # the pumps' spins before sleeping that found work
+    spins_missed: int = 0  # ... that found none (a sleep followed)
     queues: tuple[QueueCounters, ...] = ()  # per queue (channel), in queue order
 
     def plus(self, other: VifCounters) -> VifCounters:
@@ -146,6 +152,8 @@ class VifCounters:
             rate_delay_usec=self.rate_delay_usec + other.rate_delay_usec,
             rate_bytes=other.rate_bytes,
             rate_usec=other.rate_usec,
+            spins_won=self.spins_won + other.spins_won,
+            spins_missed=self.spins_missed + other.spins_missed,
             queues=sum_queues(self.queues, other.queues),
         )
 
@@ -207,6 +215,11 @@ class _VifCollector:
             "Event channel notifications that carried no work (their unmask was deferred)",
             labels=lab,
         )
+        spins = CounterMetricFamily(
+            "ncd_vif_pump_spins",
+            "Spins of the vif's pumps before sleeping: won (work came, a sleep avoided) or missed",
+            labels=[*lab, "result"],
+        )
         coalesced = CounterMetricFamily(
             "ncd_vif_watch_events_coalesced",
             "Xenstore watch events folded into a later look at the vif's entries",
@@ -261,6 +274,8 @@ class _VifCollector:
             notes.add_metric([*ids, "sent"], snap.notifications_sent)
             notes.add_metric([*ids, "received"], snap.notifications_received)
             spurious.add_metric(ids, snap.notifications_spurious)
+            spins.add_metric([*ids, "won"], snap.spins_won)
+            spins.add_metric([*ids, "missed"], snap.spins_missed)
             coalesced.add_metric(ids, snap.watch_events_coalesced)
             backoffs.add_metric(ids, snap.watch_backoffs)
             setups.add_metric(ids, snap.channel_setups)
@@ -279,7 +294,7 @@ class _VifCollector:
         vifs = GaugeMetricFamily("ncd_vifs", "Vifs of this daemon by XenbusState", labels=["state"])
         for st, n in by_state.items():
             vifs.add_metric([st.label], n)
-        yield from (frames, nbytes, drops, waits, notes, spurious, coalesced, backoffs)
+        yield from (frames, nbytes, drops, waits, notes, spurious, spins, coalesced, backoffs)
         yield from (setups, pages, limited, delay, limit, qframes, qbytes, state, vifs)
 
     def describe(self) -> Iterator[Metric]:

@@ -49,7 +49,8 @@ struct ncd_pump_config {
     uint64_t rate_bytes, rate_usec;
     /* Bounded adaptive spin before sleeping, at most spin_usec microseconds
      * (0 = never spin, sleep at once; at most NCD_PUMP_SPIN_MAX_USEC): only while
-     * the peer keeps the pump busy (pump.c, spin()). */
+     * the peer keeps the pump busy (pump.c, spin()), and never when the caller may
+     * run on one CPU only (the thread inherits its affinity). */
     uint32_t spin_usec;
 };
 

@@ -50,6 +50,8 @@ def pump_counters(s: PumpStats, tracked: int = 0, rate: Rate = UNLIMITED) -> Vif
         tracked_foreign_pages=tracked,
         rate_limited_frames=s.rate_limited,
         rate_delay_usec=s.rate_delay_usec,
+        spins_won=s.spins_won,
+        spins_missed=s.spins_missed,
         rate_bytes=rate.bytes,
         rate_usec=rate.usec,
         queues=(QueueCounters(s.tx_frames, s.rx_frames, s.tx_bytes, s.rx_bytes),),

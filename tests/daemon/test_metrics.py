@@ -48,6 +48,8 @@ def metrics():
             rate_delay_usec=1_500_000,
             rate_bytes=625_000,
             rate_usec=50_000,
+            spins_won=30,
+            spins_missed=2,
         )
 
     m.add_vif(1, 0, counters, lambda: XenbusState.CONNECTED)
@@ -67,6 +69,8 @@ def test_scrape_over_http(metrics):
         assert got[K("ncd_vif_ring_full_waits_total", v)] == 4
         assert got[K("ncd_vif_notifications_total", (*v, ("direction", "received")))] == 12
         assert got[K("ncd_vif_tracked_foreign_pages", v)] == 3
+        assert got[K("ncd_vif_pump_spins_total", (*v, ("result", "won")))] == 30
+        assert got[K("ncd_vif_pump_spins_total", (*v, ("result", "missed")))] == 2
         assert got[K("ncd_vif_rate_limited_frames_total", v)] == 5
         assert got[K("ncd_vif_rate_delay_seconds_total", v)] == 1.5
         assert got[K("ncd_vif_rate_limit_bytes_per_second", v)] == 12.5e6  # 100 Mbit/s

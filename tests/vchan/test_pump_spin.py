@@ -46,6 +46,7 @@ def exchange(a: End, b: End, n: int) -> None:
         assert a.app.recv(70000) == got
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pump spins only with 2+ CPUs")
 def test_request_response_is_caught_by_spinning(make_pair) -> None:  # noqa: F811
     a, b = make_pair()
     exchange(a, b, EXCHANGES)
@@ -120,3 +121,19 @@ def test_a_peer_trickling_bytes_buys_no_spinning(make_pair) -> None:  # noqa: F8
     # a won spin is a complete record; a missed one costs the peer 16 wake-ups
     assert s.spins_won - warm.spins_won <= records, (warm, s)
     assert s.spins_missed - warm.spins_missed <= 1 + (s.wakeups - warm.wakeups) // 16, (warm, s)
+
+
+def test_no_spinning_on_one_cpu(make_pair) -> None:  # noqa: F811
+    """A pump started by a thread that may run on one CPU only never spins (it would
+    keep that CPU from the very thread or domain it waits for)."""
+    a, b = make_pair(start=False)
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        a.start()
+        b.start()  # the pump threads inherit the one-CPU affinity
+    finally:
+        os.sched_setaffinity(0, allowed)
+    exchange(a, b, 300)
+    sa, sb = settled(a, b, 300, 300)
+    assert sa.spins_won == sb.spins_won == sa.spins_missed == sb.spins_missed == 0, (sa, sb)
