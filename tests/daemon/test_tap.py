@@ -40,10 +40,8 @@ def netns():
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
-        assert (
-            name
-            not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        )
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert name not in [line.split()[0] for line in listed.splitlines() if line.strip()]
 
 
 def links(netns):

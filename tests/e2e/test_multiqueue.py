@@ -139,19 +139,27 @@ def test_tcp_flows_spread_over_the_queues_each_on_one(
         assert got[sport] == {"bytes": FLOW_BYTES, "sha256": sha}
 
 
+def _tap_tx_dropped(net: Net, domid: int, ifname: str) -> int:
+    """Frames the kernel dropped on their way out of TAP ``ifname`` (its queue was full:
+    the daemon reading it was slow), before ncd saw them."""
+    return int(net.sim.run(domid, ["cat", f"/sys/class/net/{ifname}/statistics/tx_dropped"]).stdout)
+
+
 def test_a_udp_flow_stays_on_one_queue_in_order(net: Net, helpers: dict[int, DomProc]) -> None:
     helpers[0].call(f"udp_listen {DOM0_IP} 5402")
     helpers[0].send("udp_recv 2")
-    fe0 = _queues(net, 1)
+    fe0, dropped0 = _queues(net, 1), _tap_tx_dropped(net, 1, "nc0")
     count = 20000
     helpers[1].call(f"udp_send {DOM0_IP} 5402 {count}", timeout=60)
     seqs = helpers[0].reply(30, "the datagrams")["seqs"]
-    fe1 = _queues(net, 1)
+    fe1, dropped = _queues(net, 1), _tap_tx_dropped(net, 1, "nc0") - dropped0
     assert len(seqs) >= count // 2, f"only {len(seqs)} of {count} arrived"
     assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False)), "reordered or duplicated"
     deltas = _delta(fe1, fe0, "frames_tx")
     q = _one_queue(deltas, "the UDP flow")
-    assert deltas[q] >= count
+    # every datagram the guest's kernel let into the TAP went to the peer on queue q (on
+    # a busy machine the kernel drops a few when the frontend reads the TAP late)
+    assert deltas[q] >= count - dropped, (deltas, dropped)
 
 
 def test_per_queue_metrics_match_the_stats(net: Net) -> None:

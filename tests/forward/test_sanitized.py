@@ -22,7 +22,7 @@ def run_sanitized(args: list[str], cwd: Path, **extra: str) -> str:
     env.update(sanitized_env())
     env.update(extra)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-n", "0", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.fuzz.conftest import ALL_TARGETS, ROOT, need_atheris, need_clang, run_fuzz_sh
+
+# scripts/fuzz.sh builds and keeps its scratch corpus in build/fuzz: one worker at a time
+pytestmark = pytest.mark.xdist_group("build-fuzz")
 
 CORPUS = ROOT / "fuzz" / "corpus"
 

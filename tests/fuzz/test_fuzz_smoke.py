@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.fuzz.conftest import ALL_TARGETS, need_atheris, need_clang, run_fuzz_sh
+
+# scripts/fuzz.sh builds and keeps its scratch corpus in build/fuzz: one worker at a time
+pytestmark = pytest.mark.xdist_group("build-fuzz")
 
 
 def test_fuzz_smoke() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.buildlock import once_per_run
 from tests.domproc import DomProc
 from xensim import paths, shimlibs
 from xensim.broker.control import BrokerControl, wait_for_broker
@@ -39,17 +40,33 @@ def _shims_stale() -> bool:
 
 @pytest.fixture(scope="session")
 def hv_shims() -> Path:
-    """The shim libraries, (re)built in place when missing or older than their sources."""
+    """The shim libraries, (re)built in place when missing or older than their sources
+    (by one process of the run: tests/buildlock.py)."""
     if _shims_stale():
-        shimlibs.build(paths.shim_lib_dir())
+        once_per_run(
+            "xensim-shims",
+            lambda: shimlibs.build(paths.shim_lib_dir()),
+            fresh=lambda: not _shims_stale(),
+        )
     return paths.shim_lib_dir()
 
 
 def build_c(src: Path, out: Path, *flags: str) -> Path:
     """Compile one C test program (warnings are errors); ``flags`` go last (libraries)."""
     subprocess.run(
-        ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(out),
-         str(src), *flags],
+        [
+            "gcc",
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-std=gnu11",
+            "-o",
+            str(out),
+            str(src),
+            *flags,
+        ],
         check=True,
     )
     return out
@@ -57,8 +74,15 @@ def build_c(src: Path, out: Path, *flags: str) -> Path:
 
 @pytest.fixture(scope="session")
 def hv_helper(tmp_path_factory: pytest.TempPathFactory, hv_shims: Path) -> Path:
-    return build_c(HELPER_SRC, tmp_path_factory.mktemp("hvbin") / "xsim_helper",
-                   "-pthread", "-lxengnttab", "-lxenevtchn", "-lxenctrl", "-ldl")
+    return build_c(
+        HELPER_SRC,
+        tmp_path_factory.mktemp("hvbin") / "xsim_helper",
+        "-pthread",
+        "-lxengnttab",
+        "-lxenevtchn",
+        "-lxenctrl",
+        "-ldl",
+    )
 
 
 class HvBroker:
@@ -135,9 +159,7 @@ def hv_world(tmp_path: Path, hv_shims: Path) -> Iterator[HvBroker]:
 
 
 @pytest.fixture
-def hv_dom(
-    hv_world: HvBroker, hv_helper: Path, tmp_path: Path
-) -> Iterator[Callable[..., HvDom]]:
+def hv_dom(hv_world: HvBroker, hv_helper: Path, tmp_path: Path) -> Iterator[Callable[..., HvDom]]:
     doms: list[HvDom] = []
 
     def make(domid: int, nofile: int | None = None) -> HvDom:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.buildlock import once_per_run
 from tests.needs import require_writable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,15 +24,25 @@ BUILDER = ROOT / "ncd" / "_build" / "hotpath_build.py"
 
 
 def libasan() -> str | None:
-    out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
-                         text=True, check=False).stdout.strip()
+    out = subprocess.run(
+        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return out if out and os.path.isabs(out) and os.path.exists(out) else None
+
+
+def _compile() -> None:
+    subprocess.run(
+        [sys.executable, str(BUILDER)],
+        cwd=ROOT,
+        env=dict(os.environ, NCD_SANITIZE="1"),
+        check=True,
+        capture_output=True,
+    )
 
 
 @functools.cache
 def _build() -> str:
-    subprocess.run([sys.executable, str(BUILDER)], cwd=ROOT,
-                   env=dict(os.environ, NCD_SANITIZE="1"), check=True, capture_output=True)
+    once_per_run("sanitize", _compile)
     found = sorted((ROOT / "build" / "sanitize" / "ncd").glob("_hotpath*.so"))
     assert found, "sanitized build produced no module"
     return str(found[0])
@@ -39,7 +50,7 @@ def _build() -> str:
 
 def sanitized_env() -> dict[str, str]:
     """Environment additions that make a child process use the sanitized build
-    (built once per test session); skips the test when libasan is missing."""
+    (built once per test run, tests/buildlock.py); skips the test when libasan is missing."""
     asan = libasan()
     if asan is None:
         pytest.skip("libasan not installed")
@@ -57,9 +68,23 @@ def run_pytest_sanitized(test_files: list[str], cwd: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "NCD_SANITIZE"}
     env.update(sanitized_env())
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         *(str(ROOT / "tests" / "vchan" / f) for f in test_files)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+            *(str(ROOT / "tests" / "vchan" / f) for f in test_files),
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     tail = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, tail
