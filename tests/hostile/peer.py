@@ -132,12 +132,15 @@ def _order_pages(order: int) -> int:
 
 class Scribbler:
     """A thread writing ``blobs`` in turn at ``off`` of a shared page until stopped,
-    calling ``notify`` every 64 rounds: a value the other side reads changing between
-    two of its reads (XSA-155). Both hostile peers use it."""
+    calling ``notify`` every 64 rounds and once when stopped: a value the other side
+    reads changing between two of its reads (XSA-155), and what the scribbling left
+    looked at even when the thread was stopped before its first 64 rounds (on a loaded
+    machine). Both hostile peers use it."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._notify: Any = None
         self.rounds = 0
 
     def start(self, page: Any, off: int, blobs: list[bytes], notify: Any) -> None:
@@ -153,15 +156,17 @@ class Scribbler:
                 if self.rounds % 64 == 0:
                     notify()
 
+        self._notify = notify
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
 
     def stop(self) -> int:
-        """Stop the thread (if any); the rounds it wrote."""
+        """Stop the thread (if any), then notify; the rounds it wrote."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join(10)
             self._thread = None
+            self._notify()
         return self.rounds
 
 
@@ -343,8 +348,8 @@ class HostileFrontend:
         self.cmd_notify()
 
     def cmd_notify(self) -> dict[str, Any]:
-        assert self.port is not None
-        self.ev.notify(self.port)
+        if self.port is not None:  # a closed port notifies nobody
+            self.ev.notify(self.port)
         return {}
 
     def cmd_send(self, hexdata: str) -> dict[str, Any]:
