@@ -670,7 +670,8 @@ static void *pump_main(void *arg)
  * there is no spinning: what the pump waits for needs that CPU (the local stack,
  * the application) or another domain's (the peer), and only blocking gives either
  * of them a CPU.  Measured on Xen with one-vCPU guests: spinning there took
- * dom0 -> guest TCP from 278 to 3.8 Mbit/s (bench/RESULTS.md, "The spin"). */
+ * dom0 -> guest TCP from 278 to 3.8 Mbit/s (bench/RESULTS.md, "Real Xen: no
+ * spinning on one CPU"). */
 static int usable_cpus(void)
 {
     cpu_set_t set;
