@@ -14,7 +14,7 @@ import pytest
 
 from ncd import config
 from ncd.vchan.channel import local_pair
-from ncd.vchan.pump import SPIN_MAX_USEC, SPIN_USEC, FramePump, PumpError
+from ncd.vchan.pump import SPIN_MAX_USEC, SPIN_USEC, FramePump, PumpError, PumpStats
 from tests.vchan.test_pump_local import End, frame, make_pair, settled, vnet  # noqa: F401
 
 EXCHANGES = 2000
@@ -33,6 +33,15 @@ def pump_cpu_ticks() -> int:
             continue  # a thread that ended meanwhile
         total += int(fields[11]) + int(fields[12])
     return total
+
+
+def rx_settled(end: End, n: int) -> PumpStats:
+    """The pump's counters once it has counted ``n`` frames delivered (a counter moves
+    right after the send it counts)."""
+    deadline = time.monotonic() + 10
+    while (s := end.stats()).rx_frames < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return s
 
 
 def exchange(a: End, b: End, n: int) -> None:
@@ -105,7 +114,7 @@ def test_a_peer_trickling_bytes_buys_no_spinning(make_pair) -> None:  # noqa: F8
         rec = vnet(i) + frame(200, i)
         assert b.vchan.write(struct.pack("<I", len(rec)) + rec) == 4 + len(rec)
         assert a.app.recv(70000) == rec
-    warm = a.stats()
+    warm = rx_settled(a, 300)
     records = 12
     sent = []
     for i in range(records):
@@ -116,7 +125,7 @@ def test_a_peer_trickling_bytes_buys_no_spinning(make_pair) -> None:  # noqa: F8
             assert b.vchan.write(bytes([byte])) == 1
     got = [a.app.recv(70000) for _ in range(records)]
     assert got == sent
-    s = a.stats()
+    s = rx_settled(a, 300 + records)
     assert s.rx_frames == 300 + records and s.bad_record == 0
     # a won spin is a complete record; a missed one costs the peer 16 wake-ups
     assert s.spins_won - warm.spins_won <= records, (warm, s)
