@@ -29,11 +29,13 @@ File format (every key optional; unknown sections/keys are errors naming the key
                                         # frontend takes min(this, the backend's, its
                                         # CPUs); 1 = single queue. Switch ports and
                                         # rate-limited vifs use one (docs/protocol.md)
-    spin_us = 150                       # before sleeping, a pump spins up to this long
+    spin_us = 0                         # before sleeping, a pump spins up to this long
                                         # for the next frame, only while the peer keeps
-                                        # it busy (a stream; an answer due within it):
-                                        # a wake-up costs tens of us on a VM. 0 = sleep
-                                        # at once (an overcommitted host). 0 .. 10000
+                                        # it busy (a stream; an answer due within it),
+                                        # never on one CPU. 0 (the default) = sleep at
+                                        # once. 150 pays where every domain's vCPUs have
+                                        # CPUs of their own; where domains share CPUs it
+                                        # costs (docs/performance.md). 0 .. 10000
 
     [driver]                            # `ncd driver` only (a driver domain)
     uplink_switch = "up"                # the devices it fronts become ports of this
@@ -128,7 +130,7 @@ class ChannelSection:
     reconnect_delay: float = 1.0
     reconnect_delay_max: float = 30.0
     max_queues: int = 2
-    spin_us: int = 150
+    spin_us: int = 0
 
 
 FORWARD_COPY = ("memcpy", "grant")

@@ -27,7 +27,7 @@ from ._lib import ffi, lib
 ERRLEN = 256
 LOCK_MAX_IPS: int = lib.NCD_LOCK_MAX_IPS
 SPIN_MAX_USEC: int = lib.NCD_PUMP_SPIN_MAX_USEC
-SPIN_USEC = 150  # the default spin before sleeping (config [channel] spin_us)
+SPIN_USEC = 0  # the default spin before sleeping: none (config [channel] spin_us)
 
 
 class PumpState(enum.IntEnum):

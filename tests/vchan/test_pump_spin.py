@@ -18,6 +18,7 @@ from ncd.vchan.pump import SPIN_MAX_USEC, SPIN_USEC, FramePump, PumpError, PumpS
 from tests.vchan.test_pump_local import End, frame, make_pair, settled, vnet  # noqa: F401
 
 EXCHANGES = 2000
+SPIN = 150  # microseconds: what an operator who turns the spin on would set
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,7 +58,9 @@ def exchange(a: End, b: End, n: int) -> None:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pump spins only with 2+ CPUs")
 def test_request_response_is_caught_by_spinning(make_pair) -> None:  # noqa: F811
-    a, b = make_pair()
+    a, b = make_pair(start=False)
+    a.start(spin_usec=SPIN)
+    b.start(spin_usec=SPIN)
     exchange(a, b, EXCHANGES)
     sa, sb = settled(a, b, EXCHANGES, EXCHANGES)
     assert sa.tx_frames == sb.rx_frames == sb.tx_frames == sa.rx_frames == EXCHANGES
@@ -68,7 +71,9 @@ def test_request_response_is_caught_by_spinning(make_pair) -> None:  # noqa: F81
 
 
 def test_an_idle_pump_sleeps_at_once(make_pair) -> None:  # noqa: F811
-    a, b = make_pair()
+    a, b = make_pair(start=False)
+    a.start(spin_usec=SPIN)
+    b.start(spin_usec=SPIN)
     exchange(a, b, 200)
     settled(a, b, 200, 200)
     time.sleep(0.5)  # the last spin after the traffic (at most 150 us) is over
@@ -109,7 +114,7 @@ def test_a_peer_trickling_bytes_buys_no_spinning(make_pair) -> None:  # noqa: F8
     pump) must not keep the pump spinning: only a complete record ends a spin, and a
     spin that finds nothing holds the next one off for at least 16 wake-ups."""
     a, b = make_pair(start=False)
-    a.start()
+    a.start(spin_usec=SPIN)
     for i in range(300):  # first a quick stream: the pump's waits are short, it spins
         rec = vnet(i) + frame(200, i)
         assert b.vchan.write(struct.pack("<I", len(rec)) + rec) == 4 + len(rec)
@@ -139,8 +144,8 @@ def test_no_spinning_on_one_cpu(make_pair) -> None:  # noqa: F811
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})
     try:
-        a.start()
-        b.start()  # the pump threads inherit the one-CPU affinity
+        a.start(spin_usec=SPIN)
+        b.start(spin_usec=SPIN)  # the pump threads inherit the one-CPU affinity
     finally:
         os.sched_setaffinity(0, allowed)
     exchange(a, b, 300)
