@@ -182,7 +182,8 @@ static void commit_part(struct ncd_pump *p, int tx, size_t used, size_t *done)
     if (tx) {
         ncd_vchan_write_commit(p->v, used - *done);
         CNT_ADD(p, tx_batches, 1);
-        ncd_answer_sent(&p->answer, ncd_answer_now());
+        if (p->spin_ns) /* no clock read per commit when the pump never spins */
+            ncd_answer_sent(&p->answer, ncd_answer_now());
     } else {
         ncd_vchan_read_commit(p->v, used - *done);
         CNT_ADD(p, rx_batches, 1);
@@ -549,7 +550,8 @@ static void *pump_main(void *arg)
         if (rx == DIR_FATAL)
             break;
         if (CNT_GET(p, rx_batches) != rx_batches) {
-            ncd_answer_seen(&p->answer, ncd_answer_now()); /* the peer answered */
+            if (p->spin_ns)
+                ncd_answer_seen(&p->answer, ncd_answer_now()); /* the peer answered */
             /* the peer's data moved without an event: it is working, unmask now */
             if (ncd_vchan_eoi_work(&p->eoi, p->v) < 0) {
                 set_state(p, NCD_PUMP_INTERNAL, "event channel unmask: %s", strerror(errno));
@@ -558,7 +560,7 @@ static void *pump_main(void *arg)
         }
         if (tx == DIR_MORE || rx == DIR_MORE)
             continue; /* work left: no sleeping, bounded by progress */
-        int64_t idle_since = ncd_answer_now();
+        int64_t idle_since = p->spin_ns ? ncd_answer_now() : 0; /* for spinning only */
         /* rate-limited: no notification needed, the refill is the wake-up */
         int timeout = open == 2 ? 100 : -1;
         if (rx == DIR_RATE) {
@@ -631,7 +633,8 @@ static void *pump_main(void *arg)
             break;
         }
         CNT_ADD(p, wakeups, 1);
-        ncd_answer_waited(&p->wait_avg_ns, ncd_answer_now() - idle_since);
+        if (p->spin_ns)
+            ncd_answer_waited(&p->wait_avg_ns, ncd_answer_now() - idle_since);
         if (pfd[0].revents & POLLIN) {
             uint64_t v; /* a new rate (ncd_pump_set_rate); a stop is the flag */
             if (read(p->wake_fd, &v, sizeof v) < 0) {

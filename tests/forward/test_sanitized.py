@@ -5,41 +5,13 @@ aborts the process with an ASan report."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.vchan.sanitize import sanitized_env
+from tests.vchan.sanitize import run_sanitized
 
 HERE = Path(__file__).resolve().parent
-
-
-def run_sanitized(args: list[str], cwd: Path, **extra: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "NCD_SANITIZE"}
-    env.update(sanitized_env())
-    env.update(extra)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-n", "0", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    reports = [
-        ln
-        for ln in proc.stderr.splitlines()
-        if "SUMMARY:" in ln or "ERROR: AddressSanitizer" in ln or "runtime error" in ln
-    ]
-    tail = "\n".join(reports) + "\n" + proc.stdout[-2000:] + proc.stderr[-1000:]
-    assert proc.returncode == 0, tail
-    assert "AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, tail
-    assert " passed" in proc.stdout, tail
-    return proc.stdout
 
 
 @pytest.mark.slow

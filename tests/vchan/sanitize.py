@@ -63,30 +63,34 @@ def sanitized_env() -> dict[str, str]:
     }
 
 
-def run_pytest_sanitized(test_files: list[str], cwd: Path) -> None:
-    """Run tests/vchan/<test_files> in a subprocess against the sanitized build."""
+def run_sanitized(args: list[str], cwd: Path, *, timeout: float = 900, **extra: str) -> str:
+    """``pytest args`` (one process, output not captured) in a subprocess against the
+    sanitized build, with ``extra`` in its environment: it must pass with no ASan or
+    UBSan report. Returns its stdout."""
     env = {k: v for k, v in os.environ.items() if k != "NCD_SANITIZE"}
     env.update(sanitized_env())
+    env.update(extra)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-n",
-            "0",
-            *(str(ROOT / "tests" / "vchan" / f) for f in test_files),
-        ],
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-n", "0", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
-    tail = proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if "SUMMARY:" in ln or "ERROR: AddressSanitizer" in ln or "runtime error" in ln
+    ]
+    tail = "\n".join(reports) + "\n" + proc.stdout[-2000:] + proc.stderr[-1000:]
     assert proc.returncode == 0, tail
     assert "AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, tail
-    assert " passed" in proc.stdout
+    assert " passed" in proc.stdout, tail
+    return proc.stdout
+
+
+def run_pytest_sanitized(test_files: list[str], cwd: Path) -> None:
+    """Run tests/vchan/<test_files> in a subprocess against the sanitized build."""
+    run_sanitized([str(ROOT / "tests" / "vchan" / f) for f in test_files], cwd, timeout=600)
